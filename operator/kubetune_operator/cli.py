@@ -1,0 +1,113 @@
+"""The ``kubetune`` command: validate resources, run them locally, run the operator, write the CRDs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kubetune.spec.resources import Resource, SpecError, load_resources
+from kubetune.spec.status import Phase
+
+app = typer.Typer(
+    help="kubetune: instruction datasets and LLM fine-tuning, on Kubernetes or on one machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+FILES = typer.Option(..., "-f", "--filename", help="YAML file(s) of DatasetBuild and FineTuneJob resources.")
+
+
+def _load(files: list[Path]) -> list[Resource]:
+    resources, errors = [], []
+    for path in files:
+        if not path.is_file():
+            errors.append(f"{path}: no such file")
+            continue
+        try:
+            resources.extend(load_resources(path.read_text(), source=str(path)))
+        except SpecError as exc:
+            errors.extend(str(e) for e in exc.errors)
+    if errors:
+        for line in errors:
+            err_console.print(f"[red]error[/red] {line}", soft_wrap=True)
+        err_console.print(f"[red]{len(errors)} error(s)[/red]")
+        raise typer.Exit(1)
+    return resources
+
+
+@app.command()
+def validate(filename: list[Path] = FILES) -> None:
+    """Check every resource in the files; name each bad field, its value and what would be valid."""
+    for res in _load(filename):
+        console.print(f"[green]valid[/green] {res.kind}/{res.metadata.name}")
+
+
+@app.command()
+def run(
+    filename: list[Path] = FILES,
+    workdir: Path = typer.Option(Path(".kubetune"), help="Where datasets, adapters and the MLflow store go."),
+) -> None:
+    """Run the resources on this machine, in dependency order, through the same entrypoints pods run."""
+    from kubetune_operator import local
+
+    resources = _load(filename)
+    started = time.perf_counter()
+
+    def announce(res: Resource) -> None:
+        console.rule(f"[bold]{res.kind}/{res.metadata.name}")
+
+    try:
+        outcomes = local.run(resources, workdir, on_start=announce)
+    except local.DependencyError as exc:
+        err_console.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"kubetune run: {time.perf_counter() - started:.0f}s")
+    for column in ("resource", "phase", "time", "output", "details"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in o.details.items() if k != "stages"}
+        colour = "green" if o.phase == Phase.SUCCEEDED else "red"
+        table.add_row(
+            o.ref,
+            f"[{colour}]{o.phase}[/{colour}]",
+            f"{o.seconds:.0f}s",
+            o.output,
+            ", ".join(f"{k}={v}" for k, v in shown.items()),
+        )
+    console.print(table)
+    for o in outcomes:
+        if o.details.get("stages"):
+            console.print(f"{o.ref} funnel: " + " -> ".join(f"{s['name']} {s['output']}" for s in o.details["stages"]))
+    if len(outcomes) < len(resources) or any(o.phase != Phase.SUCCEEDED for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def crds(output: Path = typer.Option(Path("crds"), help="Folder the CRD YAML files are written to.")) -> None:
+    """Write the CustomResourceDefinitions generated from the spec models."""
+    from kubetune_operator.crds import main
+
+    main([str(output)])
+
+
+@app.command()
+def operator(
+    namespace: list[str] = typer.Option([], "-n", "--namespace", help="Watch only these namespaces."),
+) -> None:
+    """Run the operator against the cluster of the current kubeconfig (or the in-cluster service account)."""
+    import kopf
+
+    from kubetune_operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(clusterwide=not namespace, namespaces=namespace or None, standalone=True)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

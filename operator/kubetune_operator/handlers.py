@@ -1,0 +1,131 @@
+"""kopf handlers: thin. Each reads the resource, asks the planner, applies the answer and writes status.
+
+Handlers are synchronous (kopf runs them in a thread pool) and talk to the API through the official
+client, configured once at start-up from the in-cluster service account or the kubeconfig.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
+from kubetune.spec.resources import SpecError, parse_resource
+from kubetune.spec.status import TERMINAL_PHASES
+from kubetune_operator import planner
+from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Settings
+
+SETTINGS = Settings()
+PLURAL = {kind: names[0] for kind, names in NAMES.items()}
+
+
+@kopf.on.startup(id="configure")
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 60
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # The client reads $KUBECONFIG once, at import; read it again here so a later setting counts.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+@kopf.on.login(id="login")
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def _patch_status(kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL[kind], name, patch
+    )
+
+
+def _create(child: dict[str, Any]) -> None:
+    """Create a child unless it exists (a resumed operator plans the same children again)."""
+    ns = child["metadata"]["namespace"]
+    try:
+        if child["kind"] == "ConfigMap":
+            client.CoreV1Api().create_namespaced_config_map(ns, child, field_manager=FIELD_MANAGER)
+        elif child["kind"] == "Job":
+            client.BatchV1Api().create_namespaced_job(ns, child, field_manager=FIELD_MANAGER)
+        else:
+            raise ValueError(f"no creator for {child['kind']}")
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def _reconcile(body: kopf.Body, dependency: dict[str, Any] | None = None) -> None:
+    kind, meta = body["kind"], body["metadata"]
+    status = dict(body.get("status") or {})
+    if status.get("phase") in TERMINAL_PHASES or status.get("jobName"):
+        return  # already running or done: the Job's status drives the rest
+    try:
+        resource = parse_resource(dict(body))
+    except SpecError as exc:
+        decision = planner.invalid_spec(exc.errors)
+    else:
+        decision = planner.plan(resource, SETTINGS, dependency)
+    patch = planner.status_patch(decision, status, meta.get("generation"))
+    for child in decision.children:
+        kopf.adopt(child, owner=body)
+        _create(child)
+        if child["kind"] == "Job":
+            patch["status"]["jobName"] = child["metadata"]["name"]
+    _patch_status(kind, meta["namespace"], meta["name"], patch)
+    if decision.children or decision.permanent:
+        kopf.info(body, reason=decision.reason, message=decision.message)
+    if decision.permanent:
+        raise kopf.PermanentError(decision.message)
+    if decision.retry_after is not None:
+        raise kopf.TemporaryError(decision.message, delay=decision.retry_after)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
+def reconcile_dataset_build(body: kopf.Body, **_: Any) -> None:
+    _reconcile(body)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
+def reconcile_fine_tune_job(body: kopf.Body, spec: kopf.Spec, namespace: str, **_: Any) -> None:
+    ref = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
+    dependency = None
+    if ref:
+        try:
+            dependency = client.CustomObjectsApi().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL[DATASET_BUILD], ref
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    _reconcile(body, dependency)
+
+
+@kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")
+def job_status(labels: dict[str, str], namespace: str, new: dict[str, Any] | None, **_: Any) -> None:
+    """A Job moved: copy its outcome into the status of the resource that owns it."""
+    for kind, label in OWNER_LABEL.items():
+        if label in labels:
+            name = labels[label]
+            decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS)
+            current = client.CustomObjectsApi().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL[kind], name
+            )
+            _patch_status(
+                kind,
+                namespace,
+                name,
+                planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
+            )
+            return

@@ -1,0 +1,106 @@
+"""The local backend: run resources on this machine, in dependency order, with no cluster.
+
+Each resource runs the same service entrypoint a pod would (built by :func:`builders.service_command`),
+as a child process; the working directory plays the shared volume's part and a sqlite file the MLflow
+server's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.spec.resources import Resource
+from kubetune.spec.status import Phase
+from kubetune_operator import builders
+
+
+class DependencyError(ValueError):
+    """A FineTuneJob names a DatasetBuild that is neither in the file nor already built."""
+
+
+@dataclass
+class Outcome:
+    resource: Resource
+    phase: Phase
+    output: str
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.resource.kind}/{self.resource.metadata.name}"
+
+
+def order(resources: list[Resource], workdir: Path) -> list[Resource]:
+    """DatasetBuilds first, then the FineTuneJobs; a missing dependency is an error before anything runs."""
+    builds = {(r.metadata.namespace, r.metadata.name) for r in resources if r.kind == DATASET_BUILD}
+    for res in resources:
+        ref = res.spec.dataset.dataset_build_ref if res.kind == FINE_TUNE_JOB else None
+        if ref and (res.metadata.namespace, ref.name) not in builds:
+            done = Path(builders.output_path(str(workdir), DATASET_BUILD, res.metadata.namespace, ref.name))
+            if not (done / "manifest.json").exists():
+                raise DependencyError(
+                    f"FineTuneJob/{res.metadata.name}: spec.dataset.datasetBuildRef.name names DatasetBuild "
+                    f"{ref.name!r}, which is neither in the file nor built in {workdir}"
+                )
+    return sorted(resources, key=lambda r: r.kind != DATASET_BUILD)
+
+
+def _details(kind: str, output: Path) -> dict[str, Any]:
+    """What the summary shows, read from the files the service wrote."""
+    if kind == DATASET_BUILD and (output / "manifest.json").exists():
+        manifest = json.loads((output / "manifest.json").read_text())
+        rows = {name.split(".")[0]: f["rows"] for name, f in manifest.get("files", {}).items()}
+        return {"digest": manifest.get("digest"), **rows, "stages": manifest.get("stages", [])}
+    details: dict[str, Any] = {}
+    if (output / "metrics.json").exists():
+        metrics = json.loads((output / "metrics.json").read_text())
+        details.update({k: metrics.get(k) for k in ("steps", "first_loss", "final_loss", "eval_loss")})
+    if (output / "registration.json").exists():
+        reg = json.loads((output / "registration.json").read_text())
+        details.update({"model": reg["name"], "version": reg["version"]})
+    return details
+
+
+def run_one(resource: Resource, workdir: Path) -> Outcome:
+    kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
+    spec_file = workdir / "specs" / f"{kind.lower()}-{ns}-{name}.json"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(resource.spec.to_wire(), indent=2))
+    output = Path(builders.output_path(str(workdir), kind, ns, name))
+    dataset = None
+    if kind == FINE_TUNE_JOB:
+        ref = resource.spec.dataset.dataset_build_ref
+        dataset = resource.spec.dataset.path or builders.output_path(str(workdir), DATASET_BUILD, ns, ref.name)
+    command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{(workdir / 'mlflow.db').resolve()}"),
+    }
+    started = time.perf_counter()
+    rc = subprocess.run(command, env=env, check=False).returncode
+    phase = Phase.SUCCEEDED if rc == 0 else Phase.FAILED
+    return Outcome(resource, phase, str(output), time.perf_counter() - started, _details(kind, output))
+
+
+def run(resources: list[Resource], workdir: Path, on_start=None) -> list[Outcome]:
+    """Run every resource in order; stop at the first failure (what follows depends on it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    for resource in order(resources, workdir):
+        if on_start:
+            on_start(resource)
+        outcome = run_one(resource, workdir)
+        outcomes.append(outcome)
+        if outcome.phase == Phase.FAILED:
+            break
+    return outcomes

@@ -1,0 +1,147 @@
+"""Pure planning: (resource, what is observed) -> what should exist and what the status should say.
+
+No API calls here; the handlers apply what these functions return, and unit tests call them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.spec.resources import FieldError, Resource
+from kubetune.spec.status import Condition, ConditionType, Phase, now, set_condition
+from kubetune_operator import builders
+from kubetune_operator.constants import Settings
+
+
+@dataclass
+class Decision:
+    """What to do about one resource now."""
+
+    phase: Phase
+    reason: str  # CamelCase, for conditions and Events
+    message: str
+    children: list[dict[str, Any]] = field(default_factory=list)  # to create when absent
+    retry_after: float | None = None  # look again later (waiting on a dependency)
+    permanent: bool = False  # retrying cannot help: the spec must change
+    output: dict[str, Any] = field(default_factory=dict)
+
+
+def invalid_spec(errors: list[FieldError]) -> Decision:
+    message = "; ".join(
+        f"{e.path}: {e.message}" + (f" (got {e.value!r})" if e.value is not None else "") for e in errors
+    )
+    return Decision(Phase.FAILED, "InvalidSpec", message, permanent=True)
+
+
+def plan(resource: Resource, settings: Settings, dependency: dict[str, Any] | None = None) -> Decision:
+    """The children a valid resource needs, or why it must wait or fail.
+
+    ``dependency`` is the DatasetBuild a FineTuneJob names (its body as read from the API), or None when
+    it does not exist (yet): resources applied together by GitOps may arrive in any order.
+    """
+    if resource.kind == DATASET_BUILD:
+        return Decision(
+            Phase.RUNNING, "JobCreated", "generating the dataset",
+            children=[builders.config_map(resource), builders.job(resource, settings)],
+        )  # fmt: skip
+    ref = resource.spec.dataset.dataset_build_ref
+    if ref is None:
+        dataset = resource.spec.dataset.path
+    else:
+        dep_status = (dependency or {}).get("status") or {}
+        dep_phase = dep_status.get("phase")
+        if dependency is None:
+            return Decision(
+                Phase.WAITING,
+                "DatasetBuildNotFound",
+                f"waiting for DatasetBuild {ref.name} to exist",
+                retry_after=settings.wait_seconds,
+            )
+        if dep_phase == Phase.FAILED:
+            return Decision(Phase.FAILED, "DatasetBuildFailed", f"DatasetBuild {ref.name} failed", permanent=True)
+        if dep_phase != Phase.SUCCEEDED:
+            return Decision(
+                Phase.WAITING,
+                "WaitingForDataset",
+                f"waiting for DatasetBuild {ref.name} (phase {dep_phase or 'Pending'})",
+                retry_after=settings.wait_seconds,
+            )
+        dataset = (dep_status.get("output") or {}).get("path") or builders.output_path(
+            settings.storage_root, DATASET_BUILD, resource.metadata.namespace, ref.name
+        )
+    return Decision(
+        Phase.RUNNING, "JobCreated", "training",
+        children=[builders.config_map(resource), builders.job(resource, settings, dataset=dataset)],
+    )  # fmt: skip
+
+
+def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any], settings: Settings) -> Decision:
+    """The resource's phase read off its Job's status (batch/v1 JobStatus)."""
+    conditions = {c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
+    if job_status.get("succeeded") or "Complete" in conditions:
+        output = {"path": builders.output_path(settings.storage_root, kind, namespace, name)}
+        return Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output=output)
+    if "Failed" in conditions:
+        cond = conditions["Failed"]
+        return Decision(
+            Phase.FAILED, cond.get("reason") or "JobFailed", cond.get("message") or "the Job failed", permanent=True
+        )
+    if job_status.get("active"):
+        return Decision(Phase.RUNNING, "JobRunning", "the pod is running")
+    return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
+
+
+def status_patch(decision: Decision, current: dict[str, Any] | None, generation: int | None) -> dict[str, Any]:
+    """The status subresource patch that records ``decision``."""
+    current = current or {}
+    conditions = list(current.get("conditions") or [])
+    valid = decision.reason != "InvalidSpec"
+    conditions = set_condition(
+        conditions,
+        Condition(
+            type=ConditionType.VALID,
+            status=str(valid),
+            reason="Valid" if valid else "InvalidSpec",
+            message="" if valid else decision.message,
+            observed_generation=generation,
+        ),
+    )
+    done = decision.phase in (Phase.SUCCEEDED, Phase.FAILED)
+    conditions = set_condition(
+        conditions,
+        Condition(
+            type=ConditionType.COMPLETE,
+            status=str(done),
+            reason=decision.reason,
+            message=decision.message,
+            observed_generation=generation,
+        ),
+    )
+    conditions = set_condition(
+        conditions,
+        Condition(
+            type=ConditionType.READY,
+            status=str(decision.phase == Phase.SUCCEEDED),
+            reason=decision.reason,
+            message=decision.message,
+            observed_generation=generation,
+        ),
+    )
+    patch: dict[str, Any] = {
+        "phase": str(decision.phase),
+        "message": decision.message,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    if decision.phase == Phase.RUNNING and not current.get("startTime"):
+        patch["startTime"] = now()
+    if done and not current.get("completionTime"):
+        patch["completionTime"] = now()
+    if decision.output:
+        patch["output"] = decision.output
+    return {"status": patch}
+
+
+KINDS = (DATASET_BUILD, FINE_TUNE_JOB)

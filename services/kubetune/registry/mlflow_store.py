@@ -1,0 +1,82 @@
+"""The MLflow model registry backend: a run holding the artifacts, a model version pointing at them.
+
+Embedded, the tracking URI is a ``sqlite:///`` file (needs sqlalchemy and alembic); in a cluster, an
+MLflow server. Publishing is idempotent: a version whose adapter digest is already registered under the
+name is returned instead of a new one, so a retried pod does not register twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kubetune.registry.lineage import TAG_PREFIX, tags, tree_digest
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    """For a sqlite store, artifacts live beside the database file rather than in the current directory."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def publish(
+    *,
+    tracking_uri: str,
+    model_name: str,
+    artifact_dir: Path,
+    lineage: dict[str, Any],
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+) -> dict[str, str]:
+    """Register ``artifact_dir`` as a version of ``model_name``; returns name, version, run id and source."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    digest = tree_digest(artifact_dir)
+    lineage = {**lineage, "adapter-digest": digest}
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description="Fine-tuned by kubetune.")
+    for existing in client.search_model_versions(f"name = '{model_name}'"):
+        if existing.tags.get(TAG_PREFIX + "adapter-digest") == digest:
+            return {
+                "name": model_name,
+                "version": str(existing.version),
+                "runId": existing.run_id,
+                "source": existing.source,
+                "created": "false",
+            }
+
+    experiment_name = f"kubetune/{model_name}"
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(experiment_name, artifact_location=_artifact_root(tracking_uri))
+    )
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags(lineage)) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        for point in metrics.get("losses", []):
+            mlflow.log_metric("loss", point["loss"], step=int(point["step"]))
+        for key in ("train_loss", "eval_loss", "runtime_seconds"):
+            if metrics.get(key) is not None:
+                mlflow.log_metric(key, float(metrics[key]))
+        mlflow.log_artifacts(str(artifact_dir), artifact_path="adapter")
+        mlflow.log_text(json.dumps(lineage, indent=2), "lineage.json")
+        source = f"{run.info.artifact_uri}/adapter"
+    version = client.create_model_version(model_name, source=source, run_id=run.info.run_id, tags=tags(lineage))
+    return {
+        "name": model_name,
+        "version": str(version.version),
+        "runId": run.info.run_id,
+        "source": source,
+        "created": "true",
+    }

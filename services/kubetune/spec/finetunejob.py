@@ -1,0 +1,101 @@
+"""The FineTuneJob spec: a base model and a dataset in, a published adapter out.
+
+Option names follow TRL's ``SFTConfig`` and PEFT's ``LoraConfig`` (camelCased on the wire), so
+``training.learningRate`` is ``SFTConfig.learning_rate`` and ``lora.loraAlpha`` is ``LoraConfig.lora_alpha``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kubetune.spec.base import SpecModel
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class DatasetBuildRef(SpecModel):
+    """A DatasetBuild in the same namespace; the job waits until it has succeeded."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+
+
+class DatasetSource(SpecModel):
+    """The training data: a DatasetBuild's output, or a folder holding train.parquet (and test.parquet)."""
+
+    dataset_build_ref: DatasetBuildRef | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetSource:
+        if (self.dataset_build_ref is None) == (self.path is None):
+            raise ValueError("set exactly one of datasetBuildRef or path")
+        return self
+
+
+class LoraSpec(SpecModel):
+    """PEFT LoraConfig options (used by the lora and qlora methods)."""
+
+    r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
+    lora_alpha: int = Field(32, ge=1, description="Scaling: the update is multiplied by loraAlpha / r.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description="Module names to adapt; ['all-linear'] adapts every linear layer but the output head.",
+    )
+
+
+class TrainingSpec(SpecModel):
+    """TRL SFTConfig options."""
+
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    num_train_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1, description="Overrides numTrainEpochs when positive.")
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16, description="Sequences are truncated to this many tokens.")
+    packing: bool = False
+    completion_only_loss: bool = Field(True, description="Loss on the answers only, not on the prompts.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0.0)
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1, description="A checkpoint every this many steps; a restarted pod resumes.")
+    gradient_checkpointing: bool = False
+    seed: int = 42
+
+
+class ResourcesSpec(SpecModel):
+    """What the training pod asks the scheduler for."""
+
+    gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU.")
+    cpu: str | None = Field(None, description="CPU request, e.g. '4'.")
+    memory: str | None = Field(None, description="Memory request, e.g. '16Gi'.")
+
+
+class RegistrySpec(SpecModel):
+    """Where the adapter is published."""
+
+    model_name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128, description="Registered model name."
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else the local sqlite store."
+    )
+
+
+class FineTuneJobSpec(SpecModel):
+    """Supervised fine-tuning of a base model on a dataset, then publishing the adapter."""
+
+    base_model: str = Field(description="Path of a Hugging Face model folder.")
+    dataset: DatasetSource
+    method: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="full: all weights; lora: PEFT LoRA; qlora: LoRA over a 4-bit NF4 base."
+    )
+    objective: Literal["sft"] = Field("sft", description="Training objective: supervised fine-tuning.")
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    registry: RegistrySpec | None = None

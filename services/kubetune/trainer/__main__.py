@@ -1,0 +1,69 @@
+"""``python -m kubetune.trainer --spec SPEC.json --dataset DIR --output DIR``: train, then publish.
+
+The MLflow tracking URI is ``spec.registry.trackingUri``, else ``$MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from kubetune.registry import publish
+from kubetune.registry.lineage import tree_digest
+from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
+from kubetune.trainer.sft import train
+
+
+def _dataset_digest(dataset_dir: Path) -> str:
+    manifest = dataset_dir / "manifest.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text())["digest"]
+    return tree_digest(dataset_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubetune.trainer", description=__doc__)
+    parser.add_argument("--spec", required=True, type=Path, help="JSON file holding the FineTuneJob spec")
+    parser.add_argument("--dataset", required=True, type=Path, help="folder holding train.parquet")
+    parser.add_argument("--output", required=True, type=Path, help="folder for checkpoints and the adapter")
+    parser.add_argument("--name", default="finetune", help="the FineTuneJob's name, recorded as lineage")
+    args = parser.parse_args(argv)
+    try:
+        spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
+        metrics = train(spec, args.dataset, args.output)
+    except (SpecError, FileNotFoundError) as exc:
+        print(f"trainer failed: {exc}", file=sys.stderr)
+        return 1
+    result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}
+    if spec.registry is not None:
+        tracking_uri = spec.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not tracking_uri:
+            print("trainer failed: spec.registry.trackingUri is unset and so is $MLFLOW_TRACKING_URI", file=sys.stderr)
+            return 1
+        lineage = {
+            "finetunejob": args.name,
+            "base-model": spec.base_model,
+            "dataset-digest": _dataset_digest(args.dataset),
+            "method": spec.method,
+            "objective": spec.objective,
+        }
+        params = {"spec": json.dumps(spec.to_wire(), sort_keys=True)}
+        version = publish(
+            tracking_uri=tracking_uri,
+            model_name=spec.registry.model_name,
+            artifact_dir=Path(metrics["output"]),
+            lineage=lineage,
+            params=params,
+            metrics=metrics,
+        )
+        (args.output / "registration.json").write_text(json.dumps(version, indent=2))
+        result["registered"] = version
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""One SFT run: load the base model (4-bit NF4 for QLoRA), attach LoRA, train with TRL, save the adapter.
+
+Checkpoints go to ``OUTPUT/checkpoints``; a run that finds one there resumes from it, so a killed pod
+that is started again loses at most ``saveSteps`` steps. ``progress.json`` and ``metrics.json`` are what
+an observer (the CLI, the operator) reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from kubetune.spec.finetunejob import FineTuneJobSpec
+
+# Every adapter points at this folder name beside metrics.json; the registry publishes it.
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+
+
+def _load_dataset(dataset_dir: Path):
+    from datasets import load_dataset
+
+    files = {s: str(dataset_dir / f"{s}.parquet") for s in ("train", "test") if (dataset_dir / f"{s}.parquet").exists()}
+    if "train" not in files:
+        raise FileNotFoundError(f"{dataset_dir} holds no train.parquet")
+    data = load_dataset("parquet", data_files=files)
+    keep = ["prompt", "completion"]
+    return {split: ds.select_columns(keep) for split, ds in data.items()}
+
+
+def _load_model(spec: FineTuneJobSpec, on_gpu: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if spec.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
+    if spec.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
+    return model
+
+
+def _peft_config(spec: FineTuneJobSpec):
+    if spec.method == "full":
+        return None
+    from peft import LoraConfig
+
+    modules = spec.lora.target_modules
+    return LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.lora_alpha,
+        lora_dropout=spec.lora.lora_dropout,
+        target_modules="all-linear" if modules == ["all-linear"] else modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> dict[str, Any]:
+    """Fine-tune ``spec.base_model`` on the dataset; returns the metrics also written to metrics.json."""
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    output.mkdir(parents=True, exist_ok=True)
+    on_gpu = torch.cuda.is_available()
+    data = _load_dataset(dataset_dir)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    t = spec.training
+    checkpoints = output / "checkpoints"
+    config = SFTConfig(
+        output_dir=str(checkpoints),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_length=t.max_length,
+        packing=t.packing,
+        completion_only_loss=t.completion_only_loss,
+        warmup_ratio=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed,
+        eval_strategy="epoch" if "test" in data else "no",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=on_gpu,
+        disable_tqdm=False,
+    )
+    history: list[dict[str, float]] = []
+
+    class Progress(TrainerCallback):
+        """Keeps every logged loss and writes progress.json at each log step."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                history.append(
+                    {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+                )
+            (output / "progress.json").write_text(json.dumps({"step": state.global_step, "maxSteps": state.max_steps}))
+
+    trainer = SFTTrainer(
+        model=_load_model(spec, on_gpu),
+        args=config,
+        train_dataset=data["train"],
+        eval_dataset=data.get("test"),
+        processing_class=tokenizer,
+        peft_config=_peft_config(spec),
+        callbacks=[Progress()],
+    )
+    resume = any(checkpoints.glob("checkpoint-*"))
+    if resume:
+        log(f"resuming from the last checkpoint in {checkpoints}")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    runtime = time.perf_counter() - started
+
+    target = output / (MODEL_DIR if spec.method == "full" else ADAPTER_DIR)
+    trainer.model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    metrics = {
+        "method": spec.method,
+        "steps": trainer.state.global_step,
+        "train_samples": len(data["train"]),
+        "eval_samples": len(data["test"]) if "test" in data else 0,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0]["loss"] if losses else None,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "runtime_seconds": round(runtime, 2),
+        "resumed": resume,
+        "losses": losses,
+        "eval_losses": evals,
+        "output": str(target),
+    }
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
