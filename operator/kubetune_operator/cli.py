@@ -53,6 +53,7 @@ def validate(filename: list[Path] = FILES) -> None:
 def run(
     filename: list[Path] = FILES,
     workdir: Path = typer.Option(Path(".kubetune"), help="Where datasets, adapters and the MLflow store go."),
+    force: bool = typer.Option(False, "--force", help="Run again even what is up to date."),
 ) -> None:
     """Run the resources on this machine, in dependency order, through the same entrypoints pods run."""
     from kubetune_operator import local
@@ -64,7 +65,7 @@ def run(
         console.rule(f"[bold]{res.kind}/{res.metadata.name}")
 
     try:
-        outcomes = local.run(resources, workdir, on_start=announce)
+        outcomes = local.run(resources, workdir, on_start=announce, force=force)
     except local.DependencyError as exc:
         err_console.print(f"[red]error[/red] {exc}")
         raise typer.Exit(1) from None

@@ -7,6 +7,7 @@ server's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -70,7 +71,18 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
     return details
 
 
-def run_one(resource: Resource, workdir: Path) -> Outcome:
+DONE_FILE = ".kubetune-done.json"  # in an output folder: what the finished run was made from
+
+
+def _fingerprint(resource: Resource, dataset: str | None) -> str:
+    """The spec, and the digest of the dataset a FineTuneJob reads: equal fingerprints, same result."""
+    parts = [json.dumps(resource.spec.to_wire(), sort_keys=True)]
+    if dataset and (Path(dataset) / "manifest.json").exists():
+        parts.append(json.loads((Path(dataset) / "manifest.json").read_text()).get("digest", ""))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     spec_file = workdir / "specs" / f"{kind.lower()}-{ns}-{name}.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +92,11 @@ def run_one(resource: Resource, workdir: Path) -> Outcome:
     if kind == FINE_TUNE_JOB:
         ref = resource.spec.dataset.dataset_build_ref
         dataset = resource.spec.dataset.path or builders.output_path(str(workdir), DATASET_BUILD, ns, ref.name)
+    fingerprint = _fingerprint(resource, dataset)
+    done_file = output / DONE_FILE
+    if not force and done_file.exists() and json.loads(done_file.read_text()).get("fingerprint") == fingerprint:
+        return Outcome(resource, Phase.SUCCEEDED, str(output), 0.0, {"upToDate": True, **_details(kind, output)})
+    done_file.unlink(missing_ok=True)
     command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset)
     env = {
         **os.environ,
@@ -89,17 +106,23 @@ def run_one(resource: Resource, workdir: Path) -> Outcome:
     started = time.perf_counter()
     rc = subprocess.run(command, env=env, check=False).returncode
     phase = Phase.SUCCEEDED if rc == 0 else Phase.FAILED
+    if phase == Phase.SUCCEEDED:
+        done_file.write_text(json.dumps({"fingerprint": fingerprint}))
     return Outcome(resource, phase, str(output), time.perf_counter() - started, _details(kind, output))
 
 
-def run(resources: list[Resource], workdir: Path, on_start=None) -> list[Outcome]:
-    """Run every resource in order; stop at the first failure (what follows depends on it)."""
+def run(resources: list[Resource], workdir: Path, on_start=None, force: bool = False) -> list[Outcome]:
+    """Run every resource in order; stop at the first failure (what follows depends on it).
+
+    A resource whose output was already made from the same spec (and, for a FineTuneJob, the same
+    dataset) is up to date and not run again, unless ``force``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     for resource in order(resources, workdir):
         if on_start:
             on_start(resource)
-        outcome = run_one(resource, workdir)
+        outcome = run_one(resource, workdir, force=force)
         outcomes.append(outcome)
         if outcome.phase == Phase.FAILED:
             break

@@ -32,8 +32,9 @@ RESOURCES = {
     "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
     "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
     **{
-        f"{GROUP}/{VERSION}/{plural}": ResourceInfo(kind=kind, namespaced=True, singular=singular,
-                                                    subresources={"status"}, verbs=VERBS)
+        f"{GROUP}/{VERSION}/{plural}": ResourceInfo(
+            kind=kind, namespaced=True, singular=singular, subresources={"status"}, verbs=VERBS
+        )
         for kind, (plural, singular, _) in NAMES.items()
     },
 }
@@ -75,8 +76,9 @@ class Cluster:
         }))  # fmt: skip
         os.environ["KUBECONFIG"] = str(kubeconfig)
         config.load_kube_config(str(kubeconfig))
-        self.operator = asyncio.create_task(kopf.operator(
-            registry=kopf.get_default_registry(), clusterwide=True, standalone=True, stop_flag=self._stop))
+        self.operator = asyncio.create_task(
+            kopf.operator(registry=kopf.get_default_registry(), clusterwide=True, standalone=True, stop_flag=self._stop)
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -89,26 +91,35 @@ class Cluster:
     async def apply(self, resource: dict[str, Any]) -> None:
         kind = resource["kind"]
         body = seeded(resource)
-        await asyncio.to_thread(client.CustomObjectsApi().create_namespaced_custom_object,
-                                GROUP, VERSION, body["metadata"]["namespace"], NAMES[kind][0], body)
+        await asyncio.to_thread(
+            client.CustomObjectsApi().create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            body["metadata"]["namespace"],
+            NAMES[kind][0],
+            body,
+        )
 
     async def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
-        return await asyncio.to_thread(client.CustomObjectsApi().get_namespaced_custom_object,
-                                       GROUP, VERSION, namespace, NAMES[kind][0], name)
+        return await asyncio.to_thread(
+            client.CustomObjectsApi().get_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name
+        )
 
     async def jobs(self) -> list[dict[str, Any]]:
         listing = await asyncio.to_thread(client.BatchV1Api().list_job_for_all_namespaces, _preload_content=False)
         return yaml.safe_load(listing.data)["items"]
 
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
-        raw = await asyncio.to_thread(client.CoreV1Api().read_namespaced_config_map, name, namespace,
-                                      _preload_content=False)
+        raw = await asyncio.to_thread(
+            client.CoreV1Api().read_namespaced_config_map, name, namespace, _preload_content=False
+        )
         return yaml.safe_load(raw.data)
 
     async def set_job_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
-        await asyncio.to_thread(client.BatchV1Api().patch_namespaced_job_status, meta["name"], meta["namespace"],
-                                {"status": status})
+        await asyncio.to_thread(
+            client.BatchV1Api().patch_namespaced_job_status, meta["name"], meta["namespace"], {"status": status}
+        )
 
     async def wait_for(self, kind: str, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
         """Poll until the resource's status.phase is one of ``phases``; fail with the last status seen."""
@@ -174,8 +185,20 @@ class TestKubelet:
         await self.cluster.set_job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                "unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh",
-                *container["command"], cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'{mounts} && exec "$@"',
+                "sh",
+                *container["command"],
+                cwd=self.cwd,
+                env=env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             rc = await proc.wait()
         if rc == 0:
             status = {"active": 0, "succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}

@@ -23,8 +23,11 @@ FTJ = {
     "apiVersion": "kubetune.dev/v1alpha1",
     "kind": "FineTuneJob",
     "metadata": {"name": "tune"},
-    "spec": {"baseModel": "/models/m", "dataset": {"datasetBuildRef": {"name": "docs"}},
-             "registry": {"modelName": "docs-lora"}},
+    "spec": {
+        "baseModel": "/models/m",
+        "dataset": {"datasetBuildRef": {"name": "docs"}},
+        "registry": {"modelName": "docs-lora"},
+    },
 }
 
 
@@ -76,8 +79,16 @@ def test_fine_tune_job_waits_for_its_dataset_build_then_runs(run_in_cluster):
         train = await _job_of(cluster, "tune-train", timeout=30)
         command = train["spec"]["template"]["spec"]["containers"][0]["command"]
         assert command[command.index("--dataset") + 1] == "/var/lib/kubetune/datasets/default/docs"
-        await cluster.set_job_status(train, {"active": 0, "failed": 3, "conditions": [
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "3 pods failed"}]})
+        await cluster.set_job_status(
+            train,
+            {
+                "active": 0,
+                "failed": 3,
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "3 pods failed"}
+                ],
+            },
+        )
         failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=10)
         assert failed["status"]["message"] == "3 pods failed"
 

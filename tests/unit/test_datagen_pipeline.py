@@ -94,30 +94,34 @@ def test_pipeline_on_a_tiny_corpus(tmp_path, tiny_model):
             "split": {"testSize": 0.25, "seed": 1},
         }
     )
+    frozen = ("Is the base model frozen?", "Yes, the base model stays frozen.")
     good = [
         generate.Completion(
-            answer(
-                (f"What does an adapter do, case {i}?", f"It trains few parameters, case {i}."),
-                ("Is the base model frozen?", "Yes, the base model stays frozen."),
-            ),
-            "stop",
-            30,
-        )
-        for i in range(3)
+            answer(("What does an adapter do, case 0?", "It trains few parameters, case 0."), frozen), "stop", 30
+        ),
+        generate.Completion(
+            answer(("What does an adapter do, case 1?", "It trains few parameters, case 1."), frozen), "stop", 30
+        ),
+        generate.Completion(
+            answer(("Is the base model frozen?", "It is kept frozen while the adapter trains.")), "stop", 20
+        ),
     ]
     writer = ScriptedWriter([*good, generate.Completion('{"pairs": [', "length", 512)])
     manifest = pipeline.build(spec, tmp_path / "out", name="tiny", writer_factory=lambda _: writer, log=lambda _: None)
 
     stages = {s["name"]: s for s in manifest["stages"]}
     assert [s["name"] for s in manifest["stages"]] == pipeline.STAGES
+    assert stages["ingest"]["output"] == 3
     assert stages["clean"]["dropped"] == {"too_short": 1}
     n_chunks = stages["chunk"]["output"]
-    assert stages["dedup_chunks"]["dropped"] == {"exact_duplicate": n_chunks // 2}
-    assert len(writer.asked) == n_chunks // 2 == stages["generate"]["input"]
+    assert n_chunks == 8, "two equal documents of four chunks each"
+    assert stages["dedup_chunks"]["dropped"] == {"exact_duplicate": 4}
+    assert len(writer.asked) == 4 == stages["generate"]["input"]
     assert writer.asked[0][0]["role"] == "system" and "2 instruction-answer pairs" in writer.asked[0][0]["content"]
-    assert stages["generate"]["dropped"].get("truncated_answer", 0) == (1 if len(writer.asked) >= 4 else 0)
-    # "Is the base model frozen?" repeats in every answer: kept once.
-    assert stages["dedup_pairs"]["dropped"]["repeated_instruction"] == min(len(writer.asked), 3) - 1
+    assert stages["generate"]["dropped"] == {"truncated_answer": 1}
+    assert stages["generate"]["output"] == 5
+    assert stages["dedup_pairs"]["dropped"] == {"exact_duplicate": 1, "repeated_instruction": 1}
+    assert stages["dedup_pairs"]["output"] == 3
 
     train = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
     test = pq.read_table(tmp_path / "out" / "test.parquet").to_pylist()

@@ -79,7 +79,7 @@ def clean(text: str, spec: CleaningSpec) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[A-Z0-9\"'(\[])")
 
 
 def sentences(text: str) -> list[str]:

@@ -50,13 +50,14 @@ class GenerationSpec(SpecModel):
     pairs_per_chunk: int = Field(3, ge=1, le=20, description="Instruction-answer pairs asked for per chunk.")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, gt=0.0, le=2.0, description="Above 1 discourages repeating tokens.")
     max_tokens: int = Field(768, ge=16, description="Token budget per answer; JSON cut short is dropped.")
     max_model_len: int = Field(4096, ge=256, description="vLLM's context length (prompt + output).")
     gpu_memory_utilization: float | None = Field(
         None,
         gt=0.0,
         le=1.0,
-        description="vLLM's memory share; on CPU the share of host RAM. Default: 0.9 on GPU, 0.2 on CPU.",
+        description="vLLM's memory share; on CPU the share of host RAM. Default: 0.9 on GPU, 0.3 on CPU.",
     )
     seed: int = 42
     system_prompt: str | None = Field(None, description="Overrides the built-in instruction-writer prompt.")

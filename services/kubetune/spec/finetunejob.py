@@ -58,7 +58,7 @@ class TrainingSpec(SpecModel):
     max_length: int = Field(1024, ge=16, description="Sequences are truncated to this many tokens.")
     packing: bool = False
     completion_only_loss: bool = Field(True, description="Loss on the answers only, not on the prompts.")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_steps: float = Field(0, ge=0, description="Warm-up steps; a value below 1 is a share of all steps.")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     weight_decay: float = Field(0.0, ge=0.0)
     logging_steps: int = Field(1, ge=1)

@@ -91,7 +91,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
         max_length=t.max_length,
         packing=t.packing,
         completion_only_loss=t.completion_only_loss,
-        warmup_ratio=t.warmup_ratio,
+        warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
         logging_steps=t.logging_steps,

@@ -1,0 +1,114 @@
+"""The quickstart end to end with SmolLM2-135M on vLLM (CPU): locally, and through the operator.
+
+Slow (minutes each): a real vLLM engine writes the pairs, TRL trains a real LoRA adapter, MLflow registers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.operator.cluster import Cluster, TestKubelet
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "quickstart-smollm2-lora"
+
+
+def registered_versions(tracking_db: Path) -> list:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tracking_db}"
+    return list(MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name = '{MODEL_NAME}'"))
+
+
+def check_dataset(folder: Path) -> dict:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["ingest"]["output"] == 6
+    assert stages["dedup_chunks"]["dropped"]["exact_duplicate"] >= 1  # the duplicate document
+    assert manifest["files"]["train.parquet"]["rows"] >= 4
+    return manifest
+
+
+def test_kubetune_run_quickstart(tmp_path, root, smollm2):
+    workdir = tmp_path / "work"
+    kubetune = Path(sys.executable).parent / "kubetune"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(
+        [str(kubetune), "run", "-f", "examples/quickstart.yaml", "--workdir", str(workdir)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Succeeded" in proc.stdout and "funnel" in proc.stdout
+
+    manifest = check_dataset(workdir / "datasets" / "default" / "quickstart")
+    out = workdir / "finetunes" / "default" / "quickstart-lora"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] > 0 and metrics["final_loss"] < metrics["first_loss"]
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+    (version,) = registered_versions(workdir / "mlflow.db")
+    assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]
+    assert version.tags["kubetune.dev/base-model"] == "models/SmolLM2-135M-Instruct"
+    assert version.tags["kubetune.dev/method"] == "lora"
+
+    # Run again: both are up to date, nothing is redone, no second version appears.
+    again = subprocess.run(
+        [str(kubetune), "run", "-f", "examples/quickstart.yaml", "--workdir", str(workdir)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stdout.count("up to date") == 2, again.stdout
+    assert len(registered_versions(workdir / "mlflow.db")) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test kubelet bind-mounts volumes, which needs root")
+def test_quickstart_through_the_operator(tmp_path, root, smollm2):
+    storage = tmp_path / "storage"
+
+    async def scenario():
+        async with Cluster(tmp_path) as cluster:
+            kubelet = TestKubelet(cluster, cwd=root, storage=storage)
+            kubelet_task = asyncio.create_task(kubelet.run())
+            try:
+                for doc in yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()):
+                    await cluster.apply(doc)
+                build = await cluster.wait_for("DatasetBuild", "quickstart", {"Succeeded", "Failed"}, timeout=1200)
+                assert build["status"]["phase"] == "Succeeded", _logs(kubelet)
+                job = await cluster.wait_for("FineTuneJob", "quickstart-lora", {"Succeeded", "Failed"}, timeout=1200)
+                assert job["status"]["phase"] == "Succeeded", _logs(kubelet)
+                return build, job
+            finally:
+                kubelet_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet_task
+
+    build, job = asyncio.run(scenario())
+    assert build["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/quickstart"
+    manifest = check_dataset(storage / "datasets" / "default" / "quickstart")
+    ready = {c["type"]: c["status"] for c in job["status"]["conditions"]}
+    assert ready == {"SpecValid": "True", "Complete": "True", "Ready": "True"}
+    (version,) = registered_versions(storage / "mlflow.db")
+    assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]
+    assert version.tags["kubetune.dev/finetunejob"] == "quickstart-lora"
+
+
+def _logs(kubelet: TestKubelet) -> str:
+    return "\n".join(f"--- {name}\n{path.read_text()[-3000:]}" for name, path in kubelet.logs.items() if path.exists())

@@ -1,0 +1,52 @@
+"""The kubetune command: validate's messages and exit codes, and the local runner's ordering."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from kubetune.spec import load_resources
+from kubetune_operator import local
+from kubetune_operator.cli import app
+
+BAD = """
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: tune}
+spec:
+  baseModel: models/m
+  dataset: {path: data}
+  method: lorra
+  training: {learningRat: 0.001, learningRate: -0.001}
+"""
+
+
+def test_validate_prints_every_error_and_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    result = CliRunner().invoke(app, ["validate", "-f", str(bad)])
+    assert result.exit_code == 1
+    out = result.output
+    assert "spec.method" in out and "'lorra'" in out
+    assert "spec.training.learningRat: unknown field; did you mean 'learningRate'?" in out
+    assert "spec.training.learningRate" in out and "-0.001" in out
+    assert "3 error(s)" in out
+
+
+def test_validate_accepts_the_examples(root):
+    result = CliRunner().invoke(app, ["validate", "-f", str(root / "examples" / "quickstart.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "valid DatasetBuild/quickstart" in result.output and "valid FineTuneJob/quickstart-lora" in result.output
+
+
+def test_missing_file_is_an_error(tmp_path):
+    result = CliRunner().invoke(app, ["validate", "-f", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1 and "no such file" in result.output
+
+
+def test_local_order_puts_builds_first_and_rejects_missing_dependencies(root, tmp_path):
+    resources = load_resources((root / "examples" / "quickstart.yaml").read_text())
+    ordered = local.order(list(reversed(resources)), tmp_path)
+    assert [r.kind for r in ordered] == ["DatasetBuild", "FineTuneJob"]
+    with pytest.raises(local.DependencyError, match=r"datasetBuildRef\.name names DatasetBuild 'quickstart'"):
+        local.order([resources[1]], tmp_path)
