@@ -60,11 +60,11 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
     if kind == DATASET_BUILD and (output / "manifest.json").exists():
         manifest = json.loads((output / "manifest.json").read_text())
         rows = {name.split(".")[0]: f["rows"] for name, f in manifest.get("files", {}).items()}
-        return {"digest": manifest.get("digest"), **rows, "stages": manifest.get("stages", [])}
+        return {"digest": (manifest.get("digest") or "")[:19], **rows, "stages": manifest.get("stages", [])}
     details: dict[str, Any] = {}
     if (output / "metrics.json").exists():
         metrics = json.loads((output / "metrics.json").read_text())
-        details.update({k: metrics.get(k) for k in ("steps", "first_loss", "final_loss", "eval_loss")})
+        details.update({k: metrics.get(k) for k in ("steps", "initial_eval_loss", "eval_loss")})
     if (output / "registration.json").exists():
         reg = json.loads((output / "registration.json").read_text())
         details.update({"model": reg["name"], "version": reg["version"]})

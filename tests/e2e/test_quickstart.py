@@ -57,8 +57,9 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
     manifest = check_dataset(workdir / "datasets" / "default" / "quickstart")
     out = workdir / "finetunes" / "default" / "quickstart-lora"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] > 0 and metrics["final_loss"] < metrics["first_loss"]
+    assert metrics["steps"] > 0 and metrics["eval_loss"] < metrics["initial_eval_loss"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert (out / "loss.png").exists() and (workdir / "datasets" / "default" / "quickstart" / "funnel.png").exists()
 
     (version,) = registered_versions(workdir / "mlflow.db")
     assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]

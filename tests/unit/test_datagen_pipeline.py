@@ -134,6 +134,7 @@ def test_pipeline_on_a_tiny_corpus(tmp_path, tiny_model):
     assert files["train.parquet"]["rows"] == len(train)
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["digest"] == manifest["digest"] and on_disk["digest"].startswith("sha256:")
+    assert (tmp_path / "out" / "funnel.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_empty_result_fails_with_the_funnel_written(tmp_path, tiny_model):

@@ -56,13 +56,14 @@ def test_lora_lowers_the_loss_and_saves_an_adapter(tmp_path, tiny_model, dataset
     metrics = train(spec_for(tiny_model), dataset, tmp_path / "out", log=lambda _: None)
     assert metrics["steps"] == 12
     assert metrics["final_loss"] < metrics["first_loss"] * 0.8, metrics["losses"]
-    assert metrics["eval_loss"] is not None
+    assert metrics["eval_loss"] < metrics["initial_eval_loss"]
     adapter = tmp_path / "out" / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 12
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["step"] == 12
+    assert (tmp_path / "out" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_restarted_run_resumes_from_its_checkpoint(tmp_path, tiny_model, dataset):

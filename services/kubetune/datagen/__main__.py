@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="folder the dataset is written to")
     parser.add_argument("--name", default="dataset", help="the DatasetBuild's name, recorded in the manifest")
     args = parser.parse_args(argv)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the stage report
     try:
         spec = parse_spec(DATASET_BUILD, json.loads(args.spec.read_text()))
         manifest = build(spec, args.output, name=args.name)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune import plots
 from kubetune.datagen import documents, formatting, generate
 from kubetune.spec.datasetbuild import DatasetBuildSpec
 from kubetune.spec.status import now
@@ -171,5 +172,6 @@ def build(
     funnel.done("write", len(train) + len(test), len(train) + len(test))
     manifest["stages"] = [asdict(s) for s in funnel.stages]
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    plots.funnel(manifest["stages"], output / "funnel.png", f"DatasetBuild {name}: items kept per stage")
     (output / "progress.json").write_text(json.dumps({"stage": "done", "done": len(STAGES), "total": len(STAGES)}))
     return manifest

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune import plots
 from kubetune.spec.finetunejob import FineTuneJobSpec
 
 # Every adapter points at this folder name beside metrics.json; the registry publishes it.
@@ -131,6 +132,8 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     resume = any(checkpoints.glob("checkpoint-*"))
     if resume:
         log(f"resuming from the last checkpoint in {checkpoints}")
+    # The eval loss of the untouched base model: the baseline the final eval loss is judged against.
+    initial_eval = trainer.evaluate()["eval_loss"] if "test" in data and not resume else None
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - started
@@ -139,7 +142,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     trainer.model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
-    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h and h["step"] > 0]
     metrics = {
         "method": spec.method,
         "steps": trainer.state.global_step,
@@ -148,6 +151,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
         "train_loss": result.training_loss,
         "first_loss": losses[0]["loss"] if losses else None,
         "final_loss": losses[-1]["loss"] if losses else None,
+        "initial_eval_loss": initial_eval,
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "runtime_seconds": round(runtime, 2),
         "resumed": resume,
@@ -156,4 +160,9 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
         "output": str(target),
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if losses:
+        baseline = [{"step": 0, "eval_loss": initial_eval}] if initial_eval is not None else []
+        plots.loss_curve(
+            losses, baseline + evals, output / "loss.png", f"{spec.method} on {Path(spec.base_model).name}"
+        )
     return metrics
