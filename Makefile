@@ -44,6 +44,8 @@ lint: $(STAMP) ## ruff, the import-layer contracts, and a check that the CRDs ma
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	@tmp=$$(mktemp -d) && $(VENV)/bin/kubetune crds --output $$tmp >/dev/null \
+		&& diff -r crds $$tmp && rm -rf $$tmp && echo "crds/ matches the spec models"
 
 crds: $(STAMP) ## Regenerate crds/ from the spec models
 	$(VENV)/bin/kubetune crds --output crds

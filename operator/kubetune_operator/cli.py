@@ -75,9 +75,10 @@ def run(
     for o in outcomes:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in o.details.items() if k != "stages"}
         colour = "green" if o.phase == Phase.SUCCEEDED else "red"
+        phase = f"{o.phase} (up to date)" if shown.pop("upToDate", False) else str(o.phase)
         table.add_row(
             o.ref,
-            f"[{colour}]{o.phase}[/{colour}]",
+            f"[{colour}]{phase}[/{colour}]",
             f"{o.seconds:.0f}s",
             o.output,
             ", ".join(f"{k}={v}" for k, v in shown.items()),

@@ -39,27 +39,27 @@ def check_dataset(folder: Path) -> dict:
     return manifest
 
 
-def test_kubetune_run_quickstart(tmp_path, root, smollm2):
-    workdir = tmp_path / "work"
+def kubetune_run(root: Path, workdir: Path, timeout: float) -> subprocess.CompletedProcess:
     kubetune = Path(sys.executable).parent / "kubetune"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [str(kubetune), "run", "-f", "examples/quickstart.yaml", "--workdir", str(workdir)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    command = [str(kubetune), "run", "-f", "examples/quickstart.yaml", "--workdir", str(workdir)]
+    proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_kubetune_run_quickstart(tmp_path, root, smollm2):
+    workdir = tmp_path / "work"
+    proc = kubetune_run(root, workdir, timeout=1500)
     assert "Succeeded" in proc.stdout and "funnel" in proc.stdout
 
-    manifest = check_dataset(workdir / "datasets" / "default" / "quickstart")
+    dataset = workdir / "datasets" / "default" / "quickstart"
+    manifest = check_dataset(dataset)
     out = workdir / "finetunes" / "default" / "quickstart-lora"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] > 0 and metrics["eval_loss"] < metrics["initial_eval_loss"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
-    assert (out / "loss.png").exists() and (workdir / "datasets" / "default" / "quickstart" / "funnel.png").exists()
+    assert (out / "loss.png").exists() and (dataset / "funnel.png").exists()
 
     (version,) = registered_versions(workdir / "mlflow.db")
     assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]
@@ -67,16 +67,9 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
     assert version.tags["kubetune.dev/method"] == "lora"
 
     # Run again: both are up to date, nothing is redone, no second version appears.
-    again = subprocess.run(
-        [str(kubetune), "run", "-f", "examples/quickstart.yaml", "--workdir", str(workdir)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("up to date") == 2, again.stdout
+    made = {p: p.stat().st_mtime_ns for p in (out / "metrics.json", dataset / "manifest.json")}
+    kubetune_run(root, workdir, timeout=120)
+    assert {p: p.stat().st_mtime_ns for p in made} == made
     assert len(registered_versions(workdir / "mlflow.db")) == 1
 
 
