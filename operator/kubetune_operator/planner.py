@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.spec.constants import DATASET_BUILD
 from kubetune.spec.resources import FieldError, Resource
 from kubetune.spec.status import Condition, ConditionType, Phase, now, set_condition
 from kubetune_operator import builders
@@ -142,6 +142,3 @@ def status_patch(decision: Decision, current: dict[str, Any] | None, generation:
     if decision.output:
         patch["output"] = decision.output
     return {"status": patch}
-
-
-KINDS = (DATASET_BUILD, FINE_TUNE_JOB)

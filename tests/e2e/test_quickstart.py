@@ -65,6 +65,7 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
     assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]
     assert version.tags["kubetune.dev/base-model"] == "models/SmolLM2-135M-Instruct"
     assert version.tags["kubetune.dev/method"] == "lora"
+    assert version.tags["kubetune.dev/base-model-digest"].startswith("sha256:")
 
     # Run again: both are up to date, nothing is redone, no second version appears.
     made = {p: p.stat().st_mtime_ns for p in (out / "metrics.json", dataset / "manifest.json")}

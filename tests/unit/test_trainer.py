@@ -87,3 +87,32 @@ def test_qlora_trains_over_a_4bit_base(tmp_path, tiny_model, dataset):
     )
     assert metrics["method"] == "qlora" and metrics["steps"] == 4
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_entrypoint_trains_then_publishes_with_lineage(tmp_path, tiny_model, dataset):
+    from mlflow import MlflowClient
+
+    from kubetune.registry.lineage import tree_digest
+    from kubetune.trainer.__main__ import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = spec_for(tiny_model, maxSteps=2).to_wire() | {"registry": {"modelName": "tiny", "trackingUri": uri}}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    rc = main(["--spec", str(spec_file), "--dataset", str(dataset), "--output", str(tmp_path / "out"), "--name", "t"])
+    assert rc == 0
+    registration = json.loads((tmp_path / "out" / "registration.json").read_text())
+    assert registration["version"] == "1"
+    (version,) = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name = 'tiny'")
+    assert version.tags["kubetune.dev/base-model-digest"] == tree_digest(tiny_model)
+    assert version.tags["kubetune.dev/dataset-digest"] == tree_digest(dataset)  # no manifest: the files' digest
+    assert version.tags["kubetune.dev/finetunejob"] == "t"
+
+
+def test_entrypoint_reports_a_bad_spec(tmp_path, capsys):
+    from kubetune.trainer.__main__ import main
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"baseModel": "m", "dataset": {"path": "d"}, "method": "lorra"}))
+    assert main(["--spec", str(spec_file), "--dataset", "d", "--output", str(tmp_path / "out")]) == 1
+    assert "spec.method" in capsys.readouterr().err

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         lineage = {
             "finetunejob": args.name,
             "base-model": spec.base_model,
+            # A path names no revision: the digest of the folder's files does.
+            "base-model-digest": tree_digest(Path(spec.base_model)) if Path(spec.base_model).is_dir() else None,
             "dataset-digest": _dataset_digest(args.dataset),
             "method": spec.method,
             "objective": spec.objective,
