@@ -128,4 +128,7 @@ def job_status(labels: dict[str, str], namespace: str, new: dict[str, Any] | Non
                 name,
                 planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
             )
+            if (current.get("status") or {}).get("phase") != decision.phase:
+                post = kopf.warn if decision.phase == "Failed" else kopf.info
+                post(current, reason=decision.reason, message=decision.message)
             return

@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 import yaml
-from kmock import KubernetesEmulator, ResourceInfo, Server
+from kmock import KubernetesEmulator, Request, ResourceInfo, Server, action
 from kubernetes import client, config
 
 from kubetune.spec.constants import GROUP, NAMES, VERSION
@@ -40,15 +40,21 @@ RESOURCES = {
 }
 
 
-def seeded(obj: dict[str, Any]) -> dict[str, Any]:
-    """An object with the metadata a real API server would add (kmock adds none)."""
-    meta = obj.setdefault("metadata", {})
-    meta.setdefault("namespace", "default")
-    meta.setdefault("uid", str(uuid.uuid4()))
-    meta.setdefault("resourceVersion", "1")
-    meta.setdefault("generation", 1)
-    meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
-    return obj
+class ApiServer(KubernetesEmulator):
+    """kmock's emulator plus what a real API server adds to an object it creates and kmock does not:
+    a name from ``generateName`` (kopf's Events use one), a uid, a resourceVersion and a generation."""
+
+    async def _handle(self, request: Request) -> Any:
+        if request.action == action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.setdefault("namespace", request.namespace or "default")
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("resourceVersion", "1")
+            meta.setdefault("generation", 1)
+            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        return await super()._handle(request)
 
 
 class Cluster:
@@ -61,7 +67,7 @@ class Cluster:
     async def __aenter__(self) -> Cluster:
         from kubetune_operator import handlers  # noqa: F401  (registers the handlers)
 
-        self.kmock = KubernetesEmulator()
+        self.kmock = ApiServer()
         await self.kmock.__aenter__()
         self.server = Server(self.kmock)
         await self.server.__aenter__()
@@ -89,15 +95,14 @@ class Cluster:
         await self.kmock.__aexit__(None, None, None)
 
     async def apply(self, resource: dict[str, Any]) -> None:
-        kind = resource["kind"]
-        body = seeded(resource)
+        namespace = resource["metadata"].get("namespace", "default")
         await asyncio.to_thread(
             client.CustomObjectsApi().create_namespaced_custom_object,
             GROUP,
             VERSION,
-            body["metadata"]["namespace"],
-            NAMES[kind][0],
-            body,
+            namespace,
+            NAMES[resource["kind"]][0],
+            resource,
         )
 
     async def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
@@ -108,6 +113,12 @@ class Cluster:
     async def jobs(self) -> list[dict[str, Any]]:
         listing = await asyncio.to_thread(client.BatchV1Api().list_job_for_all_namespaces, _preload_content=False)
         return yaml.safe_load(listing.data)["items"]
+
+    async def event_reasons(self, name: str) -> set[str]:
+        """Reasons of the Events about object ``name`` so far (kopf posts them in batches: poll)."""
+        listing = await asyncio.to_thread(client.CoreV1Api().list_event_for_all_namespaces, _preload_content=False)
+        events = yaml.safe_load(listing.data)["items"]
+        return {e.get("reason") for e in events if e.get("involvedObject", {}).get("name") == name}
 
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
         raw = await asyncio.to_thread(

@@ -75,6 +75,13 @@ def test_fine_tune_job_waits_for_its_dataset_build_then_runs(run_in_cluster):
         assert done["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/docs"
         ready = next(c for c in done["status"]["conditions"] if c["type"] == "Ready")
         assert ready["status"] == "True"
+        # One Event per phase change: created (Running), then succeeded.
+        for _ in range(40):
+            reasons = await cluster.event_reasons("docs")
+            if "JobSucceeded" in reasons:
+                break
+            await asyncio.sleep(0.25)
+        assert reasons == {"JobCreated", "JobSucceeded"}
 
         train = await _job_of(cluster, "tune-train", timeout=30)
         command = train["spec"]["template"]["spec"]["containers"][0]["command"]
