@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
     return details
 
 
-DONE_FILE = ".kubetune-done.json"  # in an output folder: what the finished run was made from
+RUN_FILE = ".kubetune-run.json"  # in an output folder: what the run was made from, and whether it finished
 
 
 def _fingerprint(resource: Resource, dataset: str | None) -> str:
@@ -80,6 +81,25 @@ def _fingerprint(resource: Resource, dataset: str | None) -> str:
     if dataset and (Path(dataset) / "manifest.json").exists():
         parts.append(json.loads((Path(dataset) / "manifest.json").read_text()).get("digest", ""))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _prepare(output: Path, fingerprint: str, force: bool) -> bool:
+    """True when the output is up to date. Otherwise the folder is made ready for a run.
+
+    An unfinished run with the same fingerprint keeps its folder, so the service resumes from its
+    checkpoints; anything made from another spec or dataset (or everything, with ``force``) is removed
+    first, so that no stale checkpoint is resumed into a different run.
+    """
+    marker = output / RUN_FILE
+    previous = json.loads(marker.read_text()) if marker.exists() else None
+    same = previous is not None and previous.get("fingerprint") == fingerprint
+    if same and previous.get("complete") and not force:
+        return True
+    if output.exists() and (force or not same):
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "complete": False}))
+    return False
 
 
 def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
@@ -93,10 +113,8 @@ def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
         ref = resource.spec.dataset.dataset_build_ref
         dataset = resource.spec.dataset.path or builders.output_path(str(workdir), DATASET_BUILD, ns, ref.name)
     fingerprint = _fingerprint(resource, dataset)
-    done_file = output / DONE_FILE
-    if not force and done_file.exists() and json.loads(done_file.read_text()).get("fingerprint") == fingerprint:
+    if _prepare(output, fingerprint, force):
         return Outcome(resource, Phase.SUCCEEDED, str(output), 0.0, {"upToDate": True, **_details(kind, output)})
-    done_file.unlink(missing_ok=True)
     command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset)
     env = {
         **os.environ,
@@ -107,7 +125,7 @@ def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
     rc = subprocess.run(command, env=env, check=False).returncode
     phase = Phase.SUCCEEDED if rc == 0 else Phase.FAILED
     if phase == Phase.SUCCEEDED:
-        done_file.write_text(json.dumps({"fingerprint": fingerprint}))
+        (output / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True}))
     return Outcome(resource, phase, str(output), time.perf_counter() - started, _details(kind, output))
 
 

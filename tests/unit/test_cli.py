@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -50,3 +52,25 @@ def test_local_order_puts_builds_first_and_rejects_missing_dependencies(root, tm
     assert [r.kind for r in ordered] == ["DatasetBuild", "FineTuneJob"]
     with pytest.raises(local.DependencyError, match=r"datasetBuildRef\.name names DatasetBuild 'quickstart'"):
         local.order([resources[1]], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("previous", "force", "up_to_date", "checkpoint_kept"),
+    [
+        pytest.param({"fingerprint": "a", "complete": True}, False, True, True, id="finished-same"),
+        pytest.param({"fingerprint": "a", "complete": True}, True, False, False, id="finished-forced"),
+        pytest.param({"fingerprint": "a", "complete": False}, False, False, True, id="interrupted-resumes"),
+        pytest.param({"fingerprint": "b", "complete": False}, False, False, False, id="other-spec-wiped"),
+        pytest.param(None, False, False, False, id="unknown-folder-wiped"),
+    ],
+)
+def test_prepare_resumes_only_the_same_run(tmp_path, previous, force, up_to_date, checkpoint_kept):
+    output = tmp_path / "out"
+    checkpoint = output / "checkpoints" / "checkpoint-6"
+    checkpoint.mkdir(parents=True)
+    if previous is not None:
+        (output / local.RUN_FILE).write_text(json.dumps(previous))
+    assert local._prepare(output, "a", force) is up_to_date
+    assert checkpoint.exists() is checkpoint_kept
+    marker = json.loads((output / local.RUN_FILE).read_text())
+    assert marker["fingerprint"] == "a" and marker["complete"] is up_to_date
