@@ -15,7 +15,7 @@ from typing import Any
 from kubetune import plots
 from kubetune.spec.finetunejob import FineTuneJobSpec
 
-# Every adapter points at this folder name beside metrics.json; the registry publishes it.
+# Where the result goes in the output folder: an adapter (lora, qlora) or the whole model (full).
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 
