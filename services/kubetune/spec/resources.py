@@ -125,8 +125,6 @@ def _explain(err: dict, model: type[BaseModel]) -> FieldError:
     if kind == "missing":
         return FieldError(path, "required field is missing")
     message = err["msg"].removeprefix("Value error, ")
-    if kind == "literal_error":
-        message = f"{message}"
     if isinstance(value, dict | list):
         value = None  # the nested errors name the culprit
     return FieldError(path, message, value)
