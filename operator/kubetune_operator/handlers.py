@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import SpecError, parse_resource
-from kubetune.spec.status import TERMINAL_PHASES
+from kubetune.spec.status import TERMINAL_PHASES, Phase
 from kubetune_operator import planner
 from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Settings
 
@@ -129,6 +129,6 @@ def job_status(labels: dict[str, str], namespace: str, new: dict[str, Any] | Non
                 planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
             )
             if (current.get("status") or {}).get("phase") != decision.phase:
-                post = kopf.warn if decision.phase == "Failed" else kopf.info
+                post = kopf.warn if decision.phase == Phase.FAILED else kopf.info
                 post(current, reason=decision.reason, message=decision.message)
             return

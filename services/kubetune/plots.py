@@ -15,6 +15,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def funnel(stages: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Samples left after each stage, as horizontal bars, with the reasons for what each stage dropped."""
     plt = _pyplot()
@@ -29,10 +36,7 @@ def funnel(stages: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_xlabel("items after the stage (documents, chunks or pairs)")
     ax.set_title(title)
     ax.set_xlim(0, max([*kept, 1]) * 1.6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def loss_curve(losses: list[dict[str, float]], eval_losses: list[dict[str, float]], path: Path, title: str) -> Path:
@@ -53,7 +57,4 @@ def loss_curve(losses: list[dict[str, float]], eval_losses: list[dict[str, float
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -57,6 +57,7 @@ def test_lora_lowers_the_loss_and_saves_an_adapter(tmp_path, tiny_model, dataset
     assert metrics["steps"] == 12
     assert metrics["final_loss"] < metrics["first_loss"] * 0.8, metrics["losses"]
     assert metrics["eval_loss"] < metrics["initial_eval_loss"]
+    assert metrics["eval_losses"][0] == {"step": 0, "eval_loss": metrics["initial_eval_loss"]}
     adapter = tmp_path / "out" / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -121,18 +121,17 @@ def build(
     generated_tokens = sum(c.tokens for c in completions)
 
     funnel.start("dedup_pairs")
+    generated = len(pairs)
+    dropped_dups: dict[str, int] = {}
     if spec.curation.exact_dedup:
-        pairs, dup_pairs = _exact_dedup(pairs, lambda p: documents.fingerprint(p.instruction, p.answer))
-        # Two answers to the same question teach nothing new and leak across the split.
-        pairs, dup_questions = _exact_dedup(pairs, lambda p: documents.fingerprint(p.instruction))
-        funnel.done(
-            "dedup_pairs",
-            len(pairs) + dup_pairs + dup_questions,
-            len(pairs),
-            {"exact_duplicate": dup_pairs, "repeated_instruction": dup_questions},
+        pairs, dropped_dups["exact_duplicate"] = _exact_dedup(
+            pairs, lambda p: documents.fingerprint(p.instruction, p.answer)
         )
-    else:
-        funnel.done("dedup_pairs", len(pairs), len(pairs))
+        # Two answers to the same question teach nothing new and leak across the split.
+        pairs, dropped_dups["repeated_instruction"] = _exact_dedup(
+            pairs, lambda p: documents.fingerprint(p.instruction)
+        )
+    funnel.done("dedup_pairs", generated, len(pairs), dropped_dups)
 
     funnel.start("format")
     tokenizer_path = spec.format.tokenizer or spec.generation.model

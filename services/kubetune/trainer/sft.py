@@ -142,7 +142,8 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     trainer.model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
-    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h and h["step"] > 0]
+    # Step 0 is the baseline evaluation, when there was one.
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
     metrics = {
         "method": spec.method,
         "steps": trainer.state.global_step,
@@ -161,8 +162,5 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if losses:
-        baseline = [{"step": 0, "eval_loss": initial_eval}] if initial_eval is not None else []
-        plots.loss_curve(
-            losses, baseline + evals, output / "loss.png", f"{spec.method} on {Path(spec.base_model).name}"
-        )
+        plots.loss_curve(losses, evals, output / "loss.png", f"{spec.method} on {Path(spec.base_model).name}")
     return metrics
