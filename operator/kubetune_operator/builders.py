@@ -6,6 +6,7 @@ local process and in a pod; only the paths differ.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import PurePosixPath
 from typing import Any
@@ -17,6 +18,9 @@ from kubetune_operator.constants import (
     COMPONENT_OF,
     MANAGED_BY,
     OWNER_LABEL,
+    POD_USER,
+    SCRATCH,
+    SCRATCH_ENV,
     SPEC_FILE,
     SPEC_MOUNT,
     Settings,
@@ -44,9 +48,15 @@ def service_command(
 
 
 def child_name(resource: Resource) -> str:
-    """Name of the ConfigMap and Job of a resource (kinds get distinct suffixes; names stay <= 63)."""
+    """Name of the ConfigMap and Job of a resource: NAME-datagen or NAME-train, at most 63 characters (a Job's
+    name becomes a label value). A longer one is cut and given a hash of the whole name, so two long names
+    that share a prefix never share a Job."""
     suffix = "datagen" if resource.kind == DATASET_BUILD else "train"
-    return f"{resource.metadata.name[: 63 - len(suffix) - 1]}-{suffix}"
+    name = resource.metadata.name
+    if len(name) + 1 + len(suffix) <= 63:
+        return f"{name}-{suffix}"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: 63 - len(suffix) - len(digest) - 2].rstrip('-')}-{digest}-{suffix}"
 
 
 def labels(resource: Resource) -> dict[str, str]:
@@ -71,46 +81,89 @@ def config_map(resource: Resource) -> dict[str, Any]:
     }
 
 
+def _merge_resources(defaults: dict[str, Any], requests: dict[str, str], limits: dict[str, str]) -> dict[str, Any]:
+    """The container's resources: the operator's defaults for this pod kind, the resource's own values on top."""
+    merged = {k: dict(defaults.get(k) or {}) for k in ("requests", "limits")}
+    merged["requests"].update(requests)
+    merged["limits"].update(limits)
+    return {k: v for k, v in merged.items() if v}
+
+
 def job(resource: Resource, settings: Settings, dataset: str | None = None) -> dict[str, Any]:
-    """The batch/v1 Job that runs the resource's service entrypoint on the shared volume."""
+    """The batch/v1 Job that runs the resource's service entrypoint on the shared volume.
+
+    Its pod passes Pod Security "restricted": non-root, no privilege escalation, every capability dropped,
+    seccomp RuntimeDefault, a read-only root filesystem with /tmp as scratch space, and no API token (the
+    pods never call the API).
+    """
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
+    component = COMPONENT_OF[kind]
+    defaults = settings.pod_defaults.get(component) or {}
     output = output_path(settings.storage_root, kind, ns, name)
     command = service_command(settings.python, kind, name, f"{SPEC_MOUNT}/{SPEC_FILE}", output, dataset)
-    container: dict[str, Any] = {
-        "name": COMPONENT_OF[kind],
-        "image": settings.datagen_image if kind == DATASET_BUILD else settings.trainer_image,
-        "command": command,
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
-        "volumeMounts": [
-            {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
-            {"name": "storage", "mountPath": settings.storage_root},
-        ],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    env = [{"name": k, "value": v} for k, v in SCRATCH_ENV.items()]
+    mounts = [
+        {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+        {"name": "storage", "mountPath": settings.storage_root},
+        {"name": "scratch", "mountPath": SCRATCH},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": child_name(resource)}},
+        {"name": "storage", "persistentVolumeClaim": {"claimName": settings.storage_claim}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
     if kind == FINE_TUNE_JOB:
-        container["env"].append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
         res = resource.spec.resources
         requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
         limits = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else {}
-        if requests or limits:
-            container["resources"] = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+        # PyTorch's data loader workers share tensors through /dev/shm, which is 64 MiB in a container.
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    container: dict[str, Any] = {
+        "name": component,
+        "image": settings.datagen_image if kind == DATASET_BUILD else settings.trainer_image,
+        "command": command,
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _merge_resources(defaults.get("resources") or {}, requests, limits)
+    if resources:
+        container["resources"] = resources
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": POD_USER,
+            "runAsGroup": POD_USER,
+            "fsGroup": POD_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    for key in ("nodeSelector", "tolerations"):
+        if defaults.get(key):
+            pod[key] = defaults[key]
+    for key in ("imagePullSecrets", "serviceAccountName"):
+        if settings.pod_defaults.get(key):
+            pod[key] = settings.pod_defaults[key]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": child_name(resource), "namespace": ns, "labels": labels(resource)},
         "spec": {
             "backoffLimit": settings.backoff_limit,
-            "template": {
-                "metadata": {"labels": labels(resource)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "spec", "configMap": {"name": child_name(resource)}},
-                        {"name": "storage", "persistentVolumeClaim": {"claimName": settings.storage_claim}},
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels(resource)}, "spec": pod},
         },
     }

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kubetune.spec.resources import Resource, SpecError, load_resources
@@ -36,7 +38,7 @@ def _load(files: list[Path]) -> list[Resource]:
             errors.extend(str(e) for e in exc.errors)
     if errors:
         for line in errors:
-            err_console.print(f"[red]error[/red] {line}", soft_wrap=True)
+            err_console.print(f"[red]error[/red] {escape(line)}", soft_wrap=True)
         err_console.print(f"[red]{len(errors)} error(s)[/red]")
         raise typer.Exit(1)
     return resources
@@ -46,7 +48,7 @@ def _load(files: list[Path]) -> list[Resource]:
 def validate(filename: list[Path] = FILES) -> None:
     """Check every resource in the files; name each bad field, its value and what would be valid."""
     for res in _load(filename):
-        console.print(f"[green]valid[/green] {res.kind}/{res.metadata.name}")
+        console.print(f"[green]valid[/green] {res.kind}/{escape(res.metadata.name)}")
 
 
 @app.command()
@@ -67,7 +69,7 @@ def run(
     try:
         outcomes = local.run(resources, workdir, on_start=announce, force=force)
     except local.DependencyError as exc:
-        err_console.print(f"[red]error[/red] {exc}")
+        err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     table = Table(title=f"kubetune run: {time.perf_counter() - started:.0f}s")
     for column in ("resource", "phase", "time", "output", "details"):
@@ -99,16 +101,37 @@ def crds(output: Path = typer.Option(Path("crds"), help="Folder the CRD YAML fil
     main([str(output)])
 
 
+class LogFormat(StrEnum):
+    plain = "plain"
+    full = "full"
+    json = "json"
+
+
 @app.command()
 def operator(
-    namespace: list[str] = typer.Option([], "-n", "--namespace", help="Watch only these namespaces."),
+    namespace: list[str] = typer.Option(
+        [], "-n", "--namespace", help="Watch only this namespace (repeatable). Default: every namespace."
+    ),
+    liveness: str | None = typer.Option(
+        None, help="Serve a liveness probe at this URL, e.g. http://0.0.0.0:8080/healthz."
+    ),
+    log_format: LogFormat = typer.Option(LogFormat.full, help="Log lines as plain text, with time and level, or JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log at DEBUG level."),
+    debug: bool = typer.Option(False, "--debug", help="Log at DEBUG level, asyncio and HTTP included."),
 ) -> None:
     """Run the operator against the cluster of the current kubeconfig (or the in-cluster service account)."""
     import kopf
 
     from kubetune_operator import handlers  # noqa: F401  (registers the handlers)
 
-    kopf.run(clusterwide=not namespace, namespaces=namespace or None, standalone=True)
+    # kopf's own CLI sets up logging; kopf.run() alone does not, and the log would stay empty.
+    kopf.configure(debug=debug, verbose=verbose, log_format=kopf.LogFormat[log_format.name.upper()])
+    kopf.run(
+        clusterwide=not namespace,
+        namespaces=namespace,
+        standalone=True,
+        liveness_endpoint=liveness,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP
 
@@ -18,9 +20,38 @@ SPEC_FILE = "spec.json"
 
 FIELD_MANAGER = "kubetune-operator"
 
+# Every pod the operator creates runs as this non-root user (the images' USER) with a read-only root
+# filesystem; /tmp is its writable scratch space (an emptyDir), and caches are pointed there.
+POD_USER = 1000
+SCRATCH = "/tmp"
+SCRATCH_ENV = {
+    "HOME": SCRATCH,
+    "XDG_CACHE_HOME": f"{SCRATCH}/.cache",
+    "HF_HOME": f"{SCRATCH}/huggingface",
+    "MPLCONFIGDIR": f"{SCRATCH}/matplotlib",
+    "HF_HUB_OFFLINE": "1",  # weights come from the volume or the image, never from a hub at run time
+}
+POD_DEFAULT_KEYS = {"imagePullSecrets", "serviceAccountName", "datagen", "trainer"}
+POD_KIND_KEYS = {"nodeSelector", "tolerations", "resources"}
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _pod_defaults() -> dict[str, Any]:
+    """KUBETUNE_POD_DEFAULTS, checked: a bad value stops the operator at start-up with a clear message."""
+    raw = _env("KUBETUNE_POD_DEFAULTS", "{}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"KUBETUNE_POD_DEFAULTS is not JSON: {exc}") from None
+    if not isinstance(value, dict) or set(value) - POD_DEFAULT_KEYS:
+        raise ValueError(f"KUBETUNE_POD_DEFAULTS: a JSON object with keys among {sorted(POD_DEFAULT_KEYS)}")
+    for kind in ("datagen", "trainer"):
+        if not isinstance(value.get(kind, {}), dict) or set(value.get(kind, {})) - POD_KIND_KEYS:
+            raise ValueError(f"KUBETUNE_POD_DEFAULTS.{kind}: a JSON object with keys among {sorted(POD_KIND_KEYS)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,10 @@ class Settings:
     wait_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_WAIT_SECONDS", "10")))
     # KUBETUNE_BACKOFF_LIMIT: pod retries of a Job before it fails (a retried trainer resumes).
     backoff_limit: int = field(default_factory=lambda: int(_env("KUBETUNE_BACKOFF_LIMIT", "2")))
+    # KUBETUNE_POD_DEFAULTS: JSON applied to the pods of every Job: {"imagePullSecrets": [{"name": ...}],
+    # "serviceAccountName": ..., "datagen"|"trainer": {"nodeSelector", "tolerations", "resources"}}; a
+    # resource's own spec.resources wins over the defaults. The Helm chart renders it from its values.
+    pod_defaults: dict[str, Any] = field(default_factory=_pod_defaults)
 
     def mlflow_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{self.storage_root}/mlflow.db"

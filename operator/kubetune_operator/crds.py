@@ -12,16 +12,34 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import core_schema
 
 from kubetune.spec.constants import GROUP, NAMES, VERSION
-from kubetune.spec.resources import SPEC_MODELS
+from kubetune.spec.resources import NAME_RULE, SPEC_MODELS
 from kubetune.spec.status import ResourceStatus
 
 _KEEP = {
     "type", "properties", "items", "required", "description", "default", "enum", "minimum", "maximum",
     "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems",
-    "additionalProperties", "nullable", "format",
+    "additionalProperties", "nullable", "format", "x-kubernetes-validations",
 }  # fmt: skip
+
+
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """JSON Schema whose defaults include those made by a ``default_factory`` (``cleaning: {...}``), so the
+    API server stores the values the services will actually use."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return factory()
+        return schema.get("default", NoDefault)
+
+    def encode_default(self, dft: Any) -> Any:
+        if hasattr(dft, "to_wire"):
+            return dft.to_wire()
+        return super().encode_default(dft)
 
 
 def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +80,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_schema(model: type) -> dict[str, Any]:
     """The structural schema of one pydantic model, as the CRD's camelCase wire form."""
-    schema = model.model_json_schema(by_alias=True, mode="validation")
+    schema = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_WithFactoryDefaults)
     return _structural(schema, schema.get("$defs", {}))
 
 
@@ -99,6 +117,7 @@ def crd(kind: str) -> dict[str, Any]:
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": SPEC_MODELS[kind].__doc__,
+                            "x-kubernetes-validations": [NAME_RULE.to_wire()],
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},

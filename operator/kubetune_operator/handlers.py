@@ -22,6 +22,7 @@ from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, 
 
 SETTINGS = Settings()
 PLURAL = {kind: names[0] for kind, names in NAMES.items()}
+log = logging.getLogger("kubetune.operator")
 
 
 @kopf.on.startup(id="configure")
@@ -76,13 +77,21 @@ def _reconcile(body: kopf.Body, dependency: dict[str, Any] | None = None) -> Non
     else:
         decision = planner.plan(resource, SETTINGS, dependency)
     patch = planner.status_patch(decision, status, meta.get("generation"))
+    log.info(
+        "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
+    )
     for child in decision.children:
         kopf.adopt(child, owner=body)
         _create(child)
+        log.info(
+            "%s %s/%s: created %s %s", kind, meta["namespace"], meta["name"], child["kind"], child["metadata"]["name"]
+        )
         if child["kind"] == "Job":
             patch["status"]["jobName"] = child["metadata"]["name"]
     _patch_status(kind, meta["namespace"], meta["name"], patch)
-    if decision.children or decision.permanent:
+    if decision.permanent:
+        kopf.warn(body, reason=decision.reason, message=decision.message)
+    elif decision.children:
         kopf.info(body, reason=decision.reason, message=decision.message)
     if decision.permanent:
         raise kopf.PermanentError(decision.message)
@@ -122,13 +131,21 @@ def job_status(labels: dict[str, str], namespace: str, new: dict[str, Any] | Non
             current = client.CustomObjectsApi().get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL[kind], name
             )
+            phase = (current.get("status") or {}).get("phase")
+            if not planner.moves_forward(phase, decision.phase):
+                log.debug(
+                    "%s %s/%s: Job says %s after %s; kept %s", kind, namespace, name, decision.phase, phase, phase
+                )
+                return
             _patch_status(
                 kind,
                 namespace,
                 name,
                 planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
             )
-            if (current.get("status") or {}).get("phase") != decision.phase:
+            if phase != decision.phase:
+                log.info("%s %s/%s: %s -> %s (%s) %s", kind, namespace, name, phase, decision.phase, decision.reason,
+                         decision.message)  # fmt: skip
                 post = kopf.warn if decision.phase == Phase.FAILED else kopf.info
                 post(current, reason=decision.reason, message=decision.message)
             return

@@ -78,9 +78,15 @@ def plan(resource: Resource, settings: Settings, dependency: dict[str, Any] | No
 
 
 def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any], settings: Settings) -> Decision:
-    """The resource's phase read off its Job's status (batch/v1 JobStatus)."""
+    """The resource's phase read off its Job's status (batch/v1 JobStatus), as the Job controller defines it.
+
+    Only the ``Complete`` and ``Failed`` conditions are terminal. The controller first writes
+    ``SuccessCriteriaMet`` (or ``FailureTarget``) with the finished pods still in ``uncountedTerminatedPods``
+    and no ``active`` or ``succeeded`` count, then the terminal condition: that first step is the end of a
+    running Job, not a Job waiting for its pod.
+    """
     conditions = {c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
-    if job_status.get("succeeded") or "Complete" in conditions:
+    if "Complete" in conditions:
         output = {"path": builders.output_path(settings.storage_root, kind, namespace, name)}
         return Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output=output)
     if "Failed" in conditions:
@@ -88,9 +94,28 @@ def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any]
         return Decision(
             Phase.FAILED, cond.get("reason") or "JobFailed", cond.get("message") or "the Job failed", permanent=True
         )
-    if job_status.get("active"):
+    if "SuccessCriteriaMet" in conditions:
+        return Decision(Phase.RUNNING, "JobFinishing", "the pod succeeded; the Job is finishing")
+    if "FailureTarget" in conditions:
+        cond = conditions["FailureTarget"]
+        return Decision(Phase.RUNNING, "JobFailing", cond.get("message") or "the Job is failing")
+    uncounted = job_status.get("uncountedTerminatedPods") or {}
+    if job_status.get("active") or job_status.get("ready") or any(uncounted.values()):
         return Decision(Phase.RUNNING, "JobRunning", "the pod is running")
+    if job_status.get("failed"):
+        return Decision(Phase.RUNNING, "JobRetrying", f"{job_status['failed']} pod(s) failed; retrying")
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
+
+
+# A resource's phase only moves forward: Pending/Waiting -> Running -> Succeeded/Failed.
+_RANK = {Phase.PENDING: 0, Phase.WAITING: 0, Phase.RUNNING: 1, Phase.SUCCEEDED: 2, Phase.FAILED: 2}
+
+
+def moves_forward(current: str | None, new: Phase) -> bool:
+    """Whether ``new`` may replace the phase ``current`` (a Job status read late must not undo a later one)."""
+    if current is None or current not in _RANK:
+        return True
+    return _RANK[new] > _RANK[Phase(current)] or (_RANK[new] == _RANK[Phase(current)] and new == current)
 
 
 def status_patch(decision: Decision, current: dict[str, Any] | None, generation: int | None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ Slow (minutes each): a real vLLM engine writes the pairs, TRL trains a real LoRA
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.operator.cluster import Cluster, TestKubelet
+from tests.operator.cluster import Cluster, TestKubelet, kubelet_running
 
 pytestmark = pytest.mark.slow
 
@@ -79,21 +78,14 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     storage = tmp_path / "storage"
 
     async def scenario():
-        async with Cluster(tmp_path) as cluster:
-            kubelet = TestKubelet(cluster, cwd=root, storage=storage)
-            kubelet_task = asyncio.create_task(kubelet.run())
-            try:
-                for doc in yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()):
-                    await cluster.apply(doc)
-                build = await cluster.wait_for("DatasetBuild", "quickstart", {"Succeeded", "Failed"}, timeout=1200)
-                assert build["status"]["phase"] == "Succeeded", _logs(kubelet)
-                job = await cluster.wait_for("FineTuneJob", "quickstart-lora", {"Succeeded", "Failed"}, timeout=1200)
-                assert job["status"]["phase"] == "Succeeded", _logs(kubelet)
-                return build, job
-            finally:
-                kubelet_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await kubelet_task
+        async with Cluster(tmp_path) as cluster, kubelet_running(cluster, cwd=root, storage=storage) as kubelet:
+            for doc in yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()):
+                await cluster.apply(doc)
+            build = await cluster.wait_for("DatasetBuild", "quickstart", {"Succeeded", "Failed"}, timeout=1200)
+            assert build["status"]["phase"] == "Succeeded", _logs(kubelet)
+            job = await cluster.wait_for("FineTuneJob", "quickstart-lora", {"Succeeded", "Failed"}, timeout=1200)
+            assert job["status"]["phase"] == "Succeeded", _logs(kubelet)
+            return build, job
 
     build, job = asyncio.run(scenario())
     assert build["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/quickstart"

@@ -1,10 +1,15 @@
-"""A cluster for tests: kmock's in-memory Kubernetes API over real HTTP, the kopf operator in-process, and a
-test kubelet.
+"""A cluster for tests: the strict test API server (apiserver.py) over real HTTP, the operator started as
+users start it — the ``kubetune operator`` command in its own process — and a test kubelet.
 
-kmock runs no controllers, so :class:`TestKubelet` plays the kubelet and the Job controller: for each Job
-the operator creates, it runs the container's command as a local process (same command and env; the
-ConfigMap and the storage volume bind-mounted at their real mountPaths in a private mount namespace, as
-root), then writes the Job's status back through the API, where the operator's watch sees it.
+The test and the operator talk to the API server as different users (bearer tokens ``admin`` and
+``operator``), so the server's audit tells the operator's requests apart for the RBAC check.
+
+No controllers run, so :class:`TestKubelet` plays the kubelet and the Job controller: for each Job the
+operator creates, it runs the container's command as a local process (same command and env; the ConfigMap,
+the storage volume and the emptyDirs bind-mounted at their real mountPaths in a private mount namespace,
+as root), then writes the Job's status back through the API in the steps the real Job controller takes.
+What it cannot play: the pod's securityContext (the process runs as the test's user) and a read-only root
+filesystem; tests/unit checks the pod template against Pod Security "restricted" instead.
 """
 
 from __future__ import annotations
@@ -13,96 +18,128 @@ import asyncio
 import contextlib
 import os
 import shlex
+import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-import kopf
 import yaml
-from kmock import KubernetesEmulator, Request, ResourceInfo, Server, action
+from kmock import Server
 from kubernetes import client, config
 
 from kubetune.spec.constants import GROUP, NAMES, VERSION
+from tests.operator.apiserver import BUILTIN_RESOURCES, AuditRecord, StrictApiServer, crd_resource_infos, load_crds
 
-VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
-RESOURCES = {
-    "v1/namespaces": ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS),
-    "v1/configmaps": ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
-    "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
-    "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
-    **{
-        f"{GROUP}/{VERSION}/{plural}": ResourceInfo(
-            kind=kind, namespaced=True, singular=singular, subresources={"status"}, verbs=VERBS
-        )
-        for kind, (plural, singular, _) in NAMES.items()
-    },
-}
+ROOT = Path(__file__).resolve().parents[2]
+KUBETUNE = Path(sys.executable).parent / "kubetune"
+ADMIN, OPERATOR = "admin", "operator"
 
 
-class ApiServer(KubernetesEmulator):
-    """kmock's emulator plus what a real API server adds to an object it creates and kmock does not:
-    a name from ``generateName`` (kopf's Events use one), a uid, a resourceVersion and a generation."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    async def _handle(self, request: Request) -> Any:
-        if request.action == action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-            meta.setdefault("namespace", request.namespace or "default")
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("resourceVersion", "1")
-            meta.setdefault("generation", 1)
-            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
-        return await super()._handle(request)
+
+def kubeconfig(server: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "users": [{"name": token, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": token}}],
+    }  # fmt: skip
 
 
 class Cluster:
-    """kmock + kopf, entered with ``async with``; ``api`` helpers run the sync client off the event loop."""
+    """The API server and the operator process, entered with ``async with``.
 
-    def __init__(self, workdir: Path):
+    ``operator_args`` is the command line after ``kubetune`` (default: ``operator``, cluster-wide);
+    ``operator_env`` adds to the operator's environment (e.g. the chart's Deployment env);
+    ``crd_admission=False`` stands for a cluster whose CRDs are older than the operator: the server stores
+    what this version's models refuse, which the operator must turn into a status condition.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        operator_args: list[str] | None = None,
+        operator_env: dict | None = None,
+        crd_admission: bool = True,
+    ):
         self.workdir = workdir
-        self._stop = asyncio.Event()
+        self.crd_admission = crd_admission
+        self.operator_args = operator_args or ["operator"]
+        self.operator_env = operator_env or {}
+        self.operator_log = workdir / "operator.log"
 
     async def __aenter__(self) -> Cluster:
-        from kubetune_operator import handlers  # noqa: F401  (registers the handlers)
-
-        self.kmock = ApiServer()
-        await self.kmock.__aenter__()
-        self.server = Server(self.kmock)
+        self.api = StrictApiServer(crds=load_crds(ROOT / "crds") if self.crd_admission else {})
+        await self.api.__aenter__()
+        self.server = Server(self.api)
         await self.server.__aenter__()
-        for key, info in RESOURCES.items():
-            self.kmock.resources[key] = info
-        kubeconfig = self.workdir / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": str(self.kmock.url).rstrip("/")}}],
-            "users": [{"name": "kmock", "user": {"token": "test"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        }))  # fmt: skip
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        config.load_kube_config(str(kubeconfig))
-        self.operator = asyncio.create_task(
-            kopf.operator(registry=kopf.get_default_registry(), clusterwide=True, standalone=True, stop_flag=self._stop)
+        for key, info in {**BUILTIN_RESOURCES, **crd_resource_infos(ROOT / "crds")}.items():
+            self.api.resources[key] = info
+        url = str(self.api.url).rstrip("/")
+        admin, operator = self.workdir / "kubeconfig-admin", self.workdir / "kubeconfig-operator"
+        admin.write_text(yaml.safe_dump(kubeconfig(url, ADMIN)))
+        operator.write_text(yaml.safe_dump(kubeconfig(url, OPERATOR)))
+        config.load_kube_config(str(admin))
+        env = {**os.environ, **self.operator_env, "KUBECONFIG": str(operator)}
+        self._log = self.operator_log.open("wb")
+        self.operator = await asyncio.create_subprocess_exec(
+            str(KUBETUNE), *self.operator_args, env=env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(self.operator, timeout=10)
+        await self.stop_operator()
+        self._log.close()
         await self.server.__aexit__(None, None, None)
-        await self.kmock.__aexit__(None, None, None)
+        await self.api.__aexit__(None, None, None)
 
-    async def apply(self, resource: dict[str, Any]) -> None:
+    async def stop_operator(self) -> int | None:
+        """SIGTERM, as Kubernetes stops a pod; kill if it has not stopped in 20 s. Returns the exit code."""
+        if self.operator.returncode is None:
+            self.operator.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.operator.wait(), timeout=20)
+            except TimeoutError:
+                self.operator.kill()
+                await self.operator.wait()
+        return self.operator.returncode
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.operator_log.read_text(errors="replace")
+
+    def operator_requests(self) -> list[AuditRecord]:
+        return [r for r in self.api.audit if r.user == OPERATOR]
+
+    # The test's own client (user admin), run off the event loop that serves the API.
+
+    async def apply(self, resource: dict[str, Any]) -> dict[str, Any]:
         namespace = resource["metadata"].get("namespace", "default")
-        await asyncio.to_thread(
+        return await asyncio.to_thread(
             client.CustomObjectsApi().create_namespaced_custom_object,
             GROUP,
             VERSION,
             namespace,
             NAMES[resource["kind"]][0],
             resource,
+        )
+
+    async def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default") -> dict:
+        return await asyncio.to_thread(
+            client.CustomObjectsApi().patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            NAMES[kind][0],
+            name,
+            patch,
         )
 
     async def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
@@ -114,11 +151,10 @@ class Cluster:
         listing = await asyncio.to_thread(client.BatchV1Api().list_job_for_all_namespaces, _preload_content=False)
         return yaml.safe_load(listing.data)["items"]
 
-    async def event_reasons(self, name: str) -> set[str]:
-        """Reasons of the Events about object ``name`` so far (kopf posts them in batches: poll)."""
+    async def events(self, name: str) -> list[dict[str, Any]]:
+        """The Events about object ``name`` so far (kopf posts them in batches: poll)."""
         listing = await asyncio.to_thread(client.CoreV1Api().list_event_for_all_namespaces, _preload_content=False)
-        events = yaml.safe_load(listing.data)["items"]
-        return {e.get("reason") for e in events if e.get("involvedObject", {}).get("name") == name}
+        return [e for e in yaml.safe_load(listing.data)["items"] if e.get("involvedObject", {}).get("name") == name]
 
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
         raw = await asyncio.to_thread(
@@ -132,16 +168,49 @@ class Cluster:
             client.BatchV1Api().patch_namespaced_job_status, meta["name"], meta["namespace"], {"status": status}
         )
 
+    async def finish_job(self, job: dict[str, Any], succeeded: bool, message: str = "") -> None:
+        """End a Job in the two steps the Job controller writes: the success or failure criterion with the pod
+        still uncounted, then the terminal condition with the counts."""
+        pod = str(uuid.uuid4())
+        if succeeded:
+            criterion = {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached"}
+            await self.set_job_status(
+                job, {"active": 0, "conditions": [criterion], "uncountedTerminatedPods": {"succeeded": [pod]}}
+            )
+            final = {"type": "Complete", "status": "True", "reason": "CompletionsReached"}
+            await self.set_job_status(
+                job, {"succeeded": 1, "uncountedTerminatedPods": {}, "conditions": [criterion, final]}
+            )
+        else:
+            criterion = {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+                         "message": message or "Job has reached the specified backoff limit"}  # fmt: skip
+            await self.set_job_status(
+                job, {"active": 0, "conditions": [criterion], "uncountedTerminatedPods": {"failed": [pod]}}
+            )
+            await self.set_job_status(
+                job,
+                {
+                    "failed": 1,
+                    "uncountedTerminatedPods": {},
+                    "conditions": [criterion, {**criterion, "type": "Failed"}],
+                },
+            )
+
     async def wait_for(self, kind: str, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
-        """Poll until the resource's status.phase is one of ``phases``; fail with the last status seen."""
+        """Poll until the resource's status.phase is one of ``phases``; fail with the last status and the log."""
         deadline = asyncio.get_running_loop().time() + timeout
         obj: dict[str, Any] = {}
         while asyncio.get_running_loop().time() < deadline:
             obj = await self.get(kind, name)
             if (obj.get("status") or {}).get("phase") in phases:
                 return obj
+            if self.operator.returncode is not None:
+                break
             await asyncio.sleep(0.5)
-        raise AssertionError(f"{kind}/{name} did not reach {phases} in {timeout}s; status: {obj.get('status')}")
+        raise AssertionError(
+            f"{kind}/{name} did not reach {phases} in {timeout}s; status: {obj.get('status')}\n"
+            f"operator exit code: {self.operator.returncode}; its log:\n{self.log()[-4000:]}"
+        )
 
 
 class TestKubelet:
@@ -167,54 +236,56 @@ class TestKubelet:
         meta, pod = job["metadata"], job["spec"]["template"]["spec"]
         folders = {}
         for volume in pod.get("volumes", []):
+            folder = self.cluster.workdir / "volumes" / meta["name"] / volume["name"]
             if "configMap" in volume:
-                folder = self.cluster.workdir / "volumes" / meta["name"] / volume["name"]
                 folder.mkdir(parents=True, exist_ok=True)
                 cm = await self.cluster.config_map(volume["configMap"]["name"], meta["namespace"])
                 for key, value in cm.get("data", {}).items():
                     (folder / key).write_text(value)
-                folders[volume["name"]] = folder
             elif "persistentVolumeClaim" in volume:
                 self.storage.mkdir(parents=True, exist_ok=True)
-                folders[volume["name"]] = self.storage
+                folder = self.storage
+            elif "emptyDir" in volume:
+                folder.mkdir(parents=True, exist_ok=True)
             else:
                 raise NotImplementedError(f"test kubelet: volume {volume}")
+            folders[volume["name"]] = folder
         return folders
 
     async def _run_job(self, job: dict[str, Any]) -> None:
-        container = job["spec"]["template"]["spec"]["containers"][0]
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
         folders = await self._volumes(job)
+        emptydirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        # emptyDirs last: one may cover /tmp, where the other volumes' sources live in a test.
+        ordered = sorted(container.get("volumeMounts", []), key=lambda m: m["name"] in emptydirs)
         mounts = " && ".join(
             f"mkdir -p {shlex.quote(m['mountPath'])} && mount --bind {shlex.quote(str(folders[m['name']]))} "
             f"{shlex.quote(m['mountPath'])}"
-            for m in container.get("volumeMounts", [])
+            for m in ordered
         )
         env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env", [])}}
+        env.pop("KUBECONFIG", None)  # the pods get no API access
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the image's python is ours
         log = self.cluster.workdir / f"{job['metadata']['name']}.log"
         self.logs[job["metadata"]["name"]] = log
         await self.cluster.set_job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                f'{mounts} && exec "$@"',
-                "sh",
-                *container["command"],
-                cwd=self.cwd,
-                env=env,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+                "unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh",
+                *container["command"], cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
             rc = await proc.wait()
-        if rc == 0:
-            status = {"active": 0, "succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-        else:
-            status = {"active": 0, "failed": 1, "conditions": [
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                 "message": f"the container exited with {rc}"}]}  # fmt: skip
-        await self.cluster.set_job_status(job, status)
+        await self.cluster.finish_job(job, succeeded=rc == 0, message=f"the container exited with {rc}")
+
+
+@contextlib.asynccontextmanager
+async def kubelet_running(cluster: Cluster, cwd: Path, storage: Path):
+    kubelet = TestKubelet(cluster, cwd=cwd, storage=storage)
+    task = asyncio.create_task(kubelet.run())
+    try:
+        yield kubelet
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,6 +1,8 @@
-"""The kopf operator against kmock's in-memory Kubernetes API: children, waiting, status, bad specs.
+"""The operator as users run it — ``kubetune operator`` in its own process — against the strict test API
+server: children, waiting, status, Events, logs, namespaces, bad specs.
 
-Jobs are moved by the test itself here (no processes run); tests/e2e runs them for real.
+Jobs are moved by the test itself here, in the steps the Job controller writes (no processes run);
+tests/e2e runs them for real.
 """
 
 from __future__ import annotations
@@ -33,88 +35,126 @@ FTJ = {
 
 @pytest.fixture()
 def run_in_cluster(tmp_path):
-    def runner(scenario):
+    def runner(scenario, **cluster_args):
         async def main():
-            async with Cluster(tmp_path) as cluster:
+            async with Cluster(tmp_path, **cluster_args) as cluster:
                 await scenario(cluster)
+                return cluster
 
-        asyncio.run(asyncio.wait_for(main(), timeout=60))
+        return asyncio.run(asyncio.wait_for(main(), timeout=90))
 
     return runner
 
 
-async def _job_of(cluster: Cluster, name: str, timeout: float = 10) -> dict:
+async def _job_of(cluster: Cluster, name: str, timeout: float = 15) -> dict:
     for _ in range(int(timeout * 4)):
         found = [j for j in await cluster.jobs() if j["metadata"]["name"] == name]
         if found:
             return found[0]
         await asyncio.sleep(0.25)
-    raise AssertionError(f"no Job {name}")
+    raise AssertionError(f"no Job {name}; operator log:\n{cluster.log()[-3000:]}")
 
 
-def test_fine_tune_job_waits_for_its_dataset_build_then_runs(run_in_cluster):
-    async def scenario(cluster: Cluster):
-        await cluster.apply(copy.deepcopy(FTJ))  # GitOps: the job may arrive first
-        waiting = await cluster.wait_for("FineTuneJob", "tune", {"Waiting"}, timeout=15)
-        assert waiting["status"]["message"] == "waiting for DatasetBuild docs to exist"
+async def _event_reasons(cluster: Cluster, name: str, until: str) -> list[str]:
+    for _ in range(60):
+        events = await cluster.events(name)
+        if until in {e["reason"] for e in events}:
+            break
+        await asyncio.sleep(0.25)
+    return sorted(e["reason"] for e in events)
 
-        await cluster.apply(copy.deepcopy(DSB))
+
+async def full_flow(cluster: Cluster) -> None:
+    """GitOps order (the job first), a build that succeeds, a training Job that fails."""
+    await cluster.apply(copy.deepcopy(FTJ))
+    waiting = await cluster.wait_for("FineTuneJob", "tune", {"Waiting"}, timeout=30)
+    assert waiting["status"]["message"] == "waiting for DatasetBuild docs to exist"
+
+    await cluster.apply(copy.deepcopy(DSB))
+    job = await _job_of(cluster, "docs-datagen")
+    build = await cluster.get("DatasetBuild", "docs")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == build["metadata"]["uid"]
+    assert job["metadata"]["labels"]["kubetune.dev/datasetbuild"] == "docs"
+    cm = await cluster.config_map("docs-datagen", "default")
+    assert json.loads(cm["data"]["spec.json"])["generation"]["model"] == "/models/m"
+    assert cm["metadata"]["ownerReferences"][0]["name"] == "docs"
+    assert build["status"]["jobName"] == "docs-datagen"
+    # The server stored the defaults the services apply.
+    assert build["spec"]["chunking"] == {"minChars": 1000, "maxChars": 2000}
+    assert build["metadata"]["generation"] == 1
+
+    await cluster.set_job_status(job, {"active": 1})
+    await cluster.wait_for("DatasetBuild", "docs", {"Running"}, timeout=10)
+    await cluster.finish_job(job, succeeded=True)
+    done = await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=10)
+    assert done["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/docs"
+    ready = next(c for c in done["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    assert done["metadata"]["generation"] == 1  # status writes never bump it
+    # One Event per phase change: created (Running), then succeeded; never back to Pending in between.
+    assert await _event_reasons(cluster, "docs", until="JobSucceeded") == ["JobCreated", "JobSucceeded"]
+
+    train = await _job_of(cluster, "tune-train", timeout=30)
+    command = train["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--dataset") + 1] == "/var/lib/kubetune/datasets/default/docs"
+    await cluster.finish_job(train, succeeded=False, message="3 pods failed")
+    failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=10)
+    assert failed["status"]["message"] == "3 pods failed"
+    events = await cluster.events("tune")
+    for _ in range(40):
+        if any(e["reason"] == "BackoffLimitExceeded" for e in events):
+            break
+        await asyncio.sleep(0.25)
+        events = await cluster.events("tune")
+    assert {e["type"] for e in events if e["reason"] == "BackoffLimitExceeded"} == {"Warning"}
+
+
+def test_kubetune_operator_cluster_wide(run_in_cluster):
+    cluster = run_in_cluster(full_flow)
+    assert cluster.operator.returncode == 0  # stopped by SIGTERM, cleanly
+    log = cluster.log()
+    # An admin reads one line per decision, with the resource's namespace/name.
+    assert "FineTuneJob default/tune: Waiting (DatasetBuildNotFound)" in log
+    assert "DatasetBuild default/docs: created Job docs-datagen" in log
+    assert "DatasetBuild default/docs: Running -> Succeeded (JobSucceeded)" in log
+    assert "FineTuneJob default/tune: Running -> Failed (BackoffLimitExceeded) 3 pods failed" in log
+
+
+def test_kubetune_operator_namespaced_ignores_other_namespaces(run_in_cluster):
+    async def watched_only(cluster: Cluster):
+        for namespace in ("team", "default"):
+            build = copy.deepcopy(DSB)
+            build["metadata"]["namespace"] = namespace
+            await cluster.apply(build)
         job = await _job_of(cluster, "docs-datagen")
-        build = await cluster.get("DatasetBuild", "docs")
-        assert job["metadata"]["ownerReferences"][0]["uid"] == build["metadata"]["uid"]
-        assert job["metadata"]["labels"]["kubetune.dev/datasetbuild"] == "docs"
-        cm = await cluster.config_map("docs-datagen", "default")
-        assert json.loads(cm["data"]["spec.json"])["generation"]["model"] == "/models/m"
-        assert cm["metadata"]["ownerReferences"][0]["name"] == "docs"
-        assert build["status"]["jobName"] == "docs-datagen"
+        assert job["metadata"]["namespace"] == "team"
+        await asyncio.sleep(2)
+        assert [j["metadata"]["namespace"] for j in await cluster.jobs()] == ["team"]
+        untouched = await cluster.get("DatasetBuild", "docs", namespace="default")
+        assert "status" not in untouched and not untouched["metadata"].get("finalizers")
 
-        await cluster.set_job_status(job, {"active": 1})
-        await cluster.wait_for("DatasetBuild", "docs", {"Running"}, timeout=10)
-        await cluster.set_job_status(job, {"active": 0, "succeeded": 1})
-        done = await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=10)
-        assert done["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/docs"
-        ready = next(c for c in done["status"]["conditions"] if c["type"] == "Ready")
-        assert ready["status"] == "True"
-        # One Event per phase change: created (Running), then succeeded.
-        for _ in range(40):
-            reasons = await cluster.event_reasons("docs")
-            if "JobSucceeded" in reasons:
-                break
-            await asyncio.sleep(0.25)
-        assert reasons == {"JobCreated", "JobSucceeded"}
-
-        train = await _job_of(cluster, "tune-train", timeout=30)
-        command = train["spec"]["template"]["spec"]["containers"][0]["command"]
-        assert command[command.index("--dataset") + 1] == "/var/lib/kubetune/datasets/default/docs"
-        await cluster.set_job_status(
-            train,
-            {
-                "active": 0,
-                "failed": 3,
-                "conditions": [
-                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "3 pods failed"}
-                ],
-            },
-        )
-        failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=10)
-        assert failed["status"]["message"] == "3 pods failed"
-
-    run_in_cluster(scenario)
+    cluster = run_in_cluster(watched_only, operator_args=["operator", "-n", "team"])
+    assert "DatasetBuild team/docs: created Job docs-datagen" in cluster.log()
 
 
-def test_a_bad_spec_becomes_a_condition_not_a_crash_loop(run_in_cluster):
+def test_a_spec_the_crd_let_through_becomes_a_condition_not_a_crash_loop(run_in_cluster):
+    """An older CRD (no strict schema, no CEL) stores what this operator's models refuse."""
+
     async def scenario(cluster: Cluster):
         bad = copy.deepcopy(FTJ)
         bad["metadata"]["name"] = "bad"
         bad["spec"]["training"] = {"learningRat": 0.1}
-        bad["spec"]["method"] = "lorra"
+        bad["spec"]["method"] = "[lorra]"
         await cluster.apply(bad)
-        failed = await cluster.wait_for("FineTuneJob", "bad", {"Failed"}, timeout=15)
+        failed = await cluster.wait_for("FineTuneJob", "bad", {"Failed"}, timeout=30)
         valid = next(c for c in failed["status"]["conditions"] if c["type"] == "SpecValid")
         assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
         assert "spec.training.learningRat" in valid["message"] and "did you mean 'learningRate'" in valid["message"]
-        assert "spec.method" in valid["message"]
+        assert "spec.method" in valid["message"] and "'[lorra]'" in valid["message"]
+        await _event_reasons(cluster, "bad", until="InvalidSpec")
+        assert [e["type"] for e in await cluster.events("bad") if e["reason"] == "InvalidSpec"] == ["Warning"]
         await asyncio.sleep(1.5)
         assert not [j for j in await cluster.jobs() if j["metadata"]["name"].startswith("bad")]
 
-    run_in_cluster(scenario)
+    cluster = run_in_cluster(scenario, crd_admission=False)
+    assert "FineTuneJob default/bad: Failed (InvalidSpec)" in cluster.log()

@@ -85,18 +85,39 @@ def test_fine_tune_job_waits_for_its_dataset(dependency, phase, reason, retry):
         assert {"name": "MLFLOW_TRACKING_URI", "value": "sqlite:////data/mlflow.db"} in container["env"]
 
 
+SUCCESS_CRITERIA_MET = {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached"}
+FAILURE_TARGET = {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "3 failed"}
+
+
 @pytest.mark.parametrize(
     ("job_status", "phase"),
     [
         pytest.param({}, Phase.PENDING, id="new"),
         pytest.param({"active": 1}, Phase.RUNNING, id="active"),
-        pytest.param({"succeeded": 1}, Phase.SUCCEEDED, id="succeeded"),
+        pytest.param({"active": 1, "ready": 1}, Phase.RUNNING, id="ready"),
         pytest.param(
-            {"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
+            {"conditions": [SUCCESS_CRITERIA_MET], "uncountedTerminatedPods": {"succeeded": ["u1"]}},
+            Phase.RUNNING,
+            id="success-criteria-met-not-yet-complete",
+        ),
+        pytest.param(
+            {"succeeded": 1, "conditions": [SUCCESS_CRITERIA_MET, {"type": "Complete", "status": "True"}]},
+            Phase.SUCCEEDED,
+            id="complete",
+        ),
+        pytest.param({"succeeded": 1}, Phase.PENDING, id="succeeded-count-without-complete-is-not-terminal"),
+        pytest.param(
+            {"failed": 2, "conditions": [FAILURE_TARGET], "uncountedTerminatedPods": {"failed": ["u3"]}},
+            Phase.RUNNING,
+            id="failure-target-not-yet-failed",
+        ),
+        pytest.param(
+            {"failed": 3, "conditions": [FAILURE_TARGET, {**FAILURE_TARGET, "type": "Failed"}]},
             Phase.FAILED,
             id="failed",
         ),
         pytest.param({"failed": 1, "active": 1}, Phase.RUNNING, id="retrying"),
+        pytest.param({"failed": 1}, Phase.RUNNING, id="between-retries"),
     ],
 )
 def test_job_outcome(job_status, phase):
@@ -104,6 +125,55 @@ def test_job_outcome(job_status, phase):
     assert decision.phase == phase
     if phase == Phase.SUCCEEDED:
         assert decision.output == {"path": "/data/datasets/team/docs"}
+
+
+# The Job statuses a real Job controller writes, in order (seen on a v1.36 kube-apiserver).
+CONTROLLER_SEQUENCES = {
+    "success": [
+        {},
+        {"active": 1, "startTime": "t0"},
+        {"active": 1, "ready": 1},
+        {"ready": 0, "conditions": [SUCCESS_CRITERIA_MET], "uncountedTerminatedPods": {"succeeded": ["u1"]}},
+        {"succeeded": 1, "conditions": [SUCCESS_CRITERIA_MET, {"type": "Complete", "status": "True"}]},
+    ],
+    "retried-then-failed": [
+        {"active": 1},
+        {"active": 0, "uncountedTerminatedPods": {"failed": ["u1"]}},
+        {"failed": 1},
+        {"failed": 1, "active": 1},
+        {"failed": 1, "conditions": [FAILURE_TARGET], "uncountedTerminatedPods": {"failed": ["u2"]}},
+        {"failed": 2, "conditions": [FAILURE_TARGET, {**FAILURE_TARGET, "type": "Failed"}]},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLLER_SEQUENCES))
+def test_phase_never_moves_backwards_through_a_controller_sequence(name):
+    phase, seen = None, []
+    for job_status in CONTROLLER_SEQUENCES[name]:
+        decision = planner.job_outcome("FineTuneJob", "team", "tune", job_status, SETTINGS)
+        if planner.moves_forward(phase, decision.phase):
+            phase = decision.phase
+        seen.append(phase)
+    ranks = [min(["Pending", "Running", "Succeeded", "Failed"].index(p), 2) for p in seen]
+    assert ranks == sorted(ranks), seen
+    assert seen[-1] == (Phase.SUCCEEDED if name == "success" else Phase.FAILED)
+    assert Phase.PENDING not in seen[seen.index(Phase.RUNNING) :]
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "allowed"),
+    [
+        pytest.param(None, Phase.PENDING, True, id="first"),
+        pytest.param("Running", Phase.PENDING, False, id="running-to-pending"),
+        pytest.param("Succeeded", Phase.RUNNING, False, id="succeeded-to-running"),
+        pytest.param("Succeeded", Phase.FAILED, False, id="terminal-to-terminal"),
+        pytest.param("Waiting", Phase.RUNNING, True, id="waiting-to-running"),
+        pytest.param("Running", Phase.RUNNING, True, id="same"),
+    ],
+)
+def test_moves_forward(current, new, allowed):
+    assert planner.moves_forward(current, new) is allowed
 
 
 def test_status_patch_keeps_transition_times_and_sets_conditions():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from kubetune.spec.base import SpecModel
+from kubetune.spec.base import CelRule, SpecModel
 
 
 class SourceSpec(SpecModel):
@@ -35,11 +35,11 @@ class ChunkingSpec(SpecModel):
     min_chars: int = Field(1000, ge=1, description="A chunk grows until it has at least this many characters.")
     max_chars: int = Field(2000, ge=1, description="A chunk never exceeds this (a longer sentence is cut).")
 
-    @model_validator(mode="after")
-    def _min_below_max(self) -> ChunkingSpec:
-        if self.min_chars > self.max_chars:
-            raise ValueError(f"minChars ({self.min_chars}) must not exceed maxChars ({self.max_chars})")
-        return self
+    cel_rules: ClassVar = (
+        CelRule(
+            "self.minChars <= self.maxChars", "minChars must not exceed maxChars", lambda s: s.min_chars <= s.max_chars
+        ),
+    )
 
 
 class GenerationSpec(SpecModel):

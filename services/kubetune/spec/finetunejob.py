@@ -6,11 +6,11 @@ Option names follow TRL's ``SFTConfig`` and PEFT's ``LoraConfig`` (camelCased on
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from kubetune.spec.base import SpecModel
+from kubetune.spec.base import CelRule, SpecModel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -27,11 +27,13 @@ class DatasetSource(SpecModel):
     dataset_build_ref: DatasetBuildRef | None = None
     path: str | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> DatasetSource:
-        if (self.dataset_build_ref is None) == (self.path is None):
-            raise ValueError("set exactly one of datasetBuildRef or path")
-        return self
+    cel_rules: ClassVar = (
+        CelRule(
+            "has(self.datasetBuildRef) != has(self.path)",
+            "set exactly one of datasetBuildRef or path",
+            lambda s: (s.dataset_build_ref is None) != (s.path is None),
+        ),
+    )
 
 
 class LoraSpec(SpecModel):

@@ -8,19 +8,29 @@ conditions can say all that is wrong at once.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kubetune.spec.base import SpecModel
+from kubetune.spec.base import CelRule, SpecModel, drop_nulls
 from kubetune.spec.constants import API_VERSION, DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.datasetbuild import DatasetBuildSpec
 from kubetune.spec.finetunejob import DNS_LABEL, FineTuneJobSpec
 from kubetune.spec.status import ResourceStatus
+
+# A resource's name becomes a label value and the stem of its Jobs' names, so it must be a DNS label (an API
+# server would otherwise accept any DNS subdomain, dots and 253 characters included). The CRD carries the rule.
+NAME_RULE = CelRule(
+    f"size(self.metadata.name) <= 63 && self.metadata.name.matches('{DNS_LABEL}')",
+    "metadata.name must be a DNS label: at most 63 characters, lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit",
+    lambda name: len(name) <= 63 and re.fullmatch(DNS_LABEL, name) is not None,
+)
 
 
 class ObjectMeta(SpecModel):
@@ -28,10 +38,17 @@ class ObjectMeta(SpecModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    name: str
     namespace: str = Field("default", pattern=DNS_LABEL, max_length=63)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if not NAME_RULE.holds(name):
+            raise ValueError(NAME_RULE.message)
+        return name
 
 
 class DatasetBuild(SpecModel):
@@ -151,6 +168,8 @@ def parse_resource(doc: Any, source: str = "") -> Resource:
     if kind not in RESOURCE_MODELS:
         raise SpecError([FieldError("kind", f"must be one of {', '.join(RESOURCE_MODELS)}", kind, source)])
     model = RESOURCE_MODELS[kind]
+    if isinstance(doc.get("spec"), dict):
+        doc = {**doc, "spec": drop_nulls(doc["spec"])}
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
@@ -192,6 +211,6 @@ def parse_spec(kind: str, spec: Any) -> DatasetBuildSpec | FineTuneJobSpec:
     """A spec alone (as the operator sees it), errors prefixed with 'spec'."""
     model = SPEC_MODELS[kind]
     try:
-        return model.model_validate(spec if spec is not None else {})
+        return model.model_validate(drop_nulls(spec) if spec is not None else {})
     except ValidationError as exc:
         raise SpecError(validation_errors(exc, model, prefix="spec")) from None

@@ -75,7 +75,7 @@ class OutputStatus(SpecModel):
 class ResourceStatus(SpecModel):
     """The status subresource of a DatasetBuild or a FineTuneJob."""
 
-    phase: Phase = Phase.PENDING
+    phase: Phase = Field(Phase.PENDING, strict=False)  # read back from the API as a string
     progress: str | None = Field(None, description="Human-readable progress, e.g. 'generate 3/12'.")
     message: str | None = None
     observed_generation: int | None = None

@@ -1,0 +1,393 @@
+"""A Kubernetes API server for tests: kmock's in-memory API over real HTTP, made as strict as a real server
+where kubetune depends on it.
+
+What it adds to kmock, as a kube-apiserver does it:
+
+- custom resources are checked against their CRD's ``openAPIV3Schema`` before they are stored: types (no
+  coercion: ``"3"`` is not a number), enums, bounds, patterns, required fields, and unknown fields refused
+  as with ``fieldValidation=Strict`` (what kubectl sends);
+- a null that the schema does not allow is pruned, then ``default:`` values are applied, as the server's
+  structural defaulting does, so a stored object shows what will run;
+- ``x-kubernetes-validations`` (CEL, evaluated with cel-python; ``oldSelf`` on updates) refuse an object
+  with the rule's message, as HTTP 422 ``Invalid``;
+- ``metadata.generation`` starts at 1 and goes up on a change outside metadata and status, never on a
+  status write; ``resourceVersion`` goes up on every write; uid, creationTimestamp and a name from
+  ``generateName`` are set on create;
+- for kinds with a status subresource, status sent to the main resource is ignored, and a write to
+  ``/status`` changes only status;
+- every request is recorded with the user of its bearer token and its RBAC verb, group, resource and
+  subresource (:attr:`StrictApiServer.audit`), which the RBAC test compares with the chart's roles.
+
+What it still does not do: built-in kinds (Jobs, ConfigMaps, Events) are stored unvalidated; no admission
+(Pod Security included: tests check the pod templates against the restricted profile directly); no label
+or field selectors; no garbage collection of owned objects; no optimistic-concurrency check of a
+``resourceVersion`` sent with an update (a JSON patch's ``test`` op is honoured); no controllers (the
+test kubelet plays the Job controller); watches do not resume from a resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import itertools
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import celpy
+import jsonpatch
+import jsonschema
+import yaml
+from kmock import KubernetesEmulator, Request, ResourceInfo, action, method
+from kmock._internal.k8s import KubernetesError
+
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+BUILTIN_RESOURCES = {
+    "v1/namespaces": ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS),
+    "v1/configmaps": ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
+    "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
+    "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
+}
+
+
+@attrs.frozen
+class ApiError(KubernetesError):
+    """An error a real server answers with (422 Invalid, 400 BadRequest, 404, 409), as a Status object."""
+
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = ""
+    details: Any = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One request, as RBAC sees it."""
+
+    user: str
+    verb: str  # get, list, watch, create, update, patch, delete, deletecollection
+    group: str  # "" for the core group
+    resource: str  # plural, e.g. jobs; or a non-resource URL path
+    subresource: str | None
+    namespace: str | None
+    name: str | None
+
+
+def as_json_schema(node: Any) -> Any:
+    """An OpenAPI 3.0 structural schema as JSON Schema: nullable as a type union, boolean exclusive bounds as
+    numbers, and unknown properties refused wherever properties are listed (strict field validation)."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: v for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if "items" in node:
+        out["items"] = as_json_schema(node["items"])
+    if isinstance(node.get("additionalProperties"), dict):
+        out["additionalProperties"] = as_json_schema(node["additionalProperties"])
+    if "properties" in node:
+        out["properties"] = {k: as_json_schema(v) for k, v in node["properties"].items()}
+        if not node.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    if out.pop("nullable", False):
+        out["type"] = [out["type"], "null"]
+    for bound in ("Minimum", "Maximum"):
+        if out.get(f"exclusive{bound}") is True:
+            out[f"exclusive{bound}"] = out.pop(bound.lower())
+    return out
+
+
+def prune_nulls_and_default(value: Any, schema: dict[str, Any]) -> Any:
+    """Structural defaulting: drop nulls the schema does not allow, then fill absent fields' defaults."""
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        out = {k: v for k, v in value.items() if not (v is None and not props.get(k, {}).get("nullable"))}
+        for key, sub in props.items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = prune_nulls_and_default(out[key], sub)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [prune_nulls_and_default(v, schema["items"]) for v in value]
+    return value
+
+
+def _path(parts: list[Any]) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts).replace(".[", "[")
+
+
+class CrdSchema:
+    """One served version of a CRD: its schema as JSON Schema, and its CEL rules compiled."""
+
+    _cel = celpy.Environment()
+
+    def __init__(self, crd: dict[str, Any]):
+        version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+        self.kind = crd["spec"]["names"]["kind"]
+        self.group = crd["spec"]["group"]
+        self.openapi = version["schema"]["openAPIV3Schema"]
+        self.validator = jsonschema.Draft7Validator(as_json_schema(self.openapi))
+        self.status_subresource = "status" in (version.get("subresources") or {})
+        self._programs: dict[str, Any] = {}
+
+    def _program(self, rule: str) -> Any:
+        if rule not in self._programs:
+            self._programs[rule] = self._cel.program(self._cel.compile(rule))
+        return self._programs[rule]
+
+    def _cel_errors(self, value: Any, old: Any, schema: dict[str, Any], where: list[Any]) -> list[str]:
+        errors = []
+        for rule in schema.get("x-kubernetes-validations") or []:
+            transition = "oldSelf" in rule["rule"]
+            if transition and old is None:
+                continue  # transition rules apply to updates only
+            bindings = {"self": celpy.json_to_cel(value)}
+            if transition:
+                bindings["oldSelf"] = celpy.json_to_cel(old)
+            result = self._program(rule["rule"]).evaluate(bindings)
+            if not bool(result) or isinstance(result, celpy.CELEvalError):
+                errors.append(
+                    f'{_path(where) or "<root>"}: Invalid value: "object": {rule.get("message") or rule["rule"]}'
+                )
+        if isinstance(value, dict):
+            for key, sub in (schema.get("properties") or {}).items():
+                if key in value:
+                    old_sub = old.get(key) if isinstance(old, dict) else None
+                    errors += self._cel_errors(value[key], old_sub, sub, [*where, key])
+        if isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for index, item in enumerate(value):
+                errors += self._cel_errors(item, None, schema["items"], [*where, index])
+        return errors
+
+    def admit(self, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+        """The object as the server would store it (nulls pruned, defaults set), or an ApiError."""
+        name = (obj.get("metadata") or {}).get("name", "")
+        unknown = [
+            _path([*e.absolute_path, extra])
+            for e in self.validator.iter_errors(obj)
+            if e.validator == "additionalProperties"
+            for extra in sorted(set(e.instance) - set(e.schema.get("properties", {})))
+        ]
+        if unknown:
+            raise ApiError(
+                status=400,
+                reason="BadRequest",
+                message="strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown),
+            )
+        stored = prune_nulls_and_default(obj, self.openapi)
+        errors = [
+            f"{_path(list(e.absolute_path))}: Invalid value: {e.instance!r}: {e.message}"
+            for e in sorted(self.validator.iter_errors(stored), key=lambda e: list(map(str, e.absolute_path)))
+        ]
+        if not errors:  # the server runs CEL only on a schema-valid object
+            errors = self._cel_errors(stored, old, self.openapi, [])
+        if errors:
+            raise ApiError(
+                message=f'{self.kind}.{self.group} "{name}" is invalid: ' + "; ".join(errors),
+                details={"causes": [{"message": e} for e in errors], "kind": self.kind, "name": name},
+            )
+        return stored
+
+
+def load_crds(folder: Path) -> dict[str, CrdSchema]:
+    """``group/version/plural`` -> schema, for every CRD file in ``folder``."""
+    out = {}
+    for path in sorted(folder.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            out[f"{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['plural']}"] = CrdSchema(crd)
+    return out
+
+
+def crd_resource_infos(folder: Path) -> dict[str, ResourceInfo]:
+    """kmock discovery entries for the CRDs in ``folder`` (kopf only watches what discovery lists)."""
+    out = {}
+    for path in sorted(folder.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        names = crd["spec"]["names"]
+        for version in crd["spec"]["versions"]:
+            out[f"{crd['spec']['group']}/{version['name']}/{names['plural']}"] = ResourceInfo(
+                kind=names["kind"],
+                namespaced=crd["spec"]["scope"] == "Namespaced",
+                singular=names["singular"],
+                subresources=set(version.get("subresources") or {}),
+                verbs=VERBS,
+            )
+    return out
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define(kw_only=True)
+class StrictApiServer(KubernetesEmulator):
+    """kmock's emulator with a real server's admission of custom resources and bookkeeping (module doc)."""
+
+    crds: dict[str, CrdSchema] = attrs.field(factory=dict)
+    audit: list[AuditRecord] = attrs.field(factory=list)
+    # The namespaces that exist (kmock cannot store Namespaces; it cannot even parse their cluster-wide path).
+    namespaces: tuple[str, ...] = ("default", "kube-system", "team")
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """List or watch Namespaces (kopf does so when it watches named namespaces)."""
+        watch = raw_request.query.get("watch") in ("true", "1")
+        token = (raw_request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        self.audit.append(AuditRecord(token, "watch" if watch else "list", "", "namespaces", None, None, None))
+        items = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "resourceVersion": "1"},
+             "status": {"phase": "Active"}}
+            for n in self.namespaces
+        ]  # fmt: skip
+        if not watch:
+            return aiohttp.web.json_response(
+                {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": "1"}, "items": items}
+            )
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        timeout = float(raw_request.query.get("timeoutSeconds") or 60)
+        await asyncio.sleep(min(timeout, 60))  # nothing changes: the list already said it all
+        await response.write_eof()
+        return response
+
+    def _record(self, request: Request) -> None:
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if request.resource is None:
+            self.audit.append(AuditRecord(token, "get", "", request.url.path, None, None, None))
+            return
+        verb = {
+            action.LIST: "list",
+            action.WATCH: "watch",
+            action.FETCH: "get",
+            action.CREATE: "create",
+            action.DELETE: "delete" if request.name else "deletecollection",
+        }.get(request.action)
+        if request.action == action.UPDATE:
+            verb = "update" if request.method == method.PUT else "patch"
+        self.audit.append(
+            AuditRecord(
+                token,
+                verb or str(request.action),
+                request.resource.group or "",
+                request.resource.plural,
+                request.subresource,
+                request.namespace,
+                request.name,
+            )
+        )
+
+    def _key(self, request: Request) -> str:
+        res = request.resource
+        return f"{res.group}/{res.version}/{res.plural}" if res.group else f"{res.version}/{res.plural}"
+
+    def _stored(self, request: Request) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return copy.deepcopy(self.objects[key].raw)
+
+    def _has_status_subresource(self, request: Request) -> bool:
+        info = self.resources.get(request.resource) if request.resource in self.resources else None
+        return bool(info and "status" in (info.subresources or ()))
+
+    def _admit_create(self, request: Request) -> None:
+        obj = copy.deepcopy(request.data)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not meta.get("name"):
+            raise ApiError(message="metadata.name: Required value: name or generateName is required")
+        if request.resource in self.resources and self.resources[request.resource].namespaced:
+            meta["namespace"] = request.namespace or meta.get("namespace") or "default"
+        if self._has_status_subresource(request):
+            obj.pop("status", None)  # a create never sets status where status is a subresource
+        crd = self.crds.get(self._key(request))
+        if crd is not None:
+            obj = crd.admit(obj, None)
+            meta = obj["metadata"]
+        meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), creationTimestamp=_now())
+        if "spec" in obj:
+            meta["generation"] = 1
+        _replace_data(request, obj)
+
+    def _admit_update(self, request: Request, old: dict[str, Any]) -> None:
+        try:
+            if isinstance(request.data, list):
+                new = jsonpatch.apply_patch(old, request.data)
+            elif request.method == method.PUT:
+                new = copy.deepcopy(request.data)
+            else:
+                new = _merge_patch(old, request.data or {})
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise ApiError(status=409, reason="Conflict", message=f"the object has been modified: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise ApiError(message=f"the JSON patch does not apply: {exc}") from None
+        if self._has_status_subresource(request):
+            if request.subresource == "status":
+                new = {**old, "status": new.get("status")}  # /status changes status only
+            else:
+                new = {k: v for k, v in new.items() if k != "status"}
+                if "status" in old:
+                    new["status"] = old["status"]
+        new = {k: v for k, v in new.items() if v is not None}
+        crd = self.crds.get(self._key(request))
+        if crd is not None:
+            new = crd.admit(new, old)
+        meta = new.setdefault("metadata", {})
+        for immutable in ("uid", "creationTimestamp", "name", "namespace"):
+            if immutable in old.get("metadata", {}):
+                meta[immutable] = old["metadata"][immutable]
+        changed = {k: v for k, v in new.items() if k not in ("metadata", "status")}
+        before = {k: v for k, v in old.items() if k not in ("metadata", "status")}
+        generation = old.get("metadata", {}).get("generation")
+        if generation is not None:
+            meta["generation"] = generation + (changed != before)
+        meta["resourceVersion"] = str(next(self._versions))
+        _replace_data(request, [{"op": "replace", "path": "", "value": new}])
+
+    async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
+        self._record(request)
+        try:
+            if request.resource is None or request.action not in (action.CREATE, action.UPDATE):
+                return await super()._handle(request)
+            async with self._write_lock:  # admission reads the stored object: one write at a time
+                if request.action == action.CREATE:
+                    self._admit_create(request)
+                else:
+                    old = self._stored(request)
+                    if old is None:
+                        raise ApiError(status=404, reason="NotFound", message=f'"{request.name}" not found')
+                    self._admit_update(request, old)
+                return await super()._handle(request)
+        except KubernetesError as exc:
+            # Answered as a real server answers, not collected as a server-side failure of the test.
+            return await self._render_error(exc)
+
+
+def _replace_data(request: Request, data: Any) -> None:
+    """Put the admitted object into the request kmock stores. kmock finds a request's reactions by the
+    request's identity, so the (frozen) request is changed in place rather than copied."""
+    object.__setattr__(request, "data", data)
+
+
+def _merge_patch(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch (lists are replaced; null removes a key)."""
+    out = copy.deepcopy(old)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_patch(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
