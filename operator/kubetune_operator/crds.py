@@ -1,12 +1,15 @@
 """CustomResourceDefinitions generated from the spec models (``make crds`` writes them to crds/).
 
-Kubernetes wants a structural OpenAPI v3 schema: every node typed, no $ref, nullable instead of
-``anyOf [X, null]``, and OpenAPI 3.0's boolean ``exclusiveMinimum``. This module turns pydantic's JSON
-Schema into that form; a test fails when the committed files drift from what it generates.
+Kubernetes wants a structural OpenAPI v3 schema: every node typed, no $ref, ``X`` for ``anyOf [X, null]``,
+and OpenAPI 3.0's boolean ``exclusiveMinimum``. Defaults (those of default factories too) go into the
+schema, so the API server stores what the services will run, and cross-field rules go in as CEL. This
+module turns pydantic's JSON Schema into that form, and writes the field reference (REFERENCE.md) beside
+the CRDs; a test fails when the committed files drift from what it generates.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,7 +56,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
             raise ValueError(f"not structural: a field may have one type, got {options}")
-        node = {**_structural(options[0], defs), **{k: v for k, v in node.items()}, "nullable": True}
+        # Not ``nullable``: the server then prunes a null and the field reads as absent (also to CEL's has()),
+        # which is what None means in every model (each such field defaults to None; a test checks it).
+        node = {**_structural(options[0], defs), **{k: v for k, v in node.items()}}
     if "const" in node:
         node["enum"] = [node.pop("const")]
     for bound in ("exclusiveMinimum", "exclusiveMaximum"):
@@ -134,11 +139,66 @@ def crd(kind: str) -> dict[str, Any]:
     }
 
 
+def _constraints(node: dict[str, Any]) -> str:
+    parts = []
+    if "enum" in node:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
+    for key, sign in (("minimum", ">"), ("maximum", "<")):
+        if key in node:
+            strict = node.get(f"exclusive{key.capitalize()}") is True
+            parts.append(f"{sign}{'' if strict else '='} {node[key]}")
+    for key, word in (("minItems", "items"), ("minLength", "characters")):
+        if key in node:
+            parts.append(f"at least {node[key]} {word}")
+    if "maxLength" in node:
+        parts.append(f"at most {node['maxLength']} characters")
+    if "pattern" in node:
+        parts.append(f"matches `{node['pattern']}`")
+    parts += [rule["message"] for rule in node.get("x-kubernetes-validations") or []]
+    return "; ".join(parts)
+
+
+def _rows(node: dict[str, Any], path: str, required: bool) -> list[str]:
+    kind = node.get("type", "")
+    if kind == "array":
+        kind = f"list of {node['items'].get('type')}"
+    default = "" if "default" not in node or kind == "object" else f"`{json.dumps(node['default'])}`"
+    if required:
+        default = "required"
+    text = " ".join((node.get("description") or "").split())
+    rules = _constraints(node)
+    rows = [f"| `{path}` | {kind} | {default} | {text}{' — ' if text and rules else ''}{rules} |"]
+    for name, sub in (node.get("properties") or {}).items():
+        rows += _rows(sub, f"{path}.{name}", name in node.get("required", []))
+    if node.get("type") == "array" and "properties" in node["items"]:
+        for name, sub in node["items"]["properties"].items():
+            rows += _rows(sub, f"{path}[].{name}", name in node["items"].get("required", []))
+    return rows
+
+
+def reference() -> str:
+    """The configuration reference: every field of both resources, its type, default and meaning."""
+    out = [
+        "# Resource reference",
+        "",
+        "Generated from the spec models with the CRDs (`make crds`); a test fails when it drifts. Field names are",
+        "TRL's and PEFT's, camelCased. Every field not marked required has a default the API server stores.",
+    ]
+    for kind in SPEC_MODELS:
+        schema = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        out += ["", f"## {kind} (`{GROUP}/{VERSION}`)", "", " ".join(schema["description"].split()), ""]
+        out += ["| field | type | default | meaning and valid values |", "| --- | --- | --- | --- |"]
+        out += _rows(schema["properties"]["spec"], "spec", True)[1:]
+    return "\n".join(out) + "\n"
+
+
 def render_all() -> dict[str, str]:
-    """File name -> YAML text for every CRD."""
-    return {
+    """File name -> text for every CRD (YAML), and the reference generated with them."""
+    files = {
         f"{NAMES[kind][0]}.{GROUP}.yaml": yaml.safe_dump(crd(kind), sort_keys=False, width=110) for kind in SPEC_MODELS
     }
+    files["REFERENCE.md"] = reference()
+    return files
 
 
 def main(argv: list[str]) -> None:

@@ -32,6 +32,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
+    # No watching of CRDs or Namespaces: the CRDs are installed before the operator (the chart does it) and
+    # the namespaces are named exactly, so the operator needs no cluster-wide read access for either.
+    settings.scanning.disabled = True
     try:
         config.load_incluster_config()
     except config.ConfigException:

@@ -16,7 +16,9 @@ What it adds to kmock, as a kube-apiserver does it:
 - for kinds with a status subresource, status sent to the main resource is ignored, and a write to
   ``/status`` changes only status;
 - every request is recorded with the user of its bearer token and its RBAC verb, group, resource and
-  subresource (:attr:`StrictApiServer.audit`), which the RBAC test compares with the chart's roles.
+  subresource (:attr:`StrictApiServer.audit`), which the RBAC test compares with the chart's roles;
+- RBAC: a user given :class:`Grant` s (rules of a ClusterRole, or of a Role in one namespace) is refused
+  with 403 whatever they do not allow, as the server's RBAC authorizer does; discovery is open to all.
 
 What it still does not do: built-in kinds (Jobs, ConfigMaps, Events) are stored unvalidated; no admission
 (Pod Security included: tests check the pod templates against the restricted profile directly); no label
@@ -61,7 +63,7 @@ class ApiError(KubernetesError):
     status: int = 422
     reason: str = "Invalid"
     message: str = ""
-    details: Any = None
+    details: Any = attrs.field(factory=lambda: {"causes": []})
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,28 @@ class AuditRecord:
     subresource: str | None
     namespace: str | None
     name: str | None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One PolicyRule bound to a user: through a ClusterRoleBinding (namespace None) or a RoleBinding."""
+
+    rule: dict[str, Any]  # apiGroups, resources (incl. "jobs/status"), verbs
+    namespace: str | None = None
+
+    def allows(self, record: AuditRecord) -> bool:
+        if self.namespace is not None and record.namespace != self.namespace:
+            return False
+        resource = f"{record.resource}/{record.subresource}" if record.subresource else record.resource
+        return (
+            _matches(self.rule.get("apiGroups", []), record.group)
+            and _matches(self.rule.get("resources", []), resource)
+            and _matches(self.rule.get("verbs", []), record.verb)
+        )
+
+
+def _matches(allowed: list[str], value: str) -> bool:
+    return "*" in allowed or value in allowed
 
 
 def as_json_schema(node: Any) -> Any:
@@ -231,6 +255,25 @@ class StrictApiServer(KubernetesEmulator):
     audit: list[AuditRecord] = attrs.field(factory=list)
     # The namespaces that exist (kmock cannot store Namespaces; it cannot even parse their cluster-wide path).
     namespaces: tuple[str, ...] = ("default", "kube-system", "team")
+    # user -> what RBAC lets them do; users not named here may do anything (the test's own admin).
+    grants: dict[str, list[Grant]] = attrs.field(factory=dict)
+    denied: list[AuditRecord] = attrs.field(factory=list)
+
+    def _authorize(self, record: AuditRecord) -> None:
+        if record.user not in self.grants or record.resource.startswith("/"):
+            return  # unrestricted, or a discovery path
+        if not any(grant.allows(record) for grant in self.grants[record.user]):
+            self.denied.append(record)
+            group = f".{record.group}" if record.group else ""
+            where = f'in the namespace "{record.namespace}"' if record.namespace else "at the cluster scope"
+            sub = f"/{record.subresource}" if record.subresource else ""
+            raise ApiError(
+                status=403,
+                reason="Forbidden",
+                message=f'{record.resource}{group} is forbidden: User "{record.user}" cannot {record.verb} '
+                f'resource "{record.resource}{sub}" in API group "{record.group}" {where}',
+            )
+
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
 
@@ -243,7 +286,12 @@ class StrictApiServer(KubernetesEmulator):
         """List or watch Namespaces (kopf does so when it watches named namespaces)."""
         watch = raw_request.query.get("watch") in ("true", "1")
         token = (raw_request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-        self.audit.append(AuditRecord(token, "watch" if watch else "list", "", "namespaces", None, None, None))
+        record = AuditRecord(token, "watch" if watch else "list", "", "namespaces", None, None, None)
+        self.audit.append(record)
+        try:
+            self._authorize(record)
+        except ApiError as exc:
+            return await self._render_error(exc)
         items = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "resourceVersion": "1"},
              "status": {"phase": "Active"}}
@@ -260,11 +308,12 @@ class StrictApiServer(KubernetesEmulator):
         await response.write_eof()
         return response
 
-    def _record(self, request: Request) -> None:
+    def _record(self, request: Request) -> AuditRecord:
         token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-        if request.resource is None:
-            self.audit.append(AuditRecord(token, "get", "", request.url.path, None, None, None))
-            return
+        if request.resource is None or not request.resource.plural:  # discovery: /api, /apis/GROUP/VERSION
+            record = AuditRecord(token, "get", "", request.url.path, None, None, None)
+            self.audit.append(record)
+            return record
         verb = {
             action.LIST: "list",
             action.WATCH: "watch",
@@ -274,17 +323,17 @@ class StrictApiServer(KubernetesEmulator):
         }.get(request.action)
         if request.action == action.UPDATE:
             verb = "update" if request.method == method.PUT else "patch"
-        self.audit.append(
-            AuditRecord(
-                token,
-                verb or str(request.action),
-                request.resource.group or "",
-                request.resource.plural,
-                request.subresource,
-                request.namespace,
-                request.name,
-            )
+        record = AuditRecord(
+            token,
+            verb or str(request.action),
+            request.resource.group or "",
+            request.resource.plural,
+            request.subresource,
+            request.namespace,
+            request.name,
         )
+        self.audit.append(record)
+        return record
 
     def _key(self, request: Request) -> str:
         res = request.resource
@@ -356,9 +405,13 @@ class StrictApiServer(KubernetesEmulator):
         _replace_data(request, [{"op": "replace", "path": "", "value": new}])
 
     async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
-        self._record(request)
         try:
-            if request.resource is None or request.action not in (action.CREATE, action.UPDATE):
+            self._authorize(self._record(request))
+            if (
+                request.resource is None
+                or not request.resource.plural
+                or request.action not in (action.CREATE, action.UPDATE)
+            ):
                 return await super()._handle(request)
             async with self._write_lock:  # admission reads the stored object: one write at a time
                 if request.action == action.CREATE:

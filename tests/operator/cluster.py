@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -30,7 +31,14 @@ from kmock import Server
 from kubernetes import client, config
 
 from kubetune.spec.constants import GROUP, NAMES, VERSION
-from tests.operator.apiserver import BUILTIN_RESOURCES, AuditRecord, StrictApiServer, crd_resource_infos, load_crds
+from tests.operator.apiserver import (
+    BUILTIN_RESOURCES,
+    AuditRecord,
+    Grant,
+    StrictApiServer,
+    crd_resource_infos,
+    load_crds,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBETUNE = Path(sys.executable).parent / "kubetune"
@@ -57,6 +65,7 @@ class Cluster:
 
     ``operator_args`` is the command line after ``kubetune`` (default: ``operator``, cluster-wide);
     ``operator_env`` adds to the operator's environment (e.g. the chart's Deployment env);
+    ``operator_grants`` restricts the operator to those RBAC rules (default: no RBAC);
     ``crd_admission=False`` stands for a cluster whose CRDs are older than the operator: the server stores
     what this version's models refuse, which the operator must turn into a status condition.
     """
@@ -67,15 +76,24 @@ class Cluster:
         operator_args: list[str] | None = None,
         operator_env: dict | None = None,
         crd_admission: bool = True,
+        start_operator: bool = True,
+        operator_grants: list[Grant] | None = None,
+        liveness: str | None = None,
     ):
+        self.liveness = liveness
+        self.operator_grants = operator_grants
         self.workdir = workdir
+        self.start_operator = start_operator
         self.crd_admission = crd_admission
         self.operator_args = operator_args or ["operator"]
         self.operator_env = operator_env or {}
         self.operator_log = workdir / "operator.log"
 
     async def __aenter__(self) -> Cluster:
-        self.api = StrictApiServer(crds=load_crds(ROOT / "crds") if self.crd_admission else {})
+        self.api = StrictApiServer(
+            crds=load_crds(ROOT / "crds") if self.crd_admission else {},
+            grants={OPERATOR: self.operator_grants} if self.operator_grants is not None else {},
+        )
         await self.api.__aenter__()
         self.server = Server(self.api)
         await self.server.__aenter__()
@@ -88,6 +106,9 @@ class Cluster:
         config.load_kube_config(str(admin))
         env = {**os.environ, **self.operator_env, "KUBECONFIG": str(operator)}
         self._log = self.operator_log.open("wb")
+        if not self.start_operator:
+            self.operator = None
+            return self
         self.operator = await asyncio.create_subprocess_exec(
             str(KUBETUNE), *self.operator_args, env=env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
         )
@@ -101,6 +122,8 @@ class Cluster:
 
     async def stop_operator(self) -> int | None:
         """SIGTERM, as Kubernetes stops a pod; kill if it has not stopped in 20 s. Returns the exit code."""
+        if self.operator is None:
+            return None
         if self.operator.returncode is None:
             self.operator.send_signal(signal.SIGTERM)
             try:
@@ -122,25 +145,18 @@ class Cluster:
 
     async def apply(self, resource: dict[str, Any]) -> dict[str, Any]:
         namespace = resource["metadata"].get("namespace", "default")
-        return await asyncio.to_thread(
+        raw = await asyncio.to_thread(
             client.CustomObjectsApi().create_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            NAMES[resource["kind"]][0],
-            resource,
-        )
+            GROUP, VERSION, namespace, NAMES[resource["kind"]][0], resource, _preload_content=False,
+        )  # fmt: skip
+        return json.loads(raw.data)
 
     async def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default") -> dict:
-        return await asyncio.to_thread(
+        raw = await asyncio.to_thread(
             client.CustomObjectsApi().patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            NAMES[kind][0],
-            name,
-            patch,
-        )
+            GROUP, VERSION, namespace, NAMES[kind][0], name, patch, _preload_content=False,
+        )  # fmt: skip
+        return json.loads(raw.data)
 
     async def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
         return await asyncio.to_thread(
@@ -204,12 +220,12 @@ class Cluster:
             obj = await self.get(kind, name)
             if (obj.get("status") or {}).get("phase") in phases:
                 return obj
-            if self.operator.returncode is not None:
+            if self.operator is not None and self.operator.returncode is not None:
                 break
             await asyncio.sleep(0.5)
         raise AssertionError(
             f"{kind}/{name} did not reach {phases} in {timeout}s; status: {obj.get('status')}\n"
-            f"operator exit code: {self.operator.returncode}; its log:\n{self.log()[-4000:]}"
+            f"operator exit code: {self.operator and self.operator.returncode}; its log:\n{self.log()[-4000:]}"
         )
 
 
@@ -277,6 +293,29 @@ class TestKubelet:
             )  # fmt: skip
             rc = await proc.wait()
         await self.cluster.finish_job(job, succeeded=rc == 0, message=f"the container exited with {rc}")
+
+
+def chart_operator(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How the chart's Deployment runs the operator, for ``Cluster(**chart_operator())``: its arguments (the
+    liveness probe moved to a free port, given back as ``liveness``), its plain environment values, and the
+    rules of its ClusterRole, or of its Role in each watched namespace."""
+    from tests.chart.render import operator_rules, render
+
+    docs = render(values)
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = free_port()
+    args = [a.replace(":8080/", f":{port}/") if a.startswith("--liveness=") else a for a in container["args"]]
+    env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+    namespaces = [d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and "operator" in str(d["metadata"])]
+    rules = operator_rules(docs)
+    grants = [Grant(rule, ns) for rule in rules for ns in (namespaces or [None])]
+    return {
+        "operator_args": [*container["command"][1:], *args],
+        "operator_env": env,
+        "operator_grants": grants,
+        "liveness": f"http://127.0.0.1:{port}/healthz",
+    }
 
 
 @contextlib.asynccontextmanager

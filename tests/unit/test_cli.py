@@ -74,3 +74,23 @@ def test_prepare_resumes_only_the_same_run(tmp_path, previous, force, up_to_date
     assert checkpoint.exists() is checkpoint_kept
     marker = json.loads((output / local.RUN_FILE).read_text())
     assert marker["fingerprint"] == "a" and marker["complete"] is up_to_date
+
+
+def test_validate_prints_bracketed_values_and_patterns_verbatim(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        BAD.replace("method: lorra", 'method: "[lorra]"').replace(
+            "dataset: {path: data}", "dataset: {path: data}\n  registry: {modelName: 'a b'}"
+        )
+    )
+    result = CliRunner().invoke(app, ["validate", "-f", str(bad)])
+    assert result.exit_code == 1
+    assert "(got '[lorra]')" in result.output
+    assert "'^[A-Za-z0-9][A-Za-z0-9._-]*$'" in result.output
+
+
+def test_operator_help_names_its_options():
+    result = CliRunner().invoke(app, ["operator", "--help"])
+    assert result.exit_code == 0
+    for option in ("--namespace", "--liveness", "--log-format", "--verbose", "--debug"):
+        assert option in result.output

@@ -1,12 +1,24 @@
-"""The committed CRDs match the spec models, and the example resources pass their schemas."""
+"""The committed CRDs match the spec models, and the API server and ``kubetune validate`` agree.
+
+The server side is the strict test API server's admission (tests/operator/apiserver.py: the CRD's schema as
+JSON Schema, strict unknown fields, null pruning, defaulting, CEL through cel-python), the same code the
+operator tests run against; the client side is what ``kubetune validate`` runs. Each case below is a
+variant of the quickstart; both sides must refuse it, or both accept it, and a CEL rule must say on the
+server what validate says.
+"""
 
 from __future__ import annotations
 
-import jsonschema
+import copy
+from collections.abc import Callable
+
 import pytest
 import yaml
 
+from kubetune.spec import SpecError, load_resources
+from kubetune.spec.base import SpecModel
 from kubetune_operator.crds import render_all
+from tests.operator.apiserver import ApiError, CrdSchema
 
 
 def test_committed_crds_do_not_drift(root):
@@ -25,39 +37,150 @@ def _schema_nodes(node):
 
 
 def test_schemas_are_structural():
-    for text in render_all().values():
-        schema = yaml.safe_load(text)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for crd in CRDS:
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for node in _schema_nodes(schema):
             assert "type" in node, node
             assert not {"anyOf", "oneOf", "$ref", "allOf"} & node.keys(), node
 
 
-@pytest.mark.parametrize("example", ["quickstart.yaml"])
-def test_examples_pass_the_crd_schemas(root, example):
-    crds = {yaml.safe_load(t)["spec"]["names"]["kind"]: yaml.safe_load(t) for t in render_all().values()}
-    for doc in yaml.safe_load_all((root / "examples" / example).read_text()):
-        schema = crds[doc["kind"]]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        jsonschema.validate(doc, _as_json_schema(schema))
+def test_every_nullable_field_defaults_to_none():
+    """Dropping a null before validation (as the API server prunes it) is then the same as keeping it."""
+
+    def models(model):
+        yield model
+        for field in model.model_fields.values():
+            for arg in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                if isinstance(arg, type) and issubclass(arg, SpecModel):
+                    yield from models(arg)
+
+    from kubetune.spec.resources import RESOURCE_MODELS
+
+    for resource in RESOURCE_MODELS.values():
+        for model in models(resource):
+            for name, field in model.model_fields.items():
+                if type(None) in getattr(field.annotation, "__args__", ()):
+                    assert field.default is None and field.default_factory is None, f"{model.__name__}.{name}"
 
 
-def test_schema_rejects_a_bad_value():
-    crds = {yaml.safe_load(t)["spec"]["names"]["kind"]: yaml.safe_load(t) for t in render_all().values()}
-    schema = _as_json_schema(crds["FineTuneJob"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    bad = {"spec": {"baseModel": "m", "dataset": {"path": "d"}, "method": "lorra"}}
-    with pytest.raises(jsonschema.ValidationError, match="lorra"):
-        jsonschema.validate(bad, schema)
+CRDS = [yaml.safe_load(text) for name, text in render_all().items() if name.endswith(".yaml")]
+SERVERS = {crd["spec"]["names"]["kind"]: CrdSchema(crd) for crd in CRDS}
+NAME_MESSAGE = "metadata.name must be a DNS label"
 
 
-def _as_json_schema(node):
-    """OpenAPI 3.0 (nullable, boolean exclusiveMinimum) back to JSON Schema for the jsonschema library."""
-    if not isinstance(node, dict):
-        return node
-    out = {k: _as_json_schema(v) if k in ("items",) else v for k, v in node.items()}
-    if "properties" in node:
-        out["properties"] = {k: _as_json_schema(v) for k, v in node["properties"].items()}
-    if out.pop("nullable", False):
-        out["type"] = [out["type"], "null"]
-    for bound in ("Minimum", "Maximum"):
-        if out.get(f"exclusive{bound}") is True:
-            out[f"exclusive{bound}"] = out.pop(bound.lower())
-    return out
+def quickstart(root) -> dict[str, dict]:
+    docs = list(yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()))
+    return {d["kind"]: d for d in docs}
+
+
+def _set(kind: str, path: str, value) -> Callable[[dict], tuple[str, dict]]:
+    """A variant: the quickstart's ``kind`` with ``path`` (dotted) set to ``value``; ``...`` deletes it."""
+
+    def make(docs: dict) -> tuple[str, dict]:
+        doc = copy.deepcopy(docs[kind])
+        *parents, last = path.split(".")
+        node = doc
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is ...:
+            node.pop(last, None)
+        else:
+            node[last] = value
+        return kind, doc
+
+    return make
+
+
+DSB, FTJ = "DatasetBuild", "FineTuneJob"
+# (variant, accepted, fragment both sides' messages share)
+CASES = {
+    "epochs-as-string": (_set(FTJ, "spec.training.numTrainEpochs", "3"), False, "numTrainEpochs"),
+    "epochs-as-int": (_set(FTJ, "spec.training.numTrainEpochs", 3), True, None),
+    "min-above-max": (_set(DSB, "spec.chunking.minChars", 3000), False, "minChars must not exceed maxChars"),
+    "both-dataset-sources": (
+        _set(FTJ, "spec.dataset.path", "/data/x"),
+        False,
+        "set exactly one of datasetBuildRef or path",
+    ),
+    "no-dataset-source": (_set(FTJ, "spec.dataset", {}), False, "set exactly one of datasetBuildRef or path"),
+    "null-path-beside-ref": (_set(FTJ, "spec.dataset.path", None), True, None),
+    "name-64-chars": (_set(DSB, "metadata.name", "a" * 64), False, NAME_MESSAGE),
+    "name-with-dot": (_set(DSB, "metadata.name", "quick.start"), False, NAME_MESSAGE),
+    "name-uppercase": (_set(FTJ, "metadata.name", "Quick"), False, NAME_MESSAGE),
+    "name-63-chars": (_set(FTJ, "metadata.name", "a" * 63), True, None),
+    "temperature-null": (_set(DSB, "spec.generation.temperature", None), True, None),
+    "temperature-too-high": (_set(DSB, "spec.generation.temperature", 2.5), False, "temperature"),
+    "registry-null": (_set(FTJ, "spec.registry", None), True, None),
+    "method-typo": (_set(FTJ, "spec.method", "[lorra]"), False, "method"),
+    "objective-unknown": (_set(FTJ, "spec.objective", "ppo"), False, "objective"),
+    "backend-unknown": (_set(DSB, "spec.generation.backend", "tgi"), False, "backend"),
+    "scheduler-unknown": (_set(FTJ, "spec.training.lrSchedulerType", "polynomial"), False, "lrSchedulerType"),
+    "learning-rate-negative": (_set(FTJ, "spec.training.learningRate", -1), False, "learningRate"),
+    "unknown-field": (_set(FTJ, "spec.training.learningRat", 0.1), False, "learningRat"),
+    "unknown-top-level-field": (_set(DSB, "specs", {}), False, "specs"),
+    "rank-zero": (_set(FTJ, "spec.lora.r", 0), False, "spec.lora.r"),
+    "target-modules-empty": (_set(FTJ, "spec.lora.targetModules", []), False, "targetModules"),
+    "model-name-space": (_set(FTJ, "spec.registry.modelName", "bad name"), False, "modelName"),
+    "paths-empty": (_set(DSB, "spec.source.paths", []), False, "paths"),
+    "source-missing": (_set(DSB, "spec.source", ...), False, "source"),
+    "model-missing": (_set(DSB, "spec.generation.model", ...), False, "model"),
+    "pairs-per-chunk-21": (_set(DSB, "spec.generation.pairsPerChunk", 21), False, "pairsPerChunk"),
+    "top-p-zero": (_set(DSB, "spec.generation.topP", 0), False, "topP"),
+    "test-size-one": (_set(DSB, "spec.split.testSize", 1.0), False, "testSize"),
+    "packing-as-string": (_set(FTJ, "spec.training.packing", "yes"), False, "packing"),
+    "gpus-negative": (_set(FTJ, "spec.resources.gpus", -1), False, "gpus"),
+    "gpus-as-string": (_set(FTJ, "spec.resources.gpus", "1"), False, "gpus"),
+    "cpu-as-number": (_set(FTJ, "spec.resources.cpu", 4), False, "cpu"),
+    "max-steps-below-minus-one": (_set(FTJ, "spec.training.maxSteps", -2), False, "maxSteps"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_server_and_validate_agree(root, case):
+    make, accepted, fragment = CASES[case]
+    kind, doc = make(quickstart(root))
+    try:
+        SERVERS[kind].admit(copy.deepcopy(doc), None)
+        server_error = None
+    except ApiError as exc:
+        server_error = exc.message
+    try:
+        load_resources(yaml.safe_dump(doc))
+        client_error = None
+    except SpecError as exc:
+        client_error = str(exc)
+    assert (server_error is None) is accepted, f"server: {server_error}"
+    assert (client_error is None) is accepted, f"validate: {client_error}"
+    if fragment is not None:
+        assert fragment in server_error and fragment in client_error, (server_error, client_error)
+
+
+@pytest.mark.parametrize("kind", [DSB, FTJ])
+def test_the_server_stores_the_defaults_the_services_apply(root, kind):
+    doc = quickstart(root)[kind]
+    stored = SERVERS[kind].admit(copy.deepcopy(doc), None)
+    (parsed,) = load_resources(yaml.safe_dump(doc))
+    assert stored["spec"] == parsed.spec.to_wire()
+    assert "cleaning" in stored["spec"] or kind == FTJ
+    assert "resources" in stored["spec"] or kind == DSB
+
+
+def test_a_null_is_pruned_and_the_default_applies(root):
+    kind, doc = _set(DSB, "spec.generation.temperature", None)(quickstart(root))
+    stored = SERVERS[kind].admit(doc, None)
+    (parsed,) = load_resources(yaml.safe_dump(doc))
+    assert stored["spec"]["generation"]["temperature"] == parsed.spec.generation.temperature == 0.7
+
+
+def test_the_reference_names_every_field(root):
+    text = render_all()["REFERENCE.md"]
+    for field in ("`spec.training.learningRate`", "`spec.chunking.minChars`", "`spec.lora.targetModules`"):
+        assert field in text
+    assert "minChars must not exceed maxChars" in text and "| `spec.source.paths` | list of string | required |" in text
+
+
+def test_examples_pass_the_crd_schemas(root):
+    for path in sorted((root / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion", "").startswith("kubetune.dev/"):
+                SERVERS[doc["kind"]].admit(doc, None)
