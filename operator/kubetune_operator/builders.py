@@ -122,6 +122,7 @@ def job(resource: Resource, settings: Settings, dataset: str | None = None) -> d
         # PyTorch's data loader workers share tensors through /dev/shm, which is 64 MiB in a container.
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container: dict[str, Any] = {
         "name": component,
         "image": settings.datagen_image if kind == DATASET_BUILD else settings.trainer_image,

@@ -32,7 +32,7 @@ SCRATCH_ENV = {
     "HF_HUB_OFFLINE": "1",  # weights come from the volume or the image, never from a hub at run time
 }
 POD_DEFAULT_KEYS = {"imagePullSecrets", "serviceAccountName", "datagen", "trainer"}
-POD_KIND_KEYS = {"nodeSelector", "tolerations", "resources"}
+POD_KIND_KEYS = {"nodeSelector", "tolerations", "resources", "env"}
 
 
 def _env(name: str, default: str) -> str:
@@ -74,7 +74,7 @@ class Settings:
     # KUBETUNE_BACKOFF_LIMIT: pod retries of a Job before it fails (a retried trainer resumes).
     backoff_limit: int = field(default_factory=lambda: int(_env("KUBETUNE_BACKOFF_LIMIT", "2")))
     # KUBETUNE_POD_DEFAULTS: JSON applied to the pods of every Job: {"imagePullSecrets": [{"name": ...}],
-    # "serviceAccountName": ..., "datagen"|"trainer": {"nodeSelector", "tolerations", "resources"}}; a
+    # "serviceAccountName": ..., "datagen"|"trainer": {"nodeSelector", "tolerations", "resources", "env"}}; a
     # resource's own spec.resources wins over the defaults. The Helm chart renders it from its values.
     pod_defaults: dict[str, Any] = field(default_factory=_pod_defaults)
 

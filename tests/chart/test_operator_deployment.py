@@ -100,8 +100,10 @@ def test_tracking_uri_is_the_in_cluster_server_when_enabled() -> None:
 def test_tracking_uri_and_credentials_of_an_external_server() -> None:
     env = env_of(operator_container(rendered("bring-your-own")))
     assert env["MLFLOW_TRACKING_URI"]["value"] == "https://mlflow.example.com"
+    assert not {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & env.keys()  # the operator never uses them
+    trainer_env = {e["name"]: e for e in pod_defaults(rendered("bring-your-own"))["trainer"]["env"]}
     for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
-        assert env[name] == {
+        assert trainer_env[name] == {
             "name": name,
             "valueFrom": {"secretKeyRef": {"name": "mlflow-credentials", "key": key}},
         }
@@ -113,7 +115,7 @@ def test_pod_defaults_shape_and_defaults() -> None:
         "imagePullSecrets": [],
         "serviceAccountName": "kubetune-workload",
         "datagen": {"nodeSelector": {}, "tolerations": [], "resources": {}},
-        "trainer": {"nodeSelector": {}, "tolerations": [], "resources": {}},
+        "trainer": {"nodeSelector": {}, "tolerations": [], "resources": {}, "env": []},
     }
 
 
@@ -127,7 +129,9 @@ def test_pod_defaults_carry_the_values(value_set: str) -> None:
     assert defaults["imagePullSecrets"] == values.get("imagePullSecrets", [])
     for kind in ("datagen", "trainer"):
         given = values.get("workloads", {}).get(kind, {})
-        assert set(defaults[kind]) == {"nodeSelector", "tolerations", "resources"}
+        assert set(defaults[kind]) == {"nodeSelector", "tolerations", "resources"} | (
+            {"env"} if kind == "trainer" else set()
+        )
         for key in ("nodeSelector", "tolerations", "resources"):
             assert defaults[kind][key] == given.get(key, [] if key == "tolerations" else {})
     workload_accounts = {sa["metadata"]["name"] for sa in by_kind(rendered(value_set), "ServiceAccount")}

@@ -204,3 +204,64 @@ def test_invalid_spec_is_permanent_and_names_the_field():
 def test_child_names_fit_kubernetes_limits():
     long = DSB.model_copy(update={"metadata": DSB.metadata.model_copy(update={"name": "a" * 63})})
     assert len(builders.child_name(long)) <= 63
+
+
+@pytest.mark.parametrize("kind", ["DatasetBuild", "FineTuneJob"])
+def test_job_pods_pass_pod_security_restricted(kind):
+    from tests.pod_security import restricted_violations
+
+    resource = DSB if kind == "DatasetBuild" else FTJ
+    job = builders.job(resource, SETTINGS, dataset="/data/d" if kind == "FineTuneJob" else None)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts and {"name": "HOME", "value": "/tmp"} in container["env"]
+
+
+def test_pod_defaults_place_and_size_the_pods(monkeypatch):
+    monkeypatch.setenv(
+        "KUBETUNE_POD_DEFAULTS",
+        json.dumps(
+            {
+                "imagePullSecrets": [{"name": "regcred"}],
+                "serviceAccountName": "kubetune-workload",
+                "trainer": {
+                    "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"nvidia.com/gpu": "1"}},
+                    "env": [
+                        {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "m", "key": "p"}}}
+                    ],
+                },
+            }
+        ),
+    )
+    settings = Settings(storage_root="/data")
+    pod = builders.job(FTJ, settings, dataset="/data/d")["spec"]["template"]["spec"]
+    assert (
+        pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    )
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "kubetune-workload"
+    (container,) = pod["containers"]
+    # The resource's own spec.resources (memory 16Gi, 2 GPUs) wins over the defaults; the rest stays.
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert container["env"][-1]["valueFrom"]["secretKeyRef"]["name"] == "m"
+    datagen = builders.job(DSB, settings)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in datagen and "resources" not in datagen["containers"][0]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        pytest.param("{not json", "is not JSON", id="not-json"),
+        pytest.param('{"gpu": {}}', "keys among", id="unknown-key"),
+        pytest.param('{"trainer": {"affinity": {}}}', "KUBETUNE_POD_DEFAULTS.trainer", id="unknown-pod-key"),
+    ],
+)
+def test_bad_pod_defaults_stop_the_operator_with_a_clear_message(monkeypatch, value, fragment):
+    monkeypatch.setenv("KUBETUNE_POD_DEFAULTS", value)
+    with pytest.raises(ValueError, match=fragment):
+        Settings()
