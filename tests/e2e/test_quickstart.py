@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.operator.cluster import Cluster, TestKubelet, kubelet_running
+from tests.operator.cluster import Cluster, TestKubelet, chart_operator, kubelet_running
 
 pytestmark = pytest.mark.slow
 
@@ -77,14 +77,23 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
 def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     storage = tmp_path / "storage"
 
+    # The operator as the chart's Deployment runs it: its command, arguments and environment, and only the
+    # RBAC rules of its ClusterRole (the test API server refuses anything else).
+    settings = chart_operator()
+    settings.pop("liveness")
+
     async def scenario():
-        async with Cluster(tmp_path) as cluster, kubelet_running(cluster, cwd=root, storage=storage) as kubelet:
+        async with (
+            Cluster(tmp_path, **settings) as cluster,
+            kubelet_running(cluster, cwd=root, storage=storage) as kubelet,
+        ):
             for doc in yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()):
                 await cluster.apply(doc)
             build = await cluster.wait_for("DatasetBuild", "quickstart", {"Succeeded", "Failed"}, timeout=1200)
             assert build["status"]["phase"] == "Succeeded", _logs(kubelet)
             job = await cluster.wait_for("FineTuneJob", "quickstart-lora", {"Succeeded", "Failed"}, timeout=1200)
             assert job["status"]["phase"] == "Succeeded", _logs(kubelet)
+            assert cluster.api.denied == []
             return build, job
 
     build, job = asyncio.run(scenario())

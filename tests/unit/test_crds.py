@@ -179,8 +179,37 @@ def test_the_reference_names_every_field(root):
     assert "minChars must not exceed maxChars" in text and "| `spec.source.paths` | list of string | required |" in text
 
 
-def test_examples_pass_the_crd_schemas(root):
-    for path in sorted((root / "examples").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("apiVersion", "").startswith("kubetune.dev/"):
-                SERVERS[doc["kind"]].admit(doc, None)
+def example_resources(root) -> list[tuple[str, dict]]:
+    return [
+        (f"{path.relative_to(root)}#{doc['metadata']['name']}", doc)
+        for path in sorted((root / "examples").rglob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and str(doc.get("apiVersion", "")).startswith("kubetune.dev/")
+    ]
+
+
+def test_examples_pass_the_crd_schemas_and_validate(root):
+    found = example_resources(root)
+    assert {where.split("#")[0] for where, _ in found} >= {
+        "examples/quickstart.yaml",
+        "examples/cluster/quickstart.yaml",
+    }
+    for where, doc in found:
+        SERVERS[doc["kind"]].admit(copy.deepcopy(doc), None)
+        load_resources(yaml.safe_dump(doc), source=where)
+
+
+def test_the_cluster_kustomization_renders_the_cluster_quickstart(root):
+    import subprocess
+
+    kubectl = root / ".cache" / "tools" / "bin" / "kubectl"
+    if not kubectl.exists():
+        pytest.skip("kubectl is installed by `make setup` (charts/fetch-helm.sh)")
+    out = subprocess.run(
+        [str(kubectl), "kustomize", str(root / "examples" / "cluster")], capture_output=True, text=True, check=True
+    )
+    docs = list(yaml.safe_load_all(out.stdout))
+    assert [(d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]) for d in docs] == [
+        ("DatasetBuild", "quickstart", "default"),
+        ("FineTuneJob", "quickstart-lora", "default"),
+    ]
