@@ -20,7 +20,11 @@ What it adds to kmock, as a kube-apiserver does it:
 - RBAC: a user given :class:`Grant` s (rules of a ClusterRole, or of a Role in one namespace) is refused
   with 403 whatever they do not allow, as the server's RBAC authorizer does; discovery is open to all.
 
-What it still does not do: built-in kinds (Jobs, ConfigMaps, Events) are stored unvalidated; no admission
+- built-in kinds (Jobs, ConfigMaps, Events) are checked on create against Kubernetes' own OpenAPI schema
+  (kubernetes-validate, strict: unknown fields refused).
+
+What it still does not do: built-in kinds are not defaulted, and their own validation rules beyond the
+schema (immutable fields, name formats, cross-field checks) do not run; no admission
 (Pod Security included: tests check the pod templates against the restricted profile directly); no label
 or field selectors; no garbage collection of owned objects; no optimistic-concurrency check of a
 ``resourceVersion`` sent with an update (a JSON patch's ``test`` op is honoured); no controllers (the
@@ -43,6 +47,7 @@ import attrs
 import celpy
 import jsonpatch
 import jsonschema
+import kubernetes_validate
 import yaml
 from kmock import KubernetesEmulator, Request, ResourceInfo, action, method
 from kmock._internal.k8s import KubernetesError
@@ -351,6 +356,11 @@ class StrictApiServer(KubernetesEmulator):
 
     def _admit_create(self, request: Request) -> None:
         obj = copy.deepcopy(request.data)
+        res = request.resource
+        # A client may leave them out (kopf's Events do): the server knows them from the URL.
+        obj.setdefault("apiVersion", f"{res.group}/{res.version}" if res.group else res.version)
+        if request.resource in self.resources:
+            obj.setdefault("kind", self.resources[request.resource].kind)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -364,6 +374,8 @@ class StrictApiServer(KubernetesEmulator):
         if crd is not None:
             obj = crd.admit(obj, None)
             meta = obj["metadata"]
+        elif self._key(request) in BUILTIN_RESOURCES:
+            _check_builtin(obj)
         meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), creationTimestamp=_now())
         if "spec" in obj:
             meta["generation"] = 1
@@ -425,6 +437,21 @@ class StrictApiServer(KubernetesEmulator):
         except KubernetesError as exc:
             # Answered as a real server answers, not collected as a server-side failure of the test.
             return await self._render_error(exc)
+
+
+KUBERNETES_VERSION = "1.35.0"  # the kubectl that charts/fetch-helm.sh installs is v1.35
+
+
+def _check_builtin(obj: dict[str, Any]) -> None:
+    """A built-in object against Kubernetes' OpenAPI schema, unknown fields refused."""
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        first = str(exc).splitlines()[0]
+        where = ".".join(str(p) for p in exc.path) if hasattr(exc, "path") else ""
+        raise ApiError(
+            message=f'{obj.get("kind")} "{obj.get("metadata", {}).get("name")}" is invalid: {where}: {first}'
+        ) from None
 
 
 def _replace_data(request: Request, data: Any) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import urllib.error
+import urllib.request
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -105,5 +107,27 @@ def test_every_request_is_recorded_with_its_user_and_verb(api):
         assert ("admin", "create", "kubetune.dev", "datasetbuilds", None) in records
         assert ("admin", "get", "kubetune.dev", "datasetbuilds", None) in records
         assert ("admin", "list", "batch", "jobs", None) in records
+
+    api(scenario)
+
+
+def test_built_in_objects_are_checked_against_the_kubernetes_schema(api):
+    async def scenario(cluster: Cluster):
+        def post(body: dict) -> tuple[int, dict]:
+            request = urllib.request.Request(
+                f"{str(cluster.api.url).rstrip('/')}/api/v1/namespaces/default/configmaps",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "Authorization": "Bearer admin"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        status, body = await asyncio.to_thread(post, {"metadata": {"name": "cm"}, "data": {"a": "b"}, "dataa": {}})
+        assert status == 422 and "dataa" in body["message"]
+        status, body = await asyncio.to_thread(post, {"metadata": {"name": "cm"}, "data": {"a": "b"}})
+        assert status in (200, 201) and body["kind"] == "ConfigMap" and body["metadata"]["uid"]
 
     api(scenario)
