@@ -13,7 +13,7 @@ TOOLS := .cache/tools/bin
 HELM := $(TOOLS)/helm
 CHART := charts/kubetune
 REGISTRY ?= ghcr.io/kubetune
-IMAGE_TAG ?= 0.1.0
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo test test-fast lint crds chart images clean
@@ -66,9 +66,14 @@ crds: $(STAMP) ## Regenerate crds/ (and crds/REFERENCE.md) from the spec models,
 chart: $(HELM) ## Package the Helm chart into dist/
 	$(HELM) package $(CHART) --destination dist
 
-images: ## Build the operator, datagen and trainer images (needs a Docker engine; REGISTRY, IMAGE_TAG)
-	for name in operator datagen trainer; do \
-		docker build -f images/$$name/Dockerfile -t $(REGISTRY)/$$name:$(IMAGE_TAG) . || exit 1; \
+IMAGES ?= operator datagen datagen-cpu trainer
+
+images: ## Build the container images, $(REGISTRY)/NAME:$(IMAGE_TAG) (needs a running Docker engine; IMAGES, REGISTRY, IMAGE_TAG)
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine" >&2; exit 1; }
+	@for name in $(IMAGES); do \
+		tag=$(REGISTRY)/$$name:$(IMAGE_TAG); echo "building $$tag"; \
+		docker build -f images/$$name/Dockerfile -t $$tag \
+			--build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) . || exit 1; \
 	done
 
 clean: ## Remove the local run's outputs (.kubetune/); keeps .venv and the model

@@ -106,11 +106,14 @@ def job(resource: Resource, settings: Settings, dataset: str | None = None) -> d
         {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
         {"name": "storage", "mountPath": settings.storage_root},
         {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": child_name(resource)}},
         {"name": "storage", "persistentVolumeClaim": {"claimName": settings.storage_claim}},
         {"name": "scratch", "emptyDir": {}},
+        # PyTorch's data loader workers and vLLM's workers share tensors through /dev/shm, 64 MiB in a container.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -119,9 +122,6 @@ def job(resource: Resource, settings: Settings, dataset: str | None = None) -> d
         res = resource.spec.resources
         requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
         limits = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else {}
-        # PyTorch's data loader workers share tensors through /dev/shm, which is 64 MiB in a container.
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container: dict[str, Any] = {
         "name": component,

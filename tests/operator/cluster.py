@@ -272,9 +272,15 @@ class TestKubelet:
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
         folders = await self._volumes(job)
-        emptydirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
-        # emptyDirs last: one may cover /tmp, where the other volumes' sources live in a test.
-        ordered = sorted(container.get("volumeMounts", []), key=lambda m: m["name"] in emptydirs)
+        declared = container.get("volumeMounts", [])
+
+        def covers_a_source(mount: dict[str, Any]) -> bool:
+            """Whether mounting here hides another volume's source (e.g. an emptyDir on /tmp, where a test's
+            folders live): such a mount must come after the others."""
+            prefix = mount["mountPath"].rstrip("/") + "/"
+            return any(str(folders[o["name"]]).startswith(prefix) for o in declared if o is not mount)
+
+        ordered = sorted(declared, key=covers_a_source)
         mounts = " && ".join(
             f"mkdir -p {shlex.quote(m['mountPath'])} && mount --bind {shlex.quote(str(folders[m['name']]))} "
             f"{shlex.quote(m['mountPath'])}"
