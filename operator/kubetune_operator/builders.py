@@ -81,11 +81,25 @@ def config_map(resource: Resource) -> dict[str, Any]:
     }
 
 
-def _merge_resources(defaults: dict[str, Any], requests: dict[str, str], limits: dict[str, str]) -> dict[str, Any]:
-    """The container's resources: the operator's defaults for this pod kind, the resource's own values on top."""
+GPU = "nvidia.com/gpu"
+
+
+def _merge_resources(defaults: dict[str, Any], requests: dict[str, str], gpus: int | None) -> dict[str, Any]:
+    """The container's resources: the operator's defaults for this pod kind, the resource's own values on top.
+
+    A request the spec sets replaces the default's request and drops the default's limit of that resource (a
+    default limit below the spec's request would make the pod invalid). ``gpus`` (None: the default's) is
+    both request and limit, as Kubernetes wants for an extended resource; 0 removes the default's GPUs.
+    """
     merged = {k: dict(defaults.get(k) or {}) for k in ("requests", "limits")}
-    merged["requests"].update(requests)
-    merged["limits"].update(limits)
+    for name, quantity in requests.items():
+        merged["requests"][name] = quantity
+        merged["limits"].pop(name, None)
+    if gpus is not None:
+        merged["requests"].pop(GPU, None)
+        merged["limits"].pop(GPU, None)
+        if gpus > 0:
+            merged["requests"][GPU] = merged["limits"][GPU] = str(gpus)
     return {k: v for k, v in merged.items() if v}
 
 
@@ -116,12 +130,12 @@ def job(resource: Resource, settings: Settings, dataset: str | None = None) -> d
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
     requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
+    gpus: int | None = None
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
         res = resource.spec.resources
         requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
-        limits = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else {}
+        gpus = res.gpus or None  # 0, the field's default, leaves the operator's default in place
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container: dict[str, Any] = {
         "name": component,
@@ -137,17 +151,20 @@ def job(resource: Resource, settings: Settings, dataset: str | None = None) -> d
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    resources = _merge_resources(defaults.get("resources") or {}, requests, limits)
+    resources = _merge_resources(defaults.get("resources") or {}, requests, gpus)
     if resources:
         container["resources"] = resources
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": POD_USER,
             "runAsGroup": POD_USER,
             "fsGroup": POD_USER,
+            # Re-own the shared volume only when its root is not ours yet, not at every pod start.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune.spec.resources import Resource, SpecError, load_resources
+from kubetune.spec.resources import NAME_RULE, Resource, SpecError, load_resources
 from kubetune.spec.status import Phase
 
 app = typer.Typer(
@@ -124,6 +124,13 @@ def operator(
 
     from kubetune_operator import handlers  # noqa: F401  (registers the handlers)
 
+    for name in namespace:
+        if not NAME_RULE.holds(name):
+            err_console.print(
+                f"[red]error[/red] --namespace {escape(repr(name))}: not a namespace name; name each namespace "
+                "exactly (patterns are not supported)"
+            )
+            raise typer.Exit(2)
     # kopf's own CLI sets up logging; kopf.run() alone does not, and the log would stay empty.
     kopf.configure(debug=debug, verbose=verbose, log_format=kopf.LogFormat[log_format.name.upper()])
     kopf.run(
@@ -136,3 +143,63 @@ def operator(
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+class PlanOutput(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def plan(
+    filename: list[Path] = FILES,
+    output: PlanOutput = typer.Option(PlanOutput.table, "-o", "--output", help="A table per job, or JSON."),
+    gpu: str | None = typer.Option(
+        None,
+        "--gpu",
+        help="GPU type to fit: H100-80GB, H200-141GB, A100-40GB, A100-80GB, L40S-48GB, L4-24GB, A10G-24GB, T4-16GB, "
+        "or cpu. Default: cpu when spec.resources.gpus is 0, else a GPU of no named type (no fit check).",
+    ),
+) -> None:
+    """Predict each FineTuneJob's peak memory per GPU (or on the CPU) from its base model's config.json alone."""
+    import json
+
+    from kubetune.trainer import memory
+
+    if gpu is not None:
+        try:
+            memory.gpu_type(gpu)
+        except memory.PlanError as exc:
+            err_console.print(f"[red]error[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+    failed, plans = 0, []
+    for res in _load(filename):
+        ref = f"{res.kind}/{res.metadata.name}"
+        if res.kind != "FineTuneJob":
+            err_console.print(f"{escape(ref)}: planning a {res.kind} is not available yet; skipped", soft_wrap=True)
+            continue
+        try:
+            plans.append((ref, memory.plan_memory(memory.load_config(res.spec.base_model), res.spec, gpu)))
+        except memory.PlanError as exc:
+            err_console.print(f"[red]error[/red] {escape(ref)}: {escape(str(exc))}", soft_wrap=True)
+            failed += 1
+    if output == PlanOutput.json:
+        typer.echo(json.dumps([{"resource": ref, **p.to_dict()} for ref, p in plans], indent=2))
+    for ref, p in plans if output == PlanOutput.table else []:
+        steps = f"batch {p.batch} x {p.seq_len} tokens, checkpointing {'on' if p.gradient_checkpointing else 'off'}"
+        table = Table(title=f"{ref}: {p.method} on {p.device} ({p.compute_dtype}), {steps}", title_justify="left")
+        table.add_column("term")
+        table.add_column("GiB", justify="right")
+        table.add_column("how", overflow="fold")
+        for name, value, how in p.rows():
+            table.add_row(name, f"{value / memory.GIB:.2f}", how)
+        table.add_row("[bold]peak allocated[/bold]", f"[bold]{p.peak_allocated / memory.GIB:.2f}[/bold]", p.peak_phase)
+        if p.overhead:
+            table.add_row("[bold]per GPU[/bold]", f"[bold]{p.total / memory.GIB:.2f}[/bold]", "peak + overhead")
+        console.print(table)
+        colour = "green" if p.fits or p.fits is None else "yellow"
+        console.print(f"[{colour}]{escape(p.verdict())}[/{colour}]", soft_wrap=True)
+        for note in p.notes:
+            console.print(f"  note: {escape(note)}", soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)

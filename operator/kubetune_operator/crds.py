@@ -89,9 +89,19 @@ def openapi_schema(model: type) -> dict[str, Any]:
     return _structural(schema, schema.get("$defs", {}))
 
 
+# The operator acts on a spec once: an edit would be silently ignored while generation moved on, so the API
+# server refuses it (a transition rule: checked on updates only) and says what to do instead.
+IMMUTABLE_SPEC = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable once created: delete the resource and apply it again, or apply it under a new name",
+}
+
+
 def crd(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition of ``kind``."""
     plural, singular, short_names = NAMES[kind]
+    spec = openapi_schema(SPEC_MODELS[kind])
+    spec["x-kubernetes-validations"] = [*spec.get("x-kubernetes-validations", []), IMMUTABLE_SPEC]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -128,7 +138,7 @@ def crd(kind: str) -> dict[str, Any]:
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": openapi_schema(SPEC_MODELS[kind]),
+                                "spec": spec,
                                 "status": openapi_schema(ResourceStatus),
                             },
                         }
@@ -182,7 +192,8 @@ def reference() -> str:
         "# Resource reference",
         "",
         "Generated from the spec models with the CRDs (`make crds`); a test fails when it drifts. Field names are",
-        "TRL's and PEFT's, camelCased. Every field not marked required has a default the API server stores.",
+        "TRL's and PEFT's, camelCased. A default shown is stored by the API server; a field with neither a default",
+        "nor `required` is optional and unset unless given (its description says what applies then).",
     ]
     for kind in SPEC_MODELS:
         schema = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -6,11 +6,13 @@ client, configured once at start-up from the in-cluster service account or the k
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
 
 import kopf
+import pydantic
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -68,6 +70,14 @@ def _create(child: dict[str, Any]) -> None:
             raise
 
 
+def _api_message(exc: Exception) -> str:
+    """The message of the Status object an API error carries, else the error itself, on one line."""
+    try:
+        return json.loads(exc.body)["message"]
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return " ".join(str(getattr(exc, "reason", None) or exc).split())
+
+
 def _reconcile(body: kopf.Body, dependency: dict[str, Any] | None = None) -> None:
     kind, meta = body["kind"], body["metadata"]
     status = dict(body.get("status") or {})
@@ -79,18 +89,30 @@ def _reconcile(body: kopf.Body, dependency: dict[str, Any] | None = None) -> Non
         decision = planner.invalid_spec(exc.errors)
     else:
         decision = planner.plan(resource, SETTINGS, dependency)
-    patch = planner.status_patch(decision, status, meta.get("generation"))
-    log.info(
-        "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
-    )
+    job_name = None
     for child in decision.children:
         kopf.adopt(child, owner=body)
-        _create(child)
+        try:
+            _create(child)
+        except (ApiException, pydantic.ValidationError) as exc:
+            if isinstance(exc, ApiException) and exc.status not in (400, 422):
+                raise  # the API is unwell: kopf retries
+            # The server (or the client's own schema check) refuses what the operator built from this spec and its
+            # settings (e.g. a default limit below a request): retrying cannot help, so it becomes the
+            # resource's status, not a retry loop.
+            decision = planner.child_refused(child, _api_message(exc))
+            break
         log.info(
             "%s %s/%s: created %s %s", kind, meta["namespace"], meta["name"], child["kind"], child["metadata"]["name"]
         )
         if child["kind"] == "Job":
-            patch["status"]["jobName"] = child["metadata"]["name"]
+            job_name = child["metadata"]["name"]
+    log.info(
+        "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
+    )
+    patch = planner.status_patch(decision, status, meta.get("generation"))
+    if job_name and not decision.permanent:
+        patch["status"]["jobName"] = job_name
     _patch_status(kind, meta["namespace"], meta["name"], patch)
     if decision.permanent:
         kopf.warn(body, reason=decision.reason, message=decision.message)

@@ -35,6 +35,13 @@ def invalid_spec(errors: list[FieldError]) -> Decision:
     return Decision(Phase.FAILED, "InvalidSpec", message, permanent=True)
 
 
+def child_refused(child: dict[str, Any], server_message: str) -> Decision:
+    """The API server refused a child the operator built: the resource fails with the server's reason."""
+    name = f"{child['kind']} {child['metadata']['name']}"
+    return Decision(Phase.FAILED, f"{child['kind']}Refused", f"the API server refused {name}: {server_message}",
+                    permanent=True)  # fmt: skip
+
+
 def plan(resource: Resource, settings: Settings, dependency: dict[str, Any] | None = None) -> Decision:
     """The children a valid resource needs, or why it must wait or fail.
 
@@ -99,6 +106,8 @@ def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any]
     if "FailureTarget" in conditions:
         cond = conditions["FailureTarget"]
         return Decision(Phase.RUNNING, "JobFailing", cond.get("message") or "the Job is failing")
+    if job_status.get("succeeded"):  # controllers before Kubernetes 1.31 write no SuccessCriteriaMet
+        return Decision(Phase.RUNNING, "JobFinishing", "the pod succeeded; the Job is finishing")
     uncounted = job_status.get("uncountedTerminatedPods") or {}
     if job_status.get("active") or job_status.get("ready") or any(uncounted.values()):
         return Decision(Phase.RUNNING, "JobRunning", "the pod is running")

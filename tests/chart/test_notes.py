@@ -15,7 +15,7 @@ def notes(values: dict[str, Any] | None = None, namespace: str = "kubetune") -> 
 
 def test_next_steps_by_default() -> None:
     text = notes()
-    assert "kubectl apply -n kubetune -f examples/quickstart.yaml" in text
+    assert "kubectl apply -n kubetune -f examples/cluster/quickstart.yaml" in text
     assert "kubectl get -n kubetune datasetbuilds,finetunejobs" in text
     assert 'PersistentVolumeClaim "kubetune-storage"' in text
     assert "must exist in the image" in text and "/var/lib/kubetune" in text
@@ -25,7 +25,7 @@ def test_next_steps_by_default() -> None:
 def test_storage_claim_must_exist_when_not_created() -> None:
     text = notes({"storage": {"create": False}, "operator": {"watchNamespaces": ["ml"]}})
     assert 'create a claim named "kubetune-storage" yourself' in text
-    assert "kubectl apply -n ml -f examples/quickstart.yaml" in text
+    assert "kubectl apply -n ml -f examples/cluster/quickstart.yaml" in text
 
 
 def test_mlflow_server_url_in_the_notes() -> None:

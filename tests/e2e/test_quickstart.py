@@ -79,8 +79,7 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
 
     # The operator as the chart's Deployment runs it: its command, arguments and environment, and only the
     # RBAC rules of its ClusterRole (the test API server refuses anything else).
-    settings = chart_operator()
-    settings.pop("liveness")
+    settings, _ = chart_operator()
 
     async def scenario():
         async with (

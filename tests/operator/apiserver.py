@@ -23,7 +23,9 @@ What it adds to kmock, as a kube-apiserver does it:
 - built-in kinds (Jobs, ConfigMaps, Events) are checked on create against Kubernetes' own OpenAPI schema
   (kubernetes-validate, strict: unknown fields refused).
 
-What it still does not do: built-in kinds are not defaulted, and their own validation rules beyond the
+What it still does not do: a strategic merge patch is applied as a JSON merge patch (lists replaced, not
+merged by key); ``fieldValidation`` is always Strict (a real server's default for a client that sends none
+is Warn: unknown fields dropped); built-in kinds are not defaulted, and their own validation rules beyond the
 schema (immutable fields, name formats, cross-field checks) do not run; no admission
 (Pod Security included: tests check the pod templates against the restricted profile directly); no label
 or field selectors; no garbage collection of owned objects; no optimistic-concurrency check of a
@@ -176,8 +178,11 @@ class CrdSchema:
             bindings = {"self": celpy.json_to_cel(value)}
             if transition:
                 bindings["oldSelf"] = celpy.json_to_cel(old)
-            result = self._program(rule["rule"]).evaluate(bindings)
-            if not bool(result) or isinstance(result, celpy.CELEvalError):
+            try:
+                result = self._program(rule["rule"]).evaluate(bindings)
+            except celpy.CELEvalError as exc:
+                result = exc
+            if isinstance(result, celpy.CELEvalError) or not bool(result):
                 errors.append(
                     f'{_path(where) or "<root>"}: Invalid value: "object": {rule.get("message") or rule["rule"]}'
                 )
@@ -258,8 +263,6 @@ class StrictApiServer(KubernetesEmulator):
 
     crds: dict[str, CrdSchema] = attrs.field(factory=dict)
     audit: list[AuditRecord] = attrs.field(factory=list)
-    # The namespaces that exist (kmock cannot store Namespaces; it cannot even parse their cluster-wide path).
-    namespaces: tuple[str, ...] = ("default", "kube-system", "team")
     # user -> what RBAC lets them do; users not named here may do anything (the test's own admin).
     grants: dict[str, list[Grant]] = attrs.field(factory=dict)
     denied: list[AuditRecord] = attrs.field(factory=list)
@@ -281,37 +284,6 @@ class StrictApiServer(KubernetesEmulator):
 
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
-
-    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
-            return await self._serve_namespaces(raw_request)
-        return await super().__call__(raw_request)
-
-    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        """List or watch Namespaces (kopf does so when it watches named namespaces)."""
-        watch = raw_request.query.get("watch") in ("true", "1")
-        token = (raw_request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-        record = AuditRecord(token, "watch" if watch else "list", "", "namespaces", None, None, None)
-        self.audit.append(record)
-        try:
-            self._authorize(record)
-        except ApiError as exc:
-            return await self._render_error(exc)
-        items = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "resourceVersion": "1"},
-             "status": {"phase": "Active"}}
-            for n in self.namespaces
-        ]  # fmt: skip
-        if not watch:
-            return aiohttp.web.json_response(
-                {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": "1"}, "items": items}
-            )
-        response = aiohttp.web.StreamResponse()
-        await response.prepare(raw_request)
-        timeout = float(raw_request.query.get("timeoutSeconds") or 60)
-        await asyncio.sleep(min(timeout, 60))  # nothing changes: the list already said it all
-        await response.write_eof()
-        return response
 
     def _record(self, request: Request) -> AuditRecord:
         token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
@@ -390,7 +362,7 @@ class StrictApiServer(KubernetesEmulator):
             else:
                 new = _merge_patch(old, request.data or {})
         except jsonpatch.JsonPatchTestFailed as exc:
-            raise ApiError(status=409, reason="Conflict", message=f"the object has been modified: {exc}") from None
+            raise ApiError(message=f"the server rejected our request due to an error in our request: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise ApiError(message=f"the JSON patch does not apply: {exc}") from None
         if self._has_status_subresource(request):
@@ -460,14 +432,14 @@ def _replace_data(request: Request, data: Any) -> None:
     object.__setattr__(request, "data", data)
 
 
-def _merge_patch(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7386 JSON merge patch (lists are replaced; null removes a key)."""
-    out = copy.deepcopy(old)
+def _merge_patch(old: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (lists are replaced; null removes a key, at any depth)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(old) if isinstance(old, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_patch(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _merge_patch(out.get(key), value)
     return out

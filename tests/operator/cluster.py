@@ -78,9 +78,7 @@ class Cluster:
         crd_admission: bool = True,
         start_operator: bool = True,
         operator_grants: list[Grant] | None = None,
-        liveness: str | None = None,
     ):
-        self.liveness = liveness
         self.operator_grants = operator_grants
         self.workdir = workdir
         self.start_operator = start_operator
@@ -212,12 +210,14 @@ class Cluster:
                 },
             )
 
-    async def wait_for(self, kind: str, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
+    async def wait_for(
+        self, kind: str, name: str, phases: set[str], timeout: float, namespace: str = "default"
+    ) -> dict[str, Any]:
         """Poll until the resource's status.phase is one of ``phases``; fail with the last status and the log."""
         deadline = asyncio.get_running_loop().time() + timeout
         obj: dict[str, Any] = {}
         while asyncio.get_running_loop().time() < deadline:
-            obj = await self.get(kind, name)
+            obj = await self.get(kind, name, namespace)
             if (obj.get("status") or {}).get("phase") in phases:
                 return obj
             if self.operator is not None and self.operator.returncode is not None:
@@ -301,10 +301,10 @@ class TestKubelet:
         await self.cluster.finish_job(job, succeeded=rc == 0, message=f"the container exited with {rc}")
 
 
-def chart_operator(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """How the chart's Deployment runs the operator, for ``Cluster(**chart_operator())``: its arguments (the
-    liveness probe moved to a free port, given back as ``liveness``), its plain environment values, and the
-    rules of its ClusterRole, or of its Role in each watched namespace."""
+def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """How the chart's Deployment runs the operator, as ``Cluster`` arguments: its command line (the liveness
+    probe moved to a free port), its plain environment values, and the rules of its ClusterRole, or of its
+    Role in each watched namespace; and the URL of that liveness probe."""
     from tests.chart.render import operator_rules, render
 
     docs = render(values)
@@ -316,12 +316,8 @@ def chart_operator(values: dict[str, Any] | None = None) -> dict[str, Any]:
     namespaces = [d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and "operator" in str(d["metadata"])]
     rules = operator_rules(docs)
     grants = [Grant(rule, ns) for rule in rules for ns in (namespaces or [None])]
-    return {
-        "operator_args": [*container["command"][1:], *args],
-        "operator_env": env,
-        "operator_grants": grants,
-        "liveness": f"http://127.0.0.1:{port}/healthz",
-    }
+    settings = {"operator_args": [*container["command"][1:], *args], "operator_env": env, "operator_grants": grants}
+    return settings, f"http://127.0.0.1:{port}/healthz"
 
 
 @contextlib.asynccontextmanager

@@ -67,12 +67,12 @@ def test_defaults_generation_and_the_status_subresource(api):
         assert created["spec"]["cleaning"] == {"minDocumentChars": 200, "stripMarkdown": True}
         assert "status" not in created
 
-        # Status sent to the main resource is ignored; a spec change bumps the generation.
-        patched = await cluster.patch(
-            "DatasetBuild", "docs", {"spec": {"split": {"seed": 7}}, "status": {"phase": "X"}}
+        # Status sent to the main resource is ignored; so is a change of nothing but metadata, for generation.
+        labelled = await cluster.patch(
+            "DatasetBuild", "docs", {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "X"}}
         )
-        assert patched["metadata"]["generation"] == 2 and "status" not in patched
-        assert int(patched["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+        assert labelled["metadata"]["generation"] == 1 and "status" not in labelled
+        assert int(labelled["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
 
         # A status write changes status only, and never the generation.
         from kubernetes import client
@@ -83,17 +83,30 @@ def test_defaults_generation_and_the_status_subresource(api):
             {"status": {"phase": "Running"}, "spec": {"split": {"seed": 8}}},
         )  # fmt: skip
         assert status["status"]["phase"] == "Running"
-        assert status["spec"]["split"]["seed"] == 7 and status["metadata"]["generation"] == 2
+        assert status["spec"]["split"]["seed"] == 42 and status["metadata"]["generation"] == 1
 
-        # A metadata-only change does not bump it either.
-        labelled = await cluster.patch("DatasetBuild", "docs", {"metadata": {"labels": {"team": "a"}}})
-        assert labelled["metadata"]["generation"] == 2
-
-        # An update must still pass the schema and the CEL rules.
+        # The spec is immutable (a CEL transition rule); an update must pass the schema and every rule.
         with pytest.raises(ApiException) as info:
             await cluster.patch("DatasetBuild", "docs", {"spec": {"chunking": {"minChars": 5000}}})
+        message = json.loads(info.value.body)["message"]
         assert info.value.status == 422
-        assert "minChars must not exceed maxChars" in json.loads(info.value.body)["message"]
+        assert "minChars must not exceed maxChars" in message and "spec is immutable once created" in message
+
+        # A spec change bumps the generation (a Job's spec may change: suspend).
+        job = {
+            "metadata": {"name": "j"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}},
+        }
+        created = await asyncio.to_thread(client.BatchV1Api().create_namespaced_job, "default", job)
+        assert created.metadata.generation == 1
+        raw = await asyncio.to_thread(
+            client.BatchV1Api().patch_namespaced_job,
+            "j",
+            "default",
+            {"spec": {"suspend": True}},
+            _preload_content=False,
+        )
+        assert json.loads(raw.data)["metadata"]["generation"] == 2
 
     api(scenario)
 

@@ -100,12 +100,8 @@ async def full_flow(cluster: Cluster) -> None:
     await cluster.finish_job(train, succeeded=False, message="3 pods failed")
     failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=10)
     assert failed["status"]["message"] == "3 pods failed"
+    await _event_reasons(cluster, "tune", until="BackoffLimitExceeded")
     events = await cluster.events("tune")
-    for _ in range(40):
-        if any(e["reason"] == "BackoffLimitExceeded" for e in events):
-            break
-        await asyncio.sleep(0.25)
-        events = await cluster.events("tune")
     assert {e["type"] for e in events if e["reason"] == "BackoffLimitExceeded"} == {"Warning"}
 
 
@@ -158,3 +154,20 @@ def test_a_spec_the_crd_let_through_becomes_a_condition_not_a_crash_loop(run_in_
 
     cluster = run_in_cluster(scenario, crd_admission=False)
     assert "FineTuneJob default/bad: Failed (InvalidSpec)" in cluster.log()
+
+
+def test_a_job_the_server_refuses_fails_the_resource_with_the_server_message(run_in_cluster):
+    """Pod defaults Kubernetes' schema refuses (a node selector value must be a string): the official client
+    checks the Job against that schema before it sends it, as the server would after."""
+
+    async def scenario(cluster: Cluster):
+        await cluster.apply(copy.deepcopy(DSB))
+        failed = await cluster.wait_for("DatasetBuild", "docs", {"Failed"}, timeout=30)
+        assert failed["status"]["message"].startswith("the API server refused Job docs-datagen: ")
+        assert "nodeSelector" in failed["status"]["message"]
+        assert await _event_reasons(cluster, "docs", until="JobRefused") == ["JobRefused"]
+        assert [j["metadata"]["name"] for j in await cluster.jobs()] == []
+
+    env = {"KUBETUNE_POD_DEFAULTS": json.dumps({"datagen": {"nodeSelector": {"gpu": True}}})}
+    cluster = run_in_cluster(scenario, operator_env=env)
+    assert "DatasetBuild default/docs: Failed (JobRefused)" in cluster.log()

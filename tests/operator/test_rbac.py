@@ -40,8 +40,7 @@ def _used(records) -> set[tuple[str, str, str]]:
 
 
 def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
-    settings = chart_operator()
-    liveness = settings.pop("liveness")
+    settings, liveness = chart_operator()
 
     async def main():
         async with Cluster(tmp_path, **settings) as cluster:
@@ -64,8 +63,7 @@ def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
 
 
 def test_namespaced_operator_works_with_roles_in_its_namespaces_only(tmp_path):
-    settings = chart_operator({"operator": {"watchNamespaces": ["team"]}})
-    settings.pop("liveness")
+    settings, _ = chart_operator({"operator": {"watchNamespaces": ["team"]}})
     assert {g.namespace for g in settings["operator_grants"]} == {"team"}
     assert not [d for d in render({"operator": {"watchNamespaces": ["team"]}}) if d["kind"] == "ClusterRole"]
 
@@ -75,12 +73,7 @@ def test_namespaced_operator_works_with_roles_in_its_namespaces_only(tmp_path):
         await cluster.apply(build)
         job = await _job_of(cluster, "docs-datagen")
         await cluster.finish_job(job, succeeded=True)
-        for _ in range(40):
-            got = await cluster.get("DatasetBuild", "docs", namespace="team")
-            if (got.get("status") or {}).get("phase") == "Succeeded":
-                break
-            await asyncio.sleep(0.25)
-        assert got["status"]["phase"] == "Succeeded"
+        await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=15, namespace="team")
 
     async def main():
         async with Cluster(tmp_path, **settings) as cluster:

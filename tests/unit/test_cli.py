@@ -94,3 +94,10 @@ def test_operator_help_names_its_options():
     assert result.exit_code == 0
     for option in ("--namespace", "--liveness", "--log-format", "--verbose", "--debug"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("pattern", ["team-*", "!kube-system", "Team"])
+def test_operator_refuses_namespace_patterns(pattern):
+    result = CliRunner().invoke(app, ["operator", "-n", pattern])
+    assert result.exit_code == 2
+    assert "not a namespace name" in result.output

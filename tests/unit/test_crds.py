@@ -213,3 +213,41 @@ def test_the_cluster_kustomization_renders_the_cluster_quickstart(root):
         ("DatasetBuild", "quickstart", "default"),
         ("FineTuneJob", "quickstart-lora", "default"),
     ]
+
+
+def _rules_with_samples():
+    """Every CelRule of the models with objects (wire form, Python form) on both sides of it."""
+    from kubetune.spec.datasetbuild import ChunkingSpec
+    from kubetune.spec.finetunejob import DatasetSource
+    from kubetune.spec.resources import NAME_RULE
+
+    chunking = [{"minChars": a, "maxChars": b} for a, b in ((1, 1), (1000, 2000), (2001, 2000), (5, 4))]
+    sources = [{"path": "d"}, {"datasetBuildRef": {"name": "b"}}, {}, {"path": "d", "datasetBuildRef": {"name": "b"}}]
+    for rule in ChunkingSpec.cel_rules:
+        for wire in chunking:
+            yield rule, wire, ChunkingSpec.model_construct(min_chars=wire["minChars"], max_chars=wire["maxChars"])
+    for rule in DatasetSource.cel_rules:
+        for wire in sources:
+            ref = wire.get("datasetBuildRef")
+            yield rule, wire, DatasetSource.model_construct(dataset_build_ref=ref, path=wire.get("path"))
+    for name in ("docs", "a" * 63, "a" * 64, "a.b", "Docs", "-a", "a-", "a-b-1"):
+        yield NAME_RULE, {"metadata": {"name": name}}, name
+
+
+def test_every_cel_rule_and_its_python_predicate_agree():
+    import celpy
+
+    env = celpy.Environment()
+    checked = 0
+    for rule, wire, python in _rules_with_samples():
+        cel = bool(env.program(env.compile(rule.rule)).evaluate({"self": celpy.json_to_cel(wire)}))
+        assert cel == rule.holds(python), (rule.rule, wire)
+        checked += 1
+    assert checked >= 16
+
+
+def test_numbers_in_exponent_form_are_numbers_as_kubectl_reads_them(root):
+    text = (root / "examples" / "quickstart.yaml").read_text().replace("learningRate: 2.0e-4", "learningRate: 2e-4")
+    assert "learningRate: 2e-4" in text
+    (_, tune) = load_resources(text)
+    assert tune.spec.training.learning_rate == 2e-4

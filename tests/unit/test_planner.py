@@ -81,7 +81,10 @@ def test_fine_tune_job_waits_for_its_dataset(dependency, phase, reason, retry):
     if phase == Phase.RUNNING:
         container = decision.children[1]["spec"]["template"]["spec"]["containers"][0]
         assert container["command"][-2:] == ["--dataset", "/data/datasets/team/docs"]
-        assert container["resources"] == {"requests": {"memory": "16Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+        assert container["resources"] == {
+            "requests": {"memory": "16Gi", "nvidia.com/gpu": "2"},
+            "limits": {"nvidia.com/gpu": "2"},
+        }
         assert {"name": "MLFLOW_TRACKING_URI", "value": "sqlite:////data/mlflow.db"} in container["env"]
 
 
@@ -105,7 +108,7 @@ FAILURE_TARGET = {"type": "FailureTarget", "status": "True", "reason": "BackoffL
             Phase.SUCCEEDED,
             id="complete",
         ),
-        pytest.param({"succeeded": 1}, Phase.PENDING, id="succeeded-count-without-complete-is-not-terminal"),
+        pytest.param({"succeeded": 1}, Phase.RUNNING, id="succeeded-count-without-complete-is-not-terminal"),
         pytest.param(
             {"failed": 2, "conditions": [FAILURE_TARGET], "uncountedTerminatedPods": {"failed": ["u3"]}},
             Phase.RUNNING,
@@ -149,16 +152,13 @@ CONTROLLER_SEQUENCES = {
 
 @pytest.mark.parametrize("name", sorted(CONTROLLER_SEQUENCES))
 def test_phase_never_moves_backwards_through_a_controller_sequence(name):
-    phase, seen = None, []
-    for job_status in CONTROLLER_SEQUENCES[name]:
-        decision = planner.job_outcome("FineTuneJob", "team", "tune", job_status, SETTINGS)
-        if planner.moves_forward(phase, decision.phase):
-            phase = decision.phase
-        seen.append(phase)
-    ranks = [min(["Pending", "Running", "Succeeded", "Failed"].index(p), 2) for p in seen]
+    """The phase each status of the sequence reads as, on its own, never goes back (no "waiting for the pod"
+    while the pod has finished), and the sequence ends where the controller ends it."""
+    order = [Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED]
+    seen = [planner.job_outcome("FineTuneJob", "team", "tune", s, SETTINGS).phase for s in CONTROLLER_SEQUENCES[name]]
+    ranks = [min(order.index(p), 2) for p in seen]
     assert ranks == sorted(ranks), seen
     assert seen[-1] == (Phase.SUCCEEDED if name == "success" else Phase.FAILED)
-    assert Phase.PENDING not in seen[seen.index(Phase.RUNNING) :]
 
 
 @pytest.mark.parametrize(
@@ -247,7 +247,10 @@ def test_pod_defaults_place_and_size_the_pods(monkeypatch):
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "kubetune-workload"
     (container,) = pod["containers"]
     # The resource's own spec.resources (memory 16Gi, 2 GPUs) wins over the defaults; the rest stays.
-    assert container["resources"] == {"requests": {"cpu": "2", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "16Gi", "nvidia.com/gpu": "2"},
+        "limits": {"nvidia.com/gpu": "2"},
+    }
     assert container["env"][-1]["valueFrom"]["secretKeyRef"]["name"] == "m"
     datagen = builders.job(DSB, settings)["spec"]["template"]["spec"]
     assert "nodeSelector" not in datagen and "resources" not in datagen["containers"][0]
@@ -265,3 +268,48 @@ def test_bad_pod_defaults_stop_the_operator_with_a_clear_message(monkeypatch, va
     monkeypatch.setenv("KUBETUNE_POD_DEFAULTS", value)
     with pytest.raises(ValueError, match=fragment):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("defaults", "requests", "gpus", "expected"),
+    [
+        pytest.param({}, {}, None, {}, id="nothing"),
+        pytest.param(
+            {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}},
+            {},
+            None,
+            {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}},
+            id="default-gpu-kept",
+        ),
+        pytest.param({"limits": {"nvidia.com/gpu": "1"}}, {}, 0, {}, id="zero-gpus-removes-the-default"),
+        pytest.param(
+            {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+            {},
+            2,
+            {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}},
+            id="gpu-request-equals-limit",
+        ),
+        pytest.param(
+            {"requests": {"memory": "4Gi"}, "limits": {"memory": "8Gi", "cpu": "4"}},
+            {"memory": "16Gi"},
+            None,
+            {"requests": {"memory": "16Gi"}, "limits": {"cpu": "4"}},
+            id="spec-request-drops-a-default-limit-below-it",
+        ),
+    ],
+)
+def test_merge_resources(defaults, requests, gpus, expected):
+    assert builders._merge_resources(defaults, requests, gpus) == expected
+
+
+def test_long_names_get_distinct_valid_child_names():
+    import re
+
+    def named(name: str):
+        return DSB.model_copy(update={"metadata": DSB.metadata.model_copy(update={"name": name})})
+
+    assert builders.child_name(named("docs")) == "docs-datagen"
+    first, second = (builders.child_name(named("a" * 50 + tail)) for tail in ("-one", "-two"))
+    assert first != second
+    for child in (first, second):
+        assert len(child) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", child) and child.endswith("-datagen")

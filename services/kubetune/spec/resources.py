@@ -180,10 +180,22 @@ def parse_resource(doc: Any, source: str = "") -> Resource:
         ) from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 (and kubectl) do: ``2e-4`` is a float, not a string."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_resources(text: str, source: str = "") -> list[Resource]:
     """Every resource of a multi-document YAML; a SpecError lists the problems of all documents."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_Yaml12Loader) if d is not None]
     except yaml.YAMLError as exc:
         raise SpecError([FieldError("", f"not valid YAML: {exc}", source=source)]) from None
     resources, errors = [], []
