@@ -9,7 +9,9 @@ operator creates, it runs the container's command as a local process (same comma
 the storage volume and the emptyDirs bind-mounted at their real mountPaths in a private mount namespace,
 as root), then writes the Job's status back through the API in the steps the real Job controller takes.
 What it cannot play: the pod's securityContext (the process runs as the test's user) and a read-only root
-filesystem; tests/unit checks the pod template against Pod Security "restricted" instead.
+filesystem (tests/unit checks the pod template against Pod Security "restricted" instead); and an emptyDir
+mounted over the folder that holds the checkout (e.g. /tmp, for a clone in /tmp) is left out, since in a
+real pod the code lives in the image.
 """
 
 from __future__ import annotations
@@ -280,7 +282,13 @@ class TestKubelet:
             prefix = mount["mountPath"].rstrip("/") + "/"
             return any(str(folders[o["name"]]).startswith(prefix) for o in declared if o is not mount)
 
-        ordered = sorted(declared, key=covers_a_source)
+        def hides_the_code(mount: dict[str, Any]) -> bool:
+            """Whether mounting here would hide the checkout or its venv (a clone under /tmp, and an emptyDir
+            on /tmp): in a real pod those live in the image, outside the volume; here the mount is left out."""
+            prefix = mount["mountPath"].rstrip("/") + "/"
+            return any(f"{p}/".startswith(prefix) for p in (str(self.cwd), str(Path(sys.executable).parent)))
+
+        ordered = sorted((m for m in declared if not hides_the_code(m)), key=covers_a_source)
         mounts = " && ".join(
             f"mkdir -p {shlex.quote(m['mountPath'])} && mount --bind {shlex.quote(str(folders[m['name']]))} "
             f"{shlex.quote(m['mountPath'])}"
