@@ -72,7 +72,13 @@ class TrainingSpec(SpecModel):
 class ResourcesSpec(SpecModel):
     """What the training pod asks the scheduler for."""
 
-    gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU.")
+    gpus: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu count, as both request and limit. 0: the operator's default for training pods "
+        "(none, so the CPU, unless the Helm chart's workloads.trainer.resources gives one).",
+    )
     cpu: str | None = Field(None, description="CPU request, e.g. '4'.")
     memory: str | None = Field(None, description="Memory request, e.g. '16Gi'.")
 
