@@ -150,63 +150,28 @@ CASES = [
         ),
         id="torchtune-llama3.1-8b-qlora-7.4GiB",
     ),
-    # bench/gpu/results/results.json, H200
-    pytest.param(
-        Published(
-            LLAMA_31_8B,
-            "lora",
-            BENCH_LORA,
-            BENCH_TRAINING,
-            "H200-141GB",
-            BENCH_LOOP,
-            "peak_allocated",
-            BENCH["lora"]["peak_allocated_gib"] * GIB,
-            0.05,
-        ),
-        id="bench-gpu-h200-lora-peak",
-    ),
-    pytest.param(
-        Published(
-            LLAMA_31_8B,
-            "qlora",
-            BENCH_LORA,
-            BENCH_TRAINING,
-            "H200-141GB",
-            BENCH_LOOP,
-            "peak_allocated",
-            BENCH["qlora"]["peak_allocated_gib"] * GIB,
-            0.05,
-        ),
-        id="bench-gpu-h200-qlora-peak",
-    ),
-    pytest.param(
-        Published(
-            LLAMA_31_8B,
-            "lora",
-            BENCH_LORA,
-            BENCH_TRAINING,
-            "H200-141GB",
-            BENCH_LOOP,
-            "resident",
-            BENCH["lora"]["memory_resident_gib"] * GIB,
-            0.02,
-        ),
-        id="bench-gpu-h200-lora-resident",
-    ),
-    pytest.param(
-        Published(
-            LLAMA_31_8B,
-            "qlora",
-            BENCH_LORA,
-            BENCH_TRAINING,
-            "H200-141GB",
-            BENCH_LOOP,
-            "resident",
-            BENCH["qlora"]["memory_resident_gib"] * GIB,
-            0.02,
-        ),
-        id="bench-gpu-h200-qlora-resident",
-    ),
+    # bench/gpu/results/results.json, H200: the peak, and what is resident after set-up (weights, adapters)
+    *[
+        pytest.param(
+            Published(
+                LLAMA_31_8B,
+                method,
+                BENCH_LORA,
+                BENCH_TRAINING,
+                "H200-141GB",
+                BENCH_LOOP,
+                term,
+                BENCH[method][key] * GIB,
+                tolerance,
+            ),
+            id=f"bench-gpu-h200-{method}-{name}",
+        )
+        for method in ("lora", "qlora")
+        for name, term, key, tolerance in (
+            ("peak", "peak_allocated", "peak_allocated_gib", 0.05),
+            ("resident", "resident", "memory_resident_gib", 0.02),
+        )
+    ],
     # bench/planner/results-gpu.json, H200, the LM head fused (kubetune) and whole
     *[
         pytest.param(
