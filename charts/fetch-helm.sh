@@ -61,4 +61,4 @@ for tool in helm kubectl; do
 done
 
 "$dest/helm" version --short
-"$dest/kubectl" version --client | head -n 1
+"$dest/kubectl" version --client | sed -n 1p  # sed reads it all: no SIGPIPE under pipefail
