@@ -17,9 +17,8 @@ What it adds to kmock, as a kube-apiserver does it:
   ``/status`` changes only status;
 - every request is recorded with the user of its bearer token and its RBAC verb, group, resource and
   subresource (:attr:`StrictApiServer.audit`), which the RBAC test compares with the chart's roles;
-- RBAC: a user given :class:`Grant` s (rules of a ClusterRole, or of a Role in one namespace) is refused
-  with 403 whatever they do not allow, as the server's RBAC authorizer does; discovery is open to all.
-
+- RBAC: a user given grants (:class:`Grant`: rules of a ClusterRole, or of a Role in one namespace) is refused
+  with 403 whatever they do not allow, as the server's RBAC authorizer does; discovery is open to all;
 - built-in kinds (Jobs, ConfigMaps, Events) are checked on create against Kubernetes' own OpenAPI schema
   (kubernetes-validate, strict: unknown fields refused).
 
