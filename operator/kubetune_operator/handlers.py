@@ -70,6 +70,14 @@ def _create(child: dict[str, Any]) -> None:
             raise
 
 
+def _pods_of(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    """The pods the Job controller made for a Job (it labels them job-name=NAME)."""
+    raw = client.CoreV1Api().list_namespaced_pod(
+        namespace, label_selector=f"job-name={job_name}", _preload_content=False
+    )
+    return json.loads(raw.data).get("items") or []
+
+
 def _api_message(exc: Exception) -> str:
     """The message of the Status object an API error carries, else the error itself, on one line."""
     try:
@@ -147,12 +155,15 @@ def reconcile_fine_tune_job(body: kopf.Body, spec: kopf.Spec, namespace: str, **
 
 
 @kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")
-def job_status(labels: dict[str, str], namespace: str, new: dict[str, Any] | None, **_: Any) -> None:
+def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str, Any] | None, **_: Any) -> None:
     """A Job moved: copy its outcome into the status of the resource that owns it."""
+    job_name = name
     for kind, label in OWNER_LABEL.items():
         if label in labels:
             name = labels[label]
             decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS)
+            if decision.phase == Phase.FAILED:
+                decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
             current = client.CustomObjectsApi().get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL[kind], name
             )

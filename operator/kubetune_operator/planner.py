@@ -116,6 +116,34 @@ def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any]
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
 
 
+def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
+    """Why a Job's pods failed, in one line: the last line of the newest termination message among its pods.
+
+    The containers run with ``terminationMessagePolicy: FallbackToLogsOnError``, so a message is the end of
+    the log when the process wrote none; the services end a failure with one line saying why (``trainer
+    failed: ...``). Pods are matched by their ``job-name`` label here too, whatever the list was filtered by.
+    """
+    ended = []
+    for pod in pods:
+        if (pod.get("metadata", {}).get("labels") or {}).get("job-name") != job_name:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") and terminated.get("message"):
+                ended.append((terminated.get("finishedAt") or "", terminated["message"]))
+    if not ended:
+        return None
+    lines = [line.strip() for line in max(ended)[1].splitlines() if line.strip()]
+    return lines[-1][:512] if lines else None
+
+
+def with_cause(decision: Decision, cause: str | None) -> Decision:
+    """A failed Job's decision with its pods' reason appended to the message (the Job says only "backoff limit")."""
+    if cause is None or decision.phase != Phase.FAILED:
+        return decision
+    return Decision(decision.phase, decision.reason, f"{decision.message}: {cause}", permanent=decision.permanent)
+
+
 # A resource's phase only moves forward: Pending/Waiting -> Running -> Succeeded/Failed.
 _RANK = {Phase.PENDING: 0, Phase.WAITING: 0, Phase.RUNNING: 1, Phase.SUCCEEDED: 2, Phase.FAILED: 2}
 

@@ -19,7 +19,7 @@ What it adds to kmock, as a kube-apiserver does it:
   subresource (:attr:`StrictApiServer.audit`), which the RBAC test compares with the chart's roles;
 - RBAC: a user given grants (:class:`Grant`: rules of a ClusterRole, or of a Role in one namespace) is refused
   with 403 whatever they do not allow, as the server's RBAC authorizer does; discovery is open to all;
-- built-in kinds (Jobs, ConfigMaps, Events) are checked on create against Kubernetes' own OpenAPI schema
+- built-in kinds (Jobs, Pods, ConfigMaps, Events) are checked on create against Kubernetes' own OpenAPI schema
   (kubernetes-validate, strict: unknown fields refused).
 
 What it still does not do: a strategic merge patch is applied as a JSON merge patch (lists replaced, not
@@ -59,6 +59,7 @@ BUILTIN_RESOURCES = {
     "v1/configmaps": ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
     "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
     "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
+    "v1/pods": ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}, verbs=VERBS),
 }
 
 

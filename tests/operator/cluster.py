@@ -212,6 +212,42 @@ class Cluster:
                 },
             )
 
+    async def add_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A pod of ``job``, as the Job controller creates it (labelled job-name=JOB, the Job's template)."""
+        meta = job["metadata"]
+        template = job["spec"]["template"]
+        labels = {**(template.get("metadata", {}).get("labels") or {}), "job-name": meta["name"],
+                  "batch.kubernetes.io/job-name": meta["name"]}  # fmt: skip
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-{uuid.uuid4().hex[:5]}",
+                "namespace": meta["namespace"],
+                "labels": labels,
+            },
+            "spec": template["spec"],
+        }
+        raw = await asyncio.to_thread(
+            client.CoreV1Api().create_namespaced_pod, meta["namespace"], pod, _preload_content=False
+        )
+        return json.loads(raw.data)
+
+    async def end_pod(self, pod: dict[str, Any], exit_code: int, message: str) -> None:
+        """The kubelet's last word on a pod: its container terminated, with its termination message."""
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                      "message": message, "finishedAt": "2026-01-01T00:00:00Z"}  # fmt: skip
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                   "ready": False, "restartCount": 0, "state": {"terminated": terminated}}],
+        }  # fmt: skip
+        await asyncio.to_thread(
+            client.CoreV1Api().patch_namespaced_pod_status, meta["name"], meta["namespace"], {"status": status}
+        )
+
     async def wait_for(
         self, kind: str, name: str, phases: set[str], timeout: float, namespace: str = "default"
     ) -> dict[str, Any]:
@@ -299,6 +335,7 @@ class TestKubelet:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the image's python is ours
         log = self.cluster.workdir / f"{job['metadata']['name']}.log"
         self.logs[job["metadata"]["name"]] = log
+        pod = await self.cluster.add_pod(job)
         await self.cluster.set_job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -306,6 +343,9 @@ class TestKubelet:
                 *container["command"], cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
             rc = await proc.wait()
+        # terminationMessagePolicy FallbackToLogsOnError: the end of the log (2 KiB at most) when it failed.
+        tail = log.read_bytes()[-2048:].decode(errors="replace") if rc else ""
+        await self.cluster.end_pod(pod, rc, tail)
         await self.cluster.finish_job(job, succeeded=rc == 0, message=f"the container exited with {rc}")
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 
 import pytest
 
-from tests.operator.cluster import Cluster
+from tests.operator.cluster import Cluster, kubelet_running
 
 DSB = {
     "apiVersion": "kubetune.dev/v1alpha1",
@@ -41,7 +42,7 @@ def run_in_cluster(tmp_path):
                 await scenario(cluster)
                 return cluster
 
-        return asyncio.run(asyncio.wait_for(main(), timeout=90))
+        return asyncio.run(asyncio.wait_for(main(), timeout=120))
 
     return runner
 
@@ -97,9 +98,12 @@ async def full_flow(cluster: Cluster) -> None:
     train = await _job_of(cluster, "tune-train", timeout=30)
     command = train["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--dataset") + 1] == "/var/lib/kubetune/datasets/default/docs"
+    # The pod says why it failed (the end of its log is its termination message); the Job only how often.
+    pod = await cluster.add_pod(train)
+    await cluster.end_pod(pod, 1, "loading the dataset\ntrainer failed: /data/d holds no train.parquet\n")
     await cluster.finish_job(train, succeeded=False, message="3 pods failed")
     failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=10)
-    assert failed["status"]["message"] == "3 pods failed"
+    assert failed["status"]["message"] == "3 pods failed: trainer failed: /data/d holds no train.parquet"
     await _event_reasons(cluster, "tune", until="BackoffLimitExceeded")
     events = await cluster.events("tune")
     assert {e["type"] for e in events if e["reason"] == "BackoffLimitExceeded"} == {"Warning"}
@@ -113,7 +117,7 @@ def test_kubetune_operator_cluster_wide(run_in_cluster):
     assert "FineTuneJob default/tune: Waiting (DatasetBuildNotFound)" in log
     assert "DatasetBuild default/docs: created Job docs-datagen" in log
     assert "DatasetBuild default/docs: Running -> Succeeded (JobSucceeded)" in log
-    assert "FineTuneJob default/tune: Running -> Failed (BackoffLimitExceeded) 3 pods failed" in log
+    assert "FineTuneJob default/tune: Running -> Failed (BackoffLimitExceeded) 3 pods failed: trainer failed" in log
 
 
 def test_kubetune_operator_namespaced_ignores_other_namespaces(run_in_cluster):
@@ -171,3 +175,24 @@ def test_a_job_the_server_refuses_fails_the_resource_with_the_server_message(run
     env = {"KUBETUNE_POD_DEFAULTS": json.dumps({"datagen": {"nodeSelector": {"gpu": True}}})}
     cluster = run_in_cluster(scenario, operator_env=env)
     assert "DatasetBuild default/docs: Failed (JobRefused)" in cluster.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test kubelet bind-mounts volumes, which needs root")
+def test_a_failed_pod_says_why_in_the_resource_status(run_in_cluster, tmp_path, root):
+    """The trainer really runs (the test kubelet) and fails on a missing dataset: the end of its log is the
+    pod's termination message, and its last line reaches the FineTuneJob's status."""
+
+    async def scenario(cluster: Cluster):
+        async with kubelet_running(cluster, cwd=root, storage=tmp_path / "storage"):
+            tune = copy.deepcopy(FTJ)
+            tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/none"}
+            del tune["spec"]["registry"]
+            await cluster.apply(tune)
+            failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=80)
+        missing = "/var/lib/kubetune/datasets/default/none"
+        assert (
+            failed["status"]["message"]
+            == f"the container exited with 1: trainer failed: {missing} holds no train.parquet"
+        )
+
+    run_in_cluster(scenario)

@@ -313,3 +313,42 @@ def test_long_names_get_distinct_valid_child_names():
     assert first != second
     for child in (first, second):
         assert len(child) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", child) and child.endswith("-datagen")
+
+
+def _pod(job: str, exit_code: int, message: str, finished: str = "2026-01-01T00:00:00Z") -> dict:
+    terminated = {"exitCode": exit_code, "message": message, "finishedAt": finished}
+    return {
+        "metadata": {"labels": {"job-name": job}},
+        "status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("pods", "cause"),
+    [
+        pytest.param([], None, id="no-pods"),
+        pytest.param([_pod("tune-train", 0, "done")], None, id="succeeded-pod"),
+        pytest.param(
+            [_pod("tune-train", 1, "a\ntrainer failed: no data\n\n")], "trainer failed: no data", id="last-line"
+        ),
+        pytest.param([_pod("other-train", 1, "trainer failed: x")], None, id="another-jobs-pod"),
+        pytest.param(
+            [
+                _pod("tune-train", 1, "first try", "2026-01-01T00:00:01Z"),
+                _pod("tune-train", 1, "retry", "2026-01-01T00:00:09Z"),
+            ],
+            "retry",
+            id="newest-pod",
+        ),
+    ],
+)
+def test_failure_cause(pods, cause):
+    assert planner.failure_cause("tune-train", pods) == cause
+
+
+def test_with_cause_appends_only_to_failures():
+    failed = planner.Decision(Phase.FAILED, "BackoffLimitExceeded", "backoff limit", permanent=True)
+    assert planner.with_cause(failed, "trainer failed: x").message == "backoff limit: trainer failed: x"
+    assert planner.with_cause(failed, None) is failed
+    running = planner.Decision(Phase.RUNNING, "JobRunning", "running")
+    assert planner.with_cause(running, "x") is running

@@ -161,6 +161,10 @@ The operator's permissions, one rule per (API group, resources), rendered both i
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "list", "watch", "patch"]
+# When a Job fails, the operator reads its pods' termination messages (why it failed) into the status.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # kopf posts Events (core/v1) about handler progress and phase changes.
 - apiGroups: [""]
   resources: ["events"]
