@@ -6,8 +6,10 @@ not sensible text (training mechanics, chat-template formatting). Tests that nee
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,20 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def with_field(doc: dict, path: str, value: Any) -> dict:
+    """A copy of a resource with the dotted ``path`` set to ``value`` (``...`` deletes the field)."""
+    out = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    node = out
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is ...:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -160,9 +160,9 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
     job_name = name
     for kind, label in OWNER_LABEL.items():
         if label in labels:
-            name = labels[label]
+            name = labels[label]  # from here on, the owner's name
             decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS)
-            if decision.phase == Phase.FAILED:
+            if decision.phase == Phase.FAILED:  # only then are the pods worth a request
                 decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
             current = client.CustomObjectsApi().get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL[kind], name

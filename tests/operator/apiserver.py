@@ -53,6 +53,8 @@ import yaml
 from kmock import KubernetesEmulator, Request, ResourceInfo, action, method
 from kmock._internal.k8s import KubernetesError
 
+from kubetune.spec.resources import field_path
+
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 BUILTIN_RESOURCES = {
     "v1/namespaces": ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS),
@@ -146,10 +148,6 @@ def prune_nulls_and_default(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
-def _path(parts: list[Any]) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts).replace(".[", "[")
-
-
 class CrdSchema:
     """One served version of a CRD: its schema as JSON Schema, and its CEL rules compiled."""
 
@@ -184,7 +182,7 @@ class CrdSchema:
                 result = exc
             if isinstance(result, celpy.CELEvalError) or not bool(result):
                 errors.append(
-                    f'{_path(where) or "<root>"}: Invalid value: "object": {rule.get("message") or rule["rule"]}'
+                    f'{field_path(where) or "<root>"}: Invalid value: "object": {rule.get("message") or rule["rule"]}'
                 )
         if isinstance(value, dict):
             for key, sub in (schema.get("properties") or {}).items():
@@ -200,7 +198,7 @@ class CrdSchema:
         """The object as the server would store it (nulls pruned, defaults set), or an ApiError."""
         name = (obj.get("metadata") or {}).get("name", "")
         unknown = [
-            _path([*e.absolute_path, extra])
+            field_path([*e.absolute_path, extra])
             for e in self.validator.iter_errors(obj)
             if e.validator == "additionalProperties"
             for extra in sorted(set(e.instance) - set(e.schema.get("properties", {})))
@@ -213,7 +211,7 @@ class CrdSchema:
             )
         stored = prune_nulls_and_default(obj, self.openapi)
         errors = [
-            f"{_path(list(e.absolute_path))}: Invalid value: {e.instance!r}: {e.message}"
+            f"{field_path(list(e.absolute_path))}: Invalid value: {e.instance!r}: {e.message}"
             for e in sorted(self.validator.iter_errors(stored), key=lambda e: list(map(str, e.absolute_path)))
         ]
         if not errors:  # the server runs CEL only on a schema-valid object
@@ -226,31 +224,24 @@ class CrdSchema:
         return stored
 
 
-def load_crds(folder: Path) -> dict[str, CrdSchema]:
-    """``group/version/plural`` -> schema, for every CRD file in ``folder``."""
-    out = {}
-    for path in sorted(folder.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        for version in crd["spec"]["versions"]:
-            out[f"{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['plural']}"] = CrdSchema(crd)
-    return out
-
-
-def crd_resource_infos(folder: Path) -> dict[str, ResourceInfo]:
-    """kmock discovery entries for the CRDs in ``folder`` (kopf only watches what discovery lists)."""
-    out = {}
+def load_crds(folder: Path) -> tuple[dict[str, CrdSchema], dict[str, ResourceInfo]]:
+    """For every CRD file in ``folder``, keyed ``group/version/plural``: its schema for admission, and its
+    kmock discovery entry (kopf only watches what discovery lists)."""
+    schemas, infos = {}, {}
     for path in sorted(folder.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         names = crd["spec"]["names"]
         for version in crd["spec"]["versions"]:
-            out[f"{crd['spec']['group']}/{version['name']}/{names['plural']}"] = ResourceInfo(
+            key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
+            schemas[key] = CrdSchema(crd)
+            infos[key] = ResourceInfo(
                 kind=names["kind"],
                 namespaced=crd["spec"]["scope"] == "Namespaced",
                 singular=names["singular"],
                 subresources=set(version.get("subresources") or {}),
                 verbs=VERBS,
             )
-    return out
+    return schemas, infos
 
 
 def _now() -> str:
@@ -323,8 +314,9 @@ class StrictApiServer(KubernetesEmulator):
         return copy.deepcopy(self.objects[key].raw)
 
     def _has_status_subresource(self, request: Request) -> bool:
-        info = self.resources.get(request.resource) if request.resource in self.resources else None
-        return bool(info and "status" in (info.subresources or ()))
+        if request.resource not in self.resources:
+            return False
+        return "status" in (self.resources[request.resource].subresources or ())
 
     def _admit_create(self, request: Request) -> None:
         obj = copy.deepcopy(request.data)

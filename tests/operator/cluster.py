@@ -38,7 +38,6 @@ from tests.operator.apiserver import (
     AuditRecord,
     Grant,
     StrictApiServer,
-    crd_resource_infos,
     load_crds,
 )
 
@@ -90,14 +89,15 @@ class Cluster:
         self.operator_log = workdir / "operator.log"
 
     async def __aenter__(self) -> Cluster:
+        schemas, infos = load_crds(ROOT / "crds")
         self.api = StrictApiServer(
-            crds=load_crds(ROOT / "crds") if self.crd_admission else {},
+            crds=schemas if self.crd_admission else {},
             grants={OPERATOR: self.operator_grants} if self.operator_grants is not None else {},
         )
         await self.api.__aenter__()
         self.server = Server(self.api)
         await self.server.__aenter__()
-        for key, info in {**BUILTIN_RESOURCES, **crd_resource_infos(ROOT / "crds")}.items():
+        for key, info in {**BUILTIN_RESOURCES, **infos}.items():
             self.api.resources[key] = info
         url = str(self.api.url).rstrip("/")
         admin, operator = self.workdir / "kubeconfig-admin", self.workdir / "kubeconfig-operator"

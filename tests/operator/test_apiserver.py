@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from tests.conftest import with_field
 from tests.operator.cluster import Cluster
 from tests.operator.test_operator import DSB
 
@@ -29,13 +30,7 @@ def api(tmp_path):
 
 
 def _variant(path: str, value) -> dict:
-    doc = copy.deepcopy(DSB)
-    node = doc
-    *parents, last = path.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-    return doc
+    return with_field(DSB, path, value)
 
 
 @pytest.mark.parametrize(

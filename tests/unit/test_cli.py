@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -101,3 +102,23 @@ def test_operator_refuses_namespace_patterns(pattern):
     result = CliRunner().invoke(app, ["operator", "-n", pattern])
     assert result.exit_code == 2
     assert "not a namespace name" in result.output
+
+
+def test_readme_commands_as_typed(root):
+    """`kubetune validate` and `kubetune plan` on the quickstart, as the README types them (a subprocess)."""
+    import subprocess
+    import sys
+
+    kubetune = str(Path(sys.executable).parent / "kubetune")
+    valid = subprocess.run(
+        [kubetune, "validate", "-f", "examples/quickstart.yaml"], cwd=root, capture_output=True, text=True
+    )
+    assert valid.returncode == 0 and "valid FineTuneJob/quickstart-lora" in valid.stdout, valid.stderr
+    plan = subprocess.run(
+        [kubetune, "plan", "-f", "examples/quickstart.yaml", "-o", "json"], cwd=root, capture_output=True, text=True
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "planning a DatasetBuild is not available yet" in plan.stderr
+    (tune,) = json.loads(plan.stdout)  # stdout is JSON alone; the note about the DatasetBuild goes to stderr
+    assert tune["resource"] == "FineTuneJob/quickstart-lora" and tune["method"] == "lora"
+    assert tune["bytes"]["peakAllocated"] > tune["bytes"]["weights"] > 0

@@ -18,6 +18,7 @@ import yaml
 from kubetune.spec import SpecError, load_resources
 from kubetune.spec.base import SpecModel
 from kubetune_operator.crds import render_all
+from tests.conftest import with_field
 from tests.operator.apiserver import ApiError, CrdSchema
 
 
@@ -77,16 +78,7 @@ def _set(kind: str, path: str, value) -> Callable[[dict], tuple[str, dict]]:
     """A variant: the quickstart's ``kind`` with ``path`` (dotted) set to ``value``; ``...`` deletes it."""
 
     def make(docs: dict) -> tuple[str, dict]:
-        doc = copy.deepcopy(docs[kind])
-        *parents, last = path.split(".")
-        node = doc
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is ...:
-            node.pop(last, None)
-        else:
-            node[last] = value
-        return kind, doc
+        return kind, with_field(docs[kind], path, value)
 
     return make
 

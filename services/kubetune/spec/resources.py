@@ -128,9 +128,14 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current
 
 
+def field_path(parts) -> str:
+    """A location as the YAML spells it: ``spec.source.paths[0]``."""
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts).replace(".[", "[")
+
+
 def _explain(err: dict, model: type[BaseModel]) -> FieldError:
     loc = tuple(err["loc"])
-    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    path = field_path(loc)
     kind = err["type"]
     value = err.get("input")
     if kind == "extra_forbidden":
