@@ -150,6 +150,15 @@ class PlanOutput(StrEnum):
     json = "json"
 
 
+def _plan_build(res: Resource):
+    import os
+
+    from kubetune.datagen.pipeline import plan as plan_build
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return plan_build(res.spec)
+
+
 @app.command()
 def plan(
     filename: list[Path] = FILES,
@@ -161,7 +170,8 @@ def plan(
         "or cpu. Default: cpu when spec.resources.gpus is 0, else a GPU of no named type (no fit check).",
     ),
 ) -> None:
-    """Predict each FineTuneJob's peak memory per GPU (or on the CPU) from its base model's config.json alone."""
+    """Before anything runs: a FineTuneJob's peak memory per GPU (or on the CPU) from its base model's config.json
+    alone; a DatasetBuild's stages before generation (their funnel), its prompts and the tokens they take."""
     import json
 
     from kubetune.trainer import memory
@@ -172,19 +182,33 @@ def plan(
         except memory.PlanError as exc:
             err_console.print(f"[red]error[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
-    failed, plans = 0, []
+    failed, plans, builds = 0, [], []
     for res in _load(filename):
         ref = f"{res.kind}/{res.metadata.name}"
-        if res.kind != "FineTuneJob":
-            err_console.print(f"{escape(ref)}: planning a {res.kind} is not available yet; skipped", soft_wrap=True)
-            continue
         try:
-            plans.append((ref, memory.plan_memory(memory.load_config(res.spec.base_model), res.spec, gpu)))
-        except memory.PlanError as exc:
+            if res.kind == "DatasetBuild":
+                builds.append((ref, _plan_build(res)))
+            else:
+                plans.append((ref, memory.plan_memory(memory.load_config(res.spec.base_model), res.spec, gpu)))
+        except (memory.PlanError, ValueError, OSError) as exc:
             err_console.print(f"[red]error[/red] {escape(ref)}: {escape(str(exc))}", soft_wrap=True)
             failed += 1
     if output == PlanOutput.json:
-        typer.echo(json.dumps([{"resource": ref, **p.to_dict()} for ref, p in plans], indent=2))
+        found = [{"resource": ref, **p.to_dict()} for ref, p in [*builds, *plans]]
+        typer.echo(json.dumps(found, indent=2))
+    for ref, b in builds if output == PlanOutput.table else []:
+        table = Table(title=f"{ref}: the stages before generation", title_justify="left")
+        for column in ("stage", "in", "out", "dropped"):
+            table.add_column(column, justify="right" if column in ("in", "out") else "left")
+        for s in b.stages:
+            dropped = ", ".join(f"{n} {why}" for why, n in s["dropped"].items() if n)
+            table.add_row(s["name"], str(s["input"]), str(s["output"]), dropped)
+        console.print(table)
+        console.print(
+            f"generate: {b.prompts} prompts, {b.prompt_tokens:,} prompt tokens, at most {b.max_output_tokens:,} "
+            "tokens written" + "".join(f"; then {stage}: about {n} requests" for stage, n in b.later_requests.items()),
+            soft_wrap=True,
+        )
     for ref, p in plans if output == PlanOutput.table else []:
         steps = f"batch {p.batch} x {p.seq_len} tokens, checkpointing {'on' if p.gradient_checkpointing else 'off'}"
         table = Table(title=f"{ref}: {p.method} on {p.device} ({p.compute_dtype}), {steps}", title_justify="left")

@@ -118,7 +118,18 @@ def test_readme_commands_as_typed(root):
         [kubetune, "plan", "-f", "examples/quickstart.yaml", "-o", "json"], cwd=root, capture_output=True, text=True
     )
     assert plan.returncode == 0, plan.stderr
-    assert "planning a DatasetBuild is not available yet" in plan.stderr
-    (tune,) = json.loads(plan.stdout)  # stdout is JSON alone; the note about the DatasetBuild goes to stderr
+    build, tune = json.loads(plan.stdout)  # stdout is JSON alone
     assert tune["resource"] == "FineTuneJob/quickstart-lora" and tune["method"] == "lora"
     assert tune["bytes"]["peakAllocated"] > tune["bytes"]["weights"] > 0
+    assert build["resource"] == "DatasetBuild/quickstart"
+    stages = {s["name"]: s for s in build["stages"]}
+    assert stages["ingest"]["output"] == 6 and stages["dedup_documents"]["dropped"]["exact_duplicate"] == 1
+    assert build["prompts"] == stages["dedup_chunks"]["output"] > 0
+    assert build["prompt_tokens"] > 200 * build["prompts"], "each prompt holds a chunk of 1,000 characters or more"
+
+    curated = subprocess.run(
+        [kubetune, "plan", "-f", "examples/curated.yaml"], cwd=root, capture_output=True, text=True
+    )
+    assert curated.returncode == 0, curated.stderr
+    assert "DatasetBuild/curated: the stages before generation" in curated.stdout
+    assert "decontaminate_chunks" in curated.stdout and "then judge: about" in curated.stdout

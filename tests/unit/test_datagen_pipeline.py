@@ -1,152 +1,504 @@
-"""The datagen stages on a tiny corpus: parsing, curation counts, formatting, split and the manifest.
+"""The DatasetBuild stages on small corpora: what each keeps, what it drops and why, resume and shards.
 
-The LLM is replaced here by a scripted writer that returns fixed answers: these tests are about what the
-pipeline does with good, broken and duplicate answers, which a real model would not produce on demand.
-The real vLLM engine is exercised in tests/e2e (SmolLM2) and in test_vllm_writer.py.
+The LLM is replaced here by a scripted engine that answers each request by a rule of the test: these tests
+are about what the pipeline does with good, broken, duplicate, contaminated and low-quality answers, which a
+real model would not produce on demand. Real engines are exercised in tests/e2e: vLLM offline (SmolLM2, the
+quickstart) and a real ``vllm serve`` through the endpoint backend (test_endpoint.py, test_datagen_resume.py).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pyarrow.parquet as pq
 import pytest
 
-from kubetune.datagen import formatting, generate, pipeline
-from kubetune.spec.datasetbuild import CurationSpec, DatasetBuildSpec
+from kubetune.datagen import card, formatting, generate, judge, pipeline
+from kubetune.datagen.engine import Completion, Request
+from kubetune.datagen.stages import StaleOutputError
+from kubetune.spec.datasetbuild import DatasetBuildSpec
+
+LORA = (
+    "Low-rank adaptation trains two small matrices per layer while the base model stays frozen. "
+    "The product of the two matrices is added to the frozen weight, so the adapter costs little memory. "
+    "A rank of sixteen is a common first choice, and the scaling factor alpha is often twice the rank. "
+)
+QLORA = (
+    "Quantized low-rank adaptation stores the frozen base model in four-bit NormalFloat precision. "
+    "Double quantization compresses the quantization constants themselves to save more memory. "
+    "Paged optimizers move optimizer states to CPU memory when the GPU runs short during a spike. "
+)
+DPO = (
+    "Direct preference optimization learns from pairs of a chosen and a rejected answer to one prompt. "
+    "It needs no separate reward model, because the policy's own log probabilities define the reward. "
+    "The beta parameter controls how far the policy may move away from the frozen reference model. "
+)
+
+EVALUATION = (
+    "Held-out evaluation loss measures how well a model predicts answers it never trained on. "
+    "Perplexity is the exponential of that loss, and lower values mean more confident predictions. "
+    "Generations from the base and the tuned model on the same prompts show what changed in practice. "
+)
 
 
-def answer(*pairs: tuple[str, str]) -> str:
-    return json.dumps({"pairs": [{"instruction": i, "answer": a} for i, a in pairs]})
+def answer(*pairs: tuple[str, ...]) -> str:
+    keys = ("instruction", "answer", "extract")
+    return json.dumps({"pairs": [dict(zip(keys, p, strict=False)) for p in pairs]})
 
 
-class ScriptedWriter:
-    """Answers the n-th conversation with the n-th scripted completion, recording what it was asked."""
+def kind(request: Request) -> str:
+    props = request.schema["properties"]
+    if "pairs" in props:
+        return "samples"
+    if "score" in props:
+        return "judge"
+    return "answer" if "answer" in props else "evolve"
 
-    def __init__(self, completions: list[generate.Completion]):
-        self.completions = completions
-        self.asked: list = []
 
-    def complete(self, conversations, schema):
-        self.asked.extend(conversations)
-        assert schema == generate.pairs_schema(2)
-        return [self.completions[i % len(self.completions)] for i in range(len(conversations))]
+class ScriptedEngine:
+    """Answers each request with ``respond(request)``, recording every request it was asked."""
+
+    def __init__(self, respond: Callable[[Request], Completion]):
+        self.respond = respond
+        self.asked: list[Request] = []
+
+    def complete(self, requests: list[Request]) -> list[Completion]:
+        self.asked.extend(requests)
+        return [self.respond(r) for r in requests]
+
+    def count(self, what: str) -> int:
+        return sum(kind(r) == what for r in self.asked)
+
+
+def by_topic(samples: dict[str, str], default: Callable[[Request], Completion] | None = None):
+    """A responder: a chunk about a topic (a key found in the chunk) gets that topic's scripted samples."""
+
+    def respond(request: Request) -> Completion:
+        text = request.messages[-1]["content"]
+        if kind(request) == "samples":
+            for key, completion in samples.items():
+                if key in text:
+                    return Completion(completion, "stop", 40)
+            return Completion(answer(("What is this passage about?", "It is about adapters and training.")), "stop", 9)
+        assert default is not None, f"unexpected request {request.schema}"
+        return default(request)
+
+    return respond
+
+
+def write_corpus(tmp_path, docs: dict[str, str]):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in docs.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def make_spec(folder, tiny_model, **overrides) -> DatasetBuildSpec:
+    wire = {
+        "source": {"paths": [str(folder)]},
+        "cleaning": {"minDocumentChars": 100},
+        "chunking": {"minChars": 200, "maxChars": 400},
+        "dedup": {"near": {"shingleSize": 3}},
+        "generation": {"model": str(tiny_model), "pairsPerChunk": 2, "batchSize": 2},
+        "split": {"testSize": 0.34, "seed": 1},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            wire.setdefault(section, {})[field] = value
+        else:
+            wire[section] = value
+    return DatasetBuildSpec.model_validate(wire)
+
+
+def run(spec, out, engine, **kw):
+    return pipeline.build(spec, out, name="tiny", engine_factory=lambda *_a, **_k: engine, log=lambda _: None, **kw)
+
+
+GOOD = {
+    "Low-rank adaptation": answer(
+        ("What does low-rank adaptation train?", "It trains two small matrices per layer; the base model is frozen."),
+        ("What rank is a common first choice?", "A rank of sixteen, with alpha often twice the rank."),
+    ),
+    "Quantized low-rank": answer(
+        ("How does QLoRA store the base model?", "In four-bit NormalFloat precision, frozen during training."),
+        ("What do paged optimizers do?", "According to the text, they move optimizer states to CPU memory."),
+    ),
+    "Direct preference": answer(
+        ("What does DPO learn from?", "I'm sorry, but I cannot help with that request."),
+        ("What does beta control in DPO?", "How far the policy may move from the frozen reference model."),
+    ),
+}
+
+
+def test_instruction_build_counts_every_stage(tmp_path, tiny_model):
+    near_copy = LORA.replace("common first choice", "usual first choice")
+    folder = write_corpus(
+        tmp_path,
+        {
+            "lora.md": "# LoRA\n\n" + LORA,
+            "lora-copy.md": "# LoRA\n\n" + LORA,  # an exact copy
+            "lora-near.md": "# LoRA\n\n" + near_copy,  # a near copy: one phrase changed
+            "qlora.txt": QLORA,
+            "dpo.html": f"<html><head><style>p {{}}</style></head><body><p>{DPO}</p></body></html>",
+            "short.txt": "too short",
+        },
+    )
+    engine = ScriptedEngine(by_topic(GOOD))
+    manifest = run(make_spec(folder, tiny_model), tmp_path / "out", engine)
+
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert list(stages) == pipeline.planned_stages(make_spec(folder, tiny_model))
+    assert "judge" not in stages and "evolve" not in stages and "decontaminate" not in stages, "only what ran"
+    assert stages["ingest"]["input"] == stages["ingest"]["output"] == 6
+    assert stages["clean"]["dropped"] == {"too_short": 1}
+    assert stages["dedup_documents"]["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
+    assert stages["generate"]["input"] == 3 == engine.count("samples"), "no LLM time on a copy"
+    assert stages["quality"]["dropped"] == {"mentions_context": 1, "refusal": 1}
+    assert stages["quality"]["output"] == 4
+
+    train = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    test = pq.read_table(tmp_path / "out" / "test.parquet").to_pylist()
+    assert len(train) + len(test) == 4
+    assert not {r["source"] for r in train} & {r["source"] for r in test}, "a document never straddles the split"
+    row = train[0]
+    assert {"messages", "prompt", "completion", "source", "chunk_id", "origin"} <= set(row)
+    assert row["origin"] == "generated" and row["source"].startswith(str(folder))
+    assert row["completion"] == row["answer"] + "<|im_end|>\n"
+
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert readme.startswith("---\nlicense: other\n")
+    assert "| quality | 6 | 4 | 1 mentions_context, 1 refusal |" in readme
+    assert "`source`: the document" in readme
+    assert (tmp_path / "out" / "funnel.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_judge_scores_and_drops_below_the_threshold(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA})
+    samples = {
+        "Low-rank adaptation": answer(
+            ("What does LoRA train?", "Two small matrices per layer; the base stays frozen.")
+        ),
+        "Quantized low-rank": answer(("How is the base stored in QLoRA?", "In four-bit NormalFloat, kept frozen.")),
+    }
+
+    def grade(request: Request) -> Completion:
+        body = request.messages[-1]["content"]
+        assert request.temperature == 0.0 and "Accuracy" in request.messages[0]["content"]
+        score = 2 if "four-bit" in body else 5
+        return Completion(json.dumps({"reason": "checked", "score": score}), "stop", 8)
+
+    engine = ScriptedEngine(by_topic(samples, grade))
+    spec = make_spec(folder, tiny_model, curation={"judge": {"enabled": True, "minScore": 3}}, split={"testSize": 0.0})
+    manifest = run(spec, tmp_path / "out", engine)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["judge"]["dropped"] == {"low_score": 1} and stages["judge"]["output"] == 1
+    (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    assert row["judge_score"] == 5 and row["judge_reason"] == "checked"
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "reason"),
+    [
+        ('{"reason": "ok", "score": 7}', "stop", "judge_invalid"),
+        ('{"reason": "ok", "sco', "length", "judge_truncated"),
+        ('{"reason": "ok", "score": true}', "stop", "judge_invalid"),
+    ],
+)
+def test_a_judge_answer_that_is_no_score_is_counted(text, finish, reason):
+    dropped: dict[str, int] = {}
+    assert judge.read(Completion(text, finish, 3), dropped) is None
+    assert dropped == {reason: 1}
+
+
+def test_evol_instruct_adds_rewrites_that_face_curation_again(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA, "dpo.md": DPO})
+    clean = {
+        k: v.replace("According to the text, they", "They").replace(
+            "I'm sorry, but I cannot help with that request.", "From chosen and rejected answers."
+        )
+        for k, v in GOOD.items()
+    }
+
+    def respond(request: Request) -> Completion:
+        if kind(request) == "evolve":
+            original = request.messages[-1]["content"].removeprefix("Instruction: ")
+            return Completion(json.dumps({"instruction": f"Explain step by step: {original}"}), "stop", 12)
+        question = request.messages[-1]["content"].split("Question: ")[1]
+        assert "Reference:" in request.messages[-1]["content"], "the answer is written from the same chunk"
+        reply = "As an AI, I cannot answer that." if "beta" in question else f"A careful answer to: {question}"
+        return Completion(json.dumps({"answer": reply}), "stop", 12)
+
+    engine = ScriptedEngine(by_topic(clean, respond))
+    spec = make_spec(
+        folder, tiny_model, augmentation={"evolInstruct": {"share": 0.5, "seed": 3}}, split={"testSize": 0.0}
+    )
+    manifest = run(spec, tmp_path / "out", engine)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert engine.count("evolve") == 3 == engine.count("answer"), "half of the six samples, one answer each"
+    assert stages["evolve"]["input"] == 6 and stages["evolve"]["output"] == 9
+    rows = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    evolved = [r for r in rows if r["origin"].startswith("evolved:")]
+    assert evolved and all(r["instruction"].startswith("Explain step by step: ") for r in evolved)
+    refused = sum("beta" in r.messages[-1]["content"] for r in engine.asked if kind(r) == "answer")
+    assert stages["quality"]["dropped"].get("refusal", 0) == refused
+    assert len(rows) == 9 - refused
+
+
+def test_extract_preference_rows_are_verbatim_and_in_trl_format(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "dpo.md": DPO})
+    extract = (
+        "The product of the two matrices is added to the frozen weight, so the adapter costs little memory. "
+        "A rank of sixteen is a common first choice, and the scaling factor alpha is often twice the rank."
+    )
+    short = "It needs no separate reward model, because the policy's own log probabilities define the reward."
+    samples = {
+        "Low-rank adaptation": answer(
+            ("Why is a LoRA adapter cheap in memory?", "Because it is small, I think.", extract),
+            ("What is the usual rank?", "Maybe eight or so.", extract[:120]),  # verbatim, but cut mid-sentence
+        ),
+        "Direct preference": answer(
+            ("What does DPO need?", "A reward model.", "It needs no reward model at all, ever, as the paper says."),
+            ("Why does DPO need no reward model?", "Nobody knows.", short),  # verbatim, 97 characters
+        ),
+    }
+    engine = ScriptedEngine(by_topic(samples))
+    spec = make_spec(folder, tiny_model, type="preference", split={"testSize": 0.0})
+    manifest = run(spec, tmp_path / "out", engine)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["generate"]["dropped"] == {
+        "extract_not_a_sentence": 1,
+        "extract_not_verbatim": 1,
+        "extract_too_short": 1,
+    }
+    (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    assert row["prompt"] == [{"role": "user", "content": "Why is a LoRA adapter cheap in memory?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": extract}]
+    assert row["rejected"] == [{"role": "assistant", "content": "Because it is small, I think."}]
+    assert manifest["type"] == "preference" and "dpo" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_judged_preference_chooses_the_best_and_drops_ties(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA})
+    samples = {
+        "Low-rank adaptation": answer(("What does LoRA train?", "Two small matrices per layer.")),
+        "Quantized low-rank": answer(("How does QLoRA store weights?", "In four-bit NormalFloat precision.")),
+    }
+
+    def respond(request: Request) -> Completion:
+        if kind(request) == "answer":
+            t = request.temperature
+            return Completion(
+                json.dumps({"answer": f"answer at temperature {t} for {request.messages[-1]['content'][-30:]}"}),
+                "stop",
+                9,
+            )
+        body = request.messages[-1]["content"]
+        # LoRA: the cold answer is better; QLoRA: a tie.
+        score = 4 if "QLoRA" in body else (5 if "temperature 0.2" in body else 2)
+        return Completion(json.dumps({"reason": "r", "score": score}), "stop", 5)
+
+    engine = ScriptedEngine(by_topic(samples, respond))
+    spec = make_spec(
+        folder,
+        tiny_model,
+        type="preference",
+        preference={"method": "judged", "temperatures": [0.2, 1.0]},
+        curation={"judge": {"enabled": True}},
+        split={"testSize": 0.0},
+    )
+    manifest = run(spec, tmp_path / "out", engine)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert [r.temperature for r in engine.asked if kind(r) == "answer"] == [0.2, 1.0, 0.2, 1.0]
+    assert stages["rank"]["dropped"] == {"tie": 1}
+    (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    assert "temperature 0.2" in row["chosen"][0]["content"] and "temperature 1.0" in row["rejected"][0]["content"]
+    assert (row["chosen_score"], row["rejected_score"]) == (5, 2)
+
+
+def test_judged_preference_needs_the_judge():
+    with pytest.raises(ValueError, match=r"preference\.method judged needs curation\.judge\.enabled"):
+        DatasetBuildSpec.model_validate(
+            {
+                "type": "preference",
+                "preference": {"method": "judged"},
+                "source": {"paths": ["x"]},
+                "generation": {"model": "m"},
+            }
+        )
+
+
+def test_decontamination_drops_chunks_and_samples_sharing_an_ngram(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA, "dpo.md": DPO})
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(
+        json.dumps({"question": QLORA.split(". ")[1], "id": 1})
+        + "\n"  # a chunk's sentence: the chunk goes
+        + json.dumps(
+            {"question": "Explain: how far the policy may move from the frozen reference model, exactly, and why?"}
+        )
+        + "\n"
+    )
+    engine = ScriptedEngine(by_topic(GOOD))
+    spec = make_spec(
+        folder,
+        tiny_model,
+        curation={"decontamination": {"evalSets": [{"path": str(evals), "fields": ["question"]}], "ngram": 8}},
+        split={"testSize": 0.0},
+    )
+    manifest = run(spec, tmp_path / "out", engine)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["decontaminate_chunks"]["dropped"] == {"contaminated": 1}
+    assert engine.count("samples") == 2, "no LLM time on a contaminated chunk"
+    assert stages["decontaminate"]["dropped"] == {"contaminated": 1}, "the beta answer quotes the eval question"
+
+
+def test_a_missing_eval_set_is_refused_before_any_stage(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA})
+    spec = make_spec(
+        folder, tiny_model, curation={"decontamination": {"evalSets": [{"path": str(tmp_path / "nope.jsonl")}]}}
+    )
+    with pytest.raises(pipeline.InputError, match=r"evalSets\[0\]\.path"):
+        run(spec, tmp_path / "out", ScriptedEngine(by_topic(GOOD)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_answers_are_asked_again_then_dropped(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA})
+    attempts: dict[str, int] = {}
+
+    def respond(request: Request) -> Completion:
+        text = request.messages[-1]["content"]
+        topic = "lora" if "Low-rank" in text else "qlora"
+        attempts[topic] = attempts.get(topic, 0) + 1
+        if topic == "lora" and attempts[topic] == 2:  # wrong once, right on the retry
+            return Completion(GOOD["Low-rank adaptation"], "stop", 30)
+        return Completion('{"pairs": [{"instr', "length", 512)  # qlora: cut every time
+
+    engine = ScriptedEngine(respond)
+    spec = make_spec(
+        folder,
+        tiny_model,
+        generation={"model": str(tiny_model), "pairsPerChunk": 2, "malformedRetries": 2},
+        split={"testSize": 0.0},
+    )
+    manifest = run(spec, tmp_path / "out", engine)
+    assert attempts == {"lora": 2, "qlora": 3}
+    assert manifest["retries"] == 3
+    generate_stage = next(s for s in manifest["stages"] if s["name"] == "generate")
+    assert generate_stage["dropped"] == {"truncated_answer": 1} and generate_stage["output"] == 2
+    seeds = [r.seed for r in engine.asked if "Quantized" in r.messages[-1]["content"]]
+    assert len(set(seeds)) == 3, "each retry samples with a new seed"
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_build_resumes_from_its_parts_and_ends_with_the_same_digest(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA, "dpo.md": DPO, "eval.md": EVALUATION})
+    spec = make_spec(folder, tiny_model, generation={"model": str(tiny_model), "pairsPerChunk": 2, "batchSize": 1})
+    whole = run(spec, tmp_path / "whole", ScriptedEngine(by_topic(GOOD)))
+
+    calls = []
+
+    def dies_on_the_third_part(request: Request) -> Completion:
+        calls.append(request)
+        if len(calls) == 3:
+            raise Killed
+        return by_topic(GOOD)(request)
+
+    with pytest.raises(Killed):
+        run(spec, tmp_path / "out", ScriptedEngine(dies_on_the_third_part))
+    assert sorted(p.name for p in (tmp_path / "out" / "stages" / "generate").glob("*.done.json")) == [
+        "part-00000.done.json",
+        "part-00001.done.json",
+    ]
+    again = ScriptedEngine(by_topic(GOOD))
+    resumed = run(spec, tmp_path / "out", again)
+    n_chunks = next(s["input"] for s in whole["stages"] if s["name"] == "generate")
+    assert n_chunks == 4 and again.count("samples") == n_chunks - 2, "the two finished parts are not asked again"
+    assert resumed["digest"] == whole["digest"]
+
+
+def test_shards_split_the_llm_work_and_the_merge_finishes_the_build(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA, "dpo.md": DPO})
+    spec = make_spec(folder, tiny_model, generation={"model": str(tiny_model), "pairsPerChunk": 2, "batchSize": 1})
+    whole = run(spec, tmp_path / "whole", ScriptedEngine(by_topic(GOOD)))
+    shard_engines = [ScriptedEngine(by_topic(GOOD)) for _ in range(2)]
+    for i, engine in enumerate(shard_engines):
+        assert run(spec, tmp_path / "out", engine, shard=(i, 2)) is None
+    assert [e.count("samples") for e in shard_engines] == [2, 1], "parts 0 and 2, then part 1"
+    assert not (tmp_path / "out" / "train.parquet").exists(), "only the merge writes the dataset"
+    merge = ScriptedEngine(by_topic(GOOD))
+    merged = run(spec, tmp_path / "out", merge)
+    assert merge.asked == [] and merged["digest"] == whole["digest"]
+
+
+def test_an_output_folder_of_another_spec_is_refused(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA})
+    run(make_spec(folder, tiny_model), tmp_path / "out", ScriptedEngine(by_topic(GOOD)))
+    with pytest.raises(StaleOutputError, match="another spec"):
+        run(make_spec(folder, tiny_model, split={"testSize": 0.5}), tmp_path / "out", ScriptedEngine(by_topic(GOOD)))
+
+
+def test_plan_runs_the_stages_before_generation_and_writes_nothing(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "copy.md": LORA, "qlora.md": QLORA})
+    spec = make_spec(folder, tiny_model, curation={"judge": {"enabled": True}})
+    plan = pipeline.plan(spec)
+    assert [s["name"] for s in plan.stages] == ["ingest", "clean", "dedup_documents", "chunk", "dedup_chunks"]
+    assert plan.prompts == 2 and plan.prompt_tokens > 100
+    assert plan.max_output_tokens == 2 * spec.generation.max_tokens
+    assert plan.later_requests == {"judge": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]
+
+
+def test_empty_result_fails_with_the_funnel_written(tmp_path, tiny_model):
+    folder = write_corpus(tmp_path, {"lora.md": LORA})
+    engine = ScriptedEngine(lambda r: Completion("garbage", "stop", 1))
+    with pytest.raises(pipeline.EmptyDatasetError, match="no samples survived"):
+        run(make_spec(folder, tiny_model), tmp_path / "out", engine)
+    funnel = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]
+    assert funnel[-1]["name"] == "split" and any(s["dropped"].get("invalid_json") for s in funnel)
+
+
+def test_split_is_seeded_grouped_and_holds_out_at_least_one_group():
+    rows = [{"i": i, "source": f"doc{i // 2}"} for i in range(20)]
+    train, test = formatting.split(rows, 0.1, seed=42)
+    assert len(test) == 2 and len(train) == 18 and len({r["source"] for r in test}) == 1
+    assert formatting.split(rows, 0.1, seed=42) == (train, test)
+    assert formatting.split(rows, 0.1, seed=7) != (train, test)
+    assert not {r["source"] for r in train} & {r["source"] for r in test}
+    assert len(formatting.split(rows[:4], 0.1, seed=42)[1]) == 2, "one whole group of two"
+    assert formatting.split(rows[:2], 0.5, seed=42)[1] == [], "one group cannot be split"
+
+
+def test_card_size_category():
+    assert card._size_category(999) == "n<1K" and card._size_category(1000) == "1K<n<10K"
 
 
 @pytest.mark.parametrize(
     ("completion", "kept", "reason"),
     [
         pytest.param(
-            generate.Completion(answer(("What is LoRA used for?", "Training small adapters.")), "stop", 9),
-            1,
-            None,
-            id="valid",
+            Completion(answer(("What is LoRA used for?", "Training small adapters.")), "stop", 9), 1, None, id="valid"
         ),
+        pytest.param(Completion('{"pairs": [{"instruction": "Wh', "length", 9), 0, "truncated_answer", id="truncated"),
+        pytest.param(Completion("not json", "stop", 2), 0, "invalid_json", id="not-json"),
+        pytest.param(Completion('{"items": []}', "stop", 2), 0, "wrong_shape", id="wrong-shape"),
         pytest.param(
-            generate.Completion('{"pairs": [{"instruction": "Wh', "length", 9), 0, "truncated_answer", id="truncated"
-        ),
-        pytest.param(generate.Completion("not json", "stop", 2), 0, "invalid_json", id="not-json"),
-        pytest.param(generate.Completion('{"items": []}', "stop", 2), 0, "wrong_shape", id="wrong-shape"),
-        pytest.param(
-            generate.Completion(answer(("Why?", "Because the text says so.")), "stop", 5),
+            Completion('{"pairs": [{"instruction": "Why?", "answer": ""}]}', "stop", 2),
             0,
-            "instruction_too_short",
-            id="short-instruction",
-        ),
-        pytest.param(
-            generate.Completion(answer(("What is QLoRA?", "4-bit.")), "stop", 5),
-            0,
-            "answer_too_short",
-            id="short-answer",
+            "wrong_shape",
+            id="empty-field",
         ),
     ],
 )
-def test_parse_pairs_counts_what_it_drops(completion, kept, reason):
+def test_parse_samples_counts_what_it_drops(completion, kept, reason, tiny_model):
     dropped: dict[str, int] = {}
-    pairs = generate.parse_pairs(completion, "c1", CurationSpec(), dropped)
-    assert len(pairs) == kept
+    spec = DatasetBuildSpec.model_validate({"source": {"paths": ["x"]}, "generation": {"model": str(tiny_model)}})
+    chunk = generate.Chunk("c1", "doc", "text")
+    assert len(generate.parse_samples(completion, chunk, spec, dropped)) == kept
     assert dropped == ({reason: 1} if reason else {})
-
-
-def test_split_is_seeded_and_holds_out_at_least_one():
-    rows = [{"i": i} for i in range(20)]
-    train, test = formatting.split(rows, 0.1, seed=42)
-    assert len(test) == 2 and len(train) == 18
-    assert formatting.split(rows, 0.1, seed=42) == (train, test)
-    assert formatting.split(rows, 0.1, seed=7) != (train, test)
-    assert len(formatting.split(rows[:3], 0.1, seed=42)[1]) == 1
-
-
-def test_pipeline_on_a_tiny_corpus(tmp_path, tiny_model):
-    corpus = tmp_path / "docs"
-    corpus.mkdir()
-    body = "Low-rank adapters train few parameters. They keep the base model frozen. " * 20
-    (corpus / "a.md").write_text("# LoRA\n\n" + body)
-    (corpus / "b.md").write_text("# LoRA\n\n" + body)  # a duplicate document
-    (corpus / "c.txt").write_text("too short")
-    spec = DatasetBuildSpec.model_validate(
-        {
-            "source": {"paths": [str(corpus)]},
-            "cleaning": {"minDocumentChars": 100},
-            "chunking": {"minChars": 300, "maxChars": 600},
-            "generation": {"model": str(tiny_model), "pairsPerChunk": 2},
-            "format": {"systemPrompt": "You are terse."},
-            "split": {"testSize": 0.25, "seed": 1},
-        }
-    )
-    frozen = ("Is the base model frozen?", "Yes, the base model stays frozen.")
-    good = [
-        generate.Completion(
-            answer(("What does an adapter do, case 0?", "It trains few parameters, case 0."), frozen), "stop", 30
-        ),
-        generate.Completion(
-            answer(("What does an adapter do, case 1?", "It trains few parameters, case 1."), frozen), "stop", 30
-        ),
-        generate.Completion(
-            answer(("Is the base model frozen?", "It is kept frozen while the adapter trains.")), "stop", 20
-        ),
-    ]
-    writer = ScriptedWriter([*good, generate.Completion('{"pairs": [', "length", 512)])
-    manifest = pipeline.build(spec, tmp_path / "out", name="tiny", writer_factory=lambda _: writer, log=lambda _: None)
-
-    stages = {s["name"]: s for s in manifest["stages"]}
-    assert [s["name"] for s in manifest["stages"]] == pipeline.STAGES
-    assert stages["ingest"]["output"] == 3
-    assert stages["clean"]["dropped"] == {"too_short": 1}
-    n_chunks = stages["chunk"]["output"]
-    assert n_chunks == 8, "two equal documents of four chunks each"
-    assert stages["dedup_chunks"]["dropped"] == {"exact_duplicate": 4}
-    assert len(writer.asked) == 4 == stages["generate"]["input"]
-    assert writer.asked[0][0]["role"] == "system" and "2 instruction-answer pairs" in writer.asked[0][0]["content"]
-    assert stages["generate"]["dropped"] == {"truncated_answer": 1}
-    assert stages["generate"]["output"] == 5
-    assert stages["dedup_pairs"]["dropped"] == {"exact_duplicate": 1, "repeated_instruction": 1}
-    assert stages["dedup_pairs"]["output"] == 3
-
-    train = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
-    test = pq.read_table(tmp_path / "out" / "test.parquet").to_pylist()
-    assert len(train) + len(test) == stages["dedup_pairs"]["output"] and len(test) >= 1
-    row = train[0]
-    assert row["messages"][0] == {"role": "system", "content": "You are terse."}
-    assert row["prompt"].endswith("<|im_start|>assistant\n")
-    assert row["completion"] == row["answer"] + "<|im_end|>\n"
-    files = manifest["files"]
-    assert files["train.parquet"]["rows"] == len(train)
-    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert on_disk["digest"] == manifest["digest"] and on_disk["digest"].startswith("sha256:")
-    assert (tmp_path / "out" / "funnel.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_empty_result_fails_with_the_funnel_written(tmp_path, tiny_model):
-    (tmp_path / "a.txt").write_text("Adapters are small. " * 30)
-    spec = DatasetBuildSpec.model_validate(
-        {
-            "source": {"paths": [str(tmp_path / "a.txt")]},
-            "generation": {"model": str(tiny_model), "pairsPerChunk": 2},
-        }
-    )
-    writer = ScriptedWriter([generate.Completion("garbage", "stop", 1)])
-    with pytest.raises(pipeline.EmptyDatasetError, match="no pairs survived"):
-        pipeline.build(spec, tmp_path / "out", writer_factory=lambda _: writer, log=lambda _: None)
-    funnel = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]
-    assert funnel[-1]["name"] == "split" and any(s["dropped"].get("invalid_json") for s in funnel)

@@ -69,5 +69,5 @@ def test_unreadable_files_are_counted_not_fatal(tmp_path):
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
     good.write_text("fine")
     bad.write_bytes(b"\xff\xfe\xfa")
-    docs, dropped = documents.read_documents([good, bad])
+    docs, dropped = documents.read_documents([good, bad], SourceSpec(paths=[str(tmp_path)]))
     assert [d.text for d in docs] == ["fine"] and dropped == {"not_utf8": 1}

@@ -296,18 +296,11 @@ def test_a_folder_with_only_config_json_is_enough(tmp_path):
     assert load_config(folder / "config.json")["hidden_size"] == 576  # the file itself works too
 
 
-def test_the_cli_plans_every_finetunejob_and_skips_a_datasetbuild(tmp_path):
+def test_the_cli_plans_a_finetunejob_from_config_json_alone(tmp_path):
     folder = model_dir(tmp_path, SMOLLM2_135M)
     resources = tmp_path / "jobs.yaml"
     resources.write_text(
         f"""
-apiVersion: kubetune.dev/v1alpha1
-kind: DatasetBuild
-metadata: {{name: docs}}
-spec:
-  source: {{paths: [corpus]}}
-  generation: {{model: {folder}}}
----
 apiVersion: kubetune.dev/v1alpha1
 kind: FineTuneJob
 metadata: {{name: tune}}
@@ -321,7 +314,6 @@ spec:
     )
     result = CliRunner().invoke(app, ["plan", "-f", str(resources), "-o", "json", "--gpu", "L4-24GB"])
     assert result.exit_code == 0, result.output
-    assert "DatasetBuild/docs: planning a DatasetBuild is not available yet; skipped" in result.stderr
     [shown] = json.loads(result.stdout)
     spec = spec_for(folder, "qlora", perDeviceTrainBatchSize=2, maxLength=512)
     expected = plan_memory(load_config(folder), spec, "L4-24GB")

@@ -1,15 +1,29 @@
-"""``python -m kubetune.datagen --spec SPEC.json --output DIR``: build one dataset, exit non-zero on failure."""
+"""``python -m kubetune.datagen --spec SPEC.json --output DIR [--shard I/N]``: build one dataset.
+
+Exit status 0 when the dataset is written (or, with ``--shard``, when the shard's parts are done); 1 with
+the reason on stderr when the spec, its inputs or the curation leave nothing to write. A build started again
+into the same folder resumes from its kept stages.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from kubetune.datagen.pipeline import EmptyDatasetError, build
+from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build
+from kubetune.datagen.stages import StaleOutputError
 from kubetune.spec import DATASET_BUILD, SpecError, parse_spec
+
+
+def shard_arg(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, e.g. 0/4; got {value!r}")
+    return int(match[1]), int(match[2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,15 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, type=Path, help="JSON file holding the DatasetBuild spec")
     parser.add_argument("--output", required=True, type=Path, help="folder the dataset is written to")
     parser.add_argument("--name", default="dataset", help="the DatasetBuild's name, recorded in the manifest")
+    parser.add_argument(
+        "--shard",
+        type=shard_arg,
+        default=None,
+        help="I/N: compute only this shard's parts of the LLM stages (an Indexed Job's index); a run without "
+        "--shard then merges them and finishes the build",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the stage report
     try:
         spec = parse_spec(DATASET_BUILD, json.loads(args.spec.read_text()))
-        manifest = build(spec, args.output, name=args.name)
-    except (SpecError, EmptyDatasetError, FileNotFoundError) as exc:
+        manifest = build(spec, args.output, name=args.name, shard=args.shard, log=lambda m: print(m, flush=True))
+    except (SpecError, InputError, EmptyDatasetError, FileNotFoundError, StaleOutputError) as exc:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"digest": manifest["digest"], "files": manifest["files"]}))
+    if manifest is not None:
+        print(json.dumps({"digest": manifest["digest"], "files": manifest["files"]}))
     return 0
 
 

@@ -1,18 +1,23 @@
-"""Ask an LLM for instruction-answer pairs about each chunk, and parse what it answers.
+"""What a DatasetBuild asks the LLM, under which JSON schema, and how each answer is read.
 
-The engine is vLLM's offline batching with JSON-schema structured outputs, so every answer is meant to be
-JSON of a known shape; an answer that still fails (cut by ``maxTokens``, empty fields) is counted and
-dropped, never fatal. Engines sit behind :class:`PairWriter`, so an OpenAI-compatible endpoint can join.
+Four tasks: writing samples about a chunk (instruction/answer pairs, or for the extract preference method
+instruction/answer/verbatim-extract triples), answering an instruction from a chunk (Evol-Instruct's
+regenerated answers and the judged preference method's candidates), rewriting an instruction
+(Evol-Instruct), and judging (``kubetune.datagen.judge``). Every request carries a JSON schema, so the
+engine's structured outputs keep answers parseable; an answer that still fails (cut by ``maxTokens``, empty
+fields, an "extract" not in the chunk) is counted under a reason and dropped, never fatal.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
-from typing import Protocol
+import random
+import re
+from typing import Any
 
-from kubetune.spec.datasetbuild import CurationSpec, GenerationSpec
+from kubetune.datagen.documents import Chunk
+from kubetune.datagen.engine import Completion, Request, request_seed
+from kubetune.spec.datasetbuild import DatasetBuildSpec, GenerationSpec
 
 DEFAULT_SYSTEM_PROMPT = (
     "You write training data for a helpful assistant. Read the text the user gives and write {n} "
@@ -21,131 +26,188 @@ DEFAULT_SYSTEM_PROMPT = (
     '"the text". Reply with JSON only: {{"pairs": [{{"instruction": "...", "answer": "..."}}]}}.'
 )
 
+EXTRACT_SYSTEM_PROMPT = (
+    "You write preference data for a helpful assistant. Read the text the user gives and write {n} "
+    "triples about it. Each has an instruction a user could ask without seeing the text; an answer in your "
+    "own words; and an extract: one to three consecutive sentences copied word for word from the text that "
+    'answer the instruction. Never mention "the text". Reply with JSON only: '
+    '{{"pairs": [{{"instruction": "...", "answer": "...", "extract": "..."}}]}}.'
+)
+
+ANSWER_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the question using the facts in the reference below, completely "
+    'and correctly, in your own words. Never mention "the text" or "the reference". '
+    'Reply with JSON only: {"answer": "..."}.'
+)
+
+EVOLVE_PROMPTS = {
+    "deepen": "Rewrite the instruction so that it asks for a deeper understanding of the same topic.",
+    "concretize": "Rewrite the instruction so that it is about a more specific, concrete case of the topic.",
+    "reasoning": "Rewrite the instruction so that answering it takes several explicit steps of reasoning.",
+    "broaden": "Write a new instruction on a related but broader topic in the same domain, as hard as the original.",
+}
+EVOLVE_SYSTEM_PROMPT = (
+    "You make instructions for training an assistant harder and more varied. {operation} The new instruction "
+    "must be answerable by a person who knows the field, stay under 60 words, and be a single request. "
+    'Reply with JSON only: {{"instruction": "..."}}.'
+)
 
 # Bounds in the schema stop a small model's repetition loops inside a string before maxTokens cuts the JSON.
 MAX_INSTRUCTION_CHARS = 300
 MAX_ANSWER_CHARS = 1200
 
 
-def pairs_schema(n: int) -> dict:
-    """The JSON schema every answer must follow: up to ``n`` pairs of non-empty strings."""
-    pair = {
-        "type": "object",
-        "properties": {
-            "instruction": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUCTION_CHARS},
-            "answer": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER_CHARS},
-        },
-        "required": ["instruction", "answer"],
-        "additionalProperties": False,
-    }
+def _string(max_length: int) -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+def _object(**properties: dict) -> dict:
     return {
         "type": "object",
-        "properties": {"pairs": {"type": "array", "items": pair, "minItems": 1, "maxItems": n}},
-        "required": ["pairs"],
+        "properties": properties,
+        "required": list(properties),
         "additionalProperties": False,
     }
 
 
-def conversation(chunk_text: str, spec: GenerationSpec) -> list[dict[str, str]]:
-    system = (spec.system_prompt or DEFAULT_SYSTEM_PROMPT).format(n=spec.pairs_per_chunk)
-    return [{"role": "system", "content": system}, {"role": "user", "content": chunk_text}]
+def pairs_schema(n: int, extract: bool = False) -> dict:
+    """Up to ``n`` samples of non-empty strings; with ``extract``, each also carries a verbatim extract."""
+    fields = {"instruction": _string(MAX_INSTRUCTION_CHARS), "answer": _string(MAX_ANSWER_CHARS)}
+    if extract:
+        fields["extract"] = _string(MAX_ANSWER_CHARS)
+    return _object(pairs={"type": "array", "items": _object(**fields), "minItems": 1, "maxItems": n})
 
 
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str  # "stop", or "length" when maxTokens cut it
-    tokens: int
+ANSWER_SCHEMA = _object(answer=_string(MAX_ANSWER_CHARS))
+INSTRUCTION_SCHEMA = _object(instruction=_string(MAX_INSTRUCTION_CHARS))
 
 
-class PairWriter(Protocol):
-    """An engine that answers a batch of chat conversations under a JSON schema."""
-
-    def complete(self, conversations: list[list[dict[str, str]]], schema: dict) -> list[Completion]: ...
+def _system(spec: GenerationSpec, template: str) -> str:
+    return (spec.system_prompt or template).format(n=spec.pairs_per_chunk)
 
 
-class VllmPairWriter:
-    """vLLM offline batching (``LLM.chat``) with structured outputs; the CPU build works the same way."""
-
-    def __init__(self, spec: GenerationSpec):
-        import torch
-        from vllm import LLM
-
-        self.spec = spec
-        on_gpu = torch.cuda.is_available()
-        cpu_options = {}
-        if not on_gpu:
-            # Measured on 2 cores (bench/README.md): float32 without graph compilation decodes faster than
-            # bfloat16 compiled, and starts in under a minute instead of three.
-            cpu_options = {"dtype": "float32", "enforce_eager": True}
-            if (os.cpu_count() or 1) <= 4:
-                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # one core of two is too many to idle
-        self.llm = LLM(
-            model=spec.model,
-            max_model_len=spec.max_model_len,
-            seed=spec.seed,
-            gpu_memory_utilization=spec.gpu_memory_utilization or (0.9 if on_gpu else 0.3),
-            **cpu_options,
+def sample_requests(chunks: list[Chunk], spec: DatasetBuildSpec) -> list[Request]:
+    """One request per chunk: write ``pairsPerChunk`` samples about it."""
+    extract = spec.type == "preference" and spec.preference.method == "extract"
+    system = _system(spec.generation, EXTRACT_SYSTEM_PROMPT if extract else DEFAULT_SYSTEM_PROMPT)
+    schema = pairs_schema(spec.generation.pairs_per_chunk, extract=extract)
+    return [
+        Request(
+            [{"role": "system", "content": system}, {"role": "user", "content": c.text}],
+            schema,
+            request_seed(spec.generation.seed, "samples", c.chunk_id),
         )
-
-    def complete(self, conversations: list[list[dict[str, str]]], schema: dict) -> list[Completion]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        params = SamplingParams(
-            temperature=self.spec.temperature,
-            top_p=self.spec.top_p,
-            max_tokens=self.spec.max_tokens,
-            repetition_penalty=self.spec.repetition_penalty,
-            seed=self.spec.seed,
-            structured_outputs=StructuredOutputsParams(json=schema),
-        )
-        outputs = self.llm.chat(conversations, params, use_tqdm=True)
-        return [
-            Completion(o.outputs[0].text, o.outputs[0].finish_reason or "stop", len(o.outputs[0].token_ids))
-            for o in outputs
-        ]
+        for c in chunks
+    ]
 
 
-@dataclass(frozen=True)
-class Pair:
-    instruction: str
-    answer: str
-    chunk_id: str
+def answer_request(chunk_text: str, instruction: str, seed: int, temperature: float | None = None) -> Request:
+    """Answer ``instruction`` from the chunk (Evol-Instruct's new answers, judged preference candidates)."""
+    user = f"Reference:\n{chunk_text}\n\nQuestion: {instruction}"
+    return Request(
+        [{"role": "system", "content": ANSWER_SYSTEM_PROMPT}, {"role": "user", "content": user}],
+        ANSWER_SCHEMA,
+        seed,
+        temperature,
+    )
 
 
-def parse_pairs(completion: Completion, chunk_id: str, curation: CurationSpec, dropped: dict[str, int]) -> list[Pair]:
-    """The valid pairs of one answer; each reason for dropping is counted in ``dropped``."""
+def evolve_request(instruction: str, operation: str, seed: int) -> Request:
+    system = EVOLVE_SYSTEM_PROMPT.format(operation=EVOLVE_PROMPTS[operation])
+    return Request(
+        [{"role": "system", "content": system}, {"role": "user", "content": f"Instruction: {instruction}"}],
+        INSTRUCTION_SCHEMA,
+        seed,
+    )
 
-    def drop(reason: str, count: int = 1) -> None:
-        dropped[reason] = dropped.get(reason, 0) + count
 
+def count(dropped: dict[str, int], reason: str, n: int = 1) -> None:
+    dropped[reason] = dropped.get(reason, 0) + n
+
+
+def read_json(completion: Completion, dropped: dict[str, int]) -> Any:
+    """The completion's JSON, or None with the reason counted (``truncated_answer`` or ``invalid_json``)."""
     if completion.finish_reason == "length":
-        drop("truncated_answer")
-        return []
+        count(dropped, "truncated_answer")
+        return None
     try:
-        payload = json.loads(completion.text)
+        return json.loads(completion.text)
     except json.JSONDecodeError:
-        drop("invalid_json")
+        count(dropped, "invalid_json")
+        return None
+
+
+def read_field(completion: Completion, field: str, dropped: dict[str, int]) -> str | None:
+    """A single non-empty string field of a JSON answer (``{"answer": ...}``), or None with the reason counted."""
+    payload = read_json(completion, dropped)
+    if payload is None:
+        return None
+    value = payload.get(field) if isinstance(payload, dict) else None
+    if not isinstance(value, str) or not value.strip():
+        count(dropped, "wrong_shape")
+        return None
+    return value.strip()
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def _squash(text: str) -> str:
+    return _SPACE.sub(" ", text).strip()
+
+
+def verbatim_extract(extract: str, chunk_text: str) -> str | None:
+    """The extract as it stands in the chunk (white space aside), or None when the model made it up."""
+    extract = _squash(extract)
+    return extract if extract and extract in _squash(chunk_text) else None
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")
+
+
+def parse_samples(completion: Completion, chunk: Chunk, spec: DatasetBuildSpec, dropped: dict[str, int]) -> list[dict]:
+    """The samples of one answer as rows (``instruction``, ``answer`` and, for the extract method, ``chosen``
+    and ``rejected``); each reason for dropping one is counted in ``dropped``."""
+    payload = read_json(completion, dropped)
+    if payload is None:
         return []
     items = payload.get("pairs") if isinstance(payload, dict) else None
     if not isinstance(items, list):
-        drop("wrong_shape")
+        count(dropped, "wrong_shape")
         return []
-    pairs = []
+    extract_method = spec.type == "preference" and spec.preference.method == "extract"
+    rows = []
     for item in items:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("instruction"), str)
-            or not isinstance(item.get("answer"), str)
-        ):
-            drop("wrong_shape")
+        fields = ("instruction", "answer", "extract") if extract_method else ("instruction", "answer")
+        if not isinstance(item, dict) or not all(isinstance(item.get(f), str) and item[f].strip() for f in fields):
+            count(dropped, "wrong_shape")
             continue
-        instruction, answer = item["instruction"].strip(), item["answer"].strip()
-        if len(instruction) < curation.min_instruction_chars:
-            drop("instruction_too_short")
-        elif len(answer) < curation.min_answer_chars:
-            drop("answer_too_short")
-        else:
-            pairs.append(Pair(instruction, answer, chunk_id))
-    return pairs
+        row = {
+            "instruction": item["instruction"].strip(),
+            "answer": item["answer"].strip(),
+            "source": chunk.source,
+            "chunk_id": chunk.chunk_id,
+            "origin": "generated",
+        }
+        if extract_method:
+            chosen = verbatim_extract(item["extract"], chunk.text)
+            if chosen is None:
+                count(dropped, "extract_not_verbatim")
+                continue
+            if len(chosen) < spec.preference.min_chosen_chars:
+                count(dropped, "extract_too_short")
+                continue
+            if not chosen[0].isupper() or not _SENTENCE_END.search(chosen):
+                count(dropped, "extract_not_a_sentence")
+                continue
+            row |= {"chosen": chosen, "rejected": row["answer"]}
+        rows.append(row)
+    return rows
+
+
+def evolve_plan(samples: list[dict], share: float, operations: list[str], seed: int) -> list[tuple[int, str]]:
+    """Which samples are evolved, and how: a seeded choice of ``share`` of them, each with one operation."""
+    rng = random.Random(seed)
+    n = round(len(samples) * share)
+    chosen = sorted(rng.sample(range(len(samples)), n)) if n else []
+    return [(i, operations[rng.randrange(len(operations))]) for i in chosen]

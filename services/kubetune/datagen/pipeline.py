@@ -1,25 +1,36 @@
 """The DatasetBuild pipeline: each stage counts what came in, what went out and why the rest was dropped.
 
+Stages, in order (those the spec switches off are skipped and left out of the funnel):
+
+    ingest -> clean -> dedup_documents -> chunk -> dedup_chunks -> decontaminate_chunks      (no LLM yet)
+    -> generate -> evolve -> quality -> decontaminate -> dedup_samples -> judge | rank       (LLM, curation)
+    -> format -> split -> write
+
+Deduplication and decontamination run on documents and chunks before generation, so no LLM time is spent
+on a copy or on evaluation text, and again on the samples (Evol-Instruct's rewrites included) after it.
 The counts form the funnel that ``manifest.json`` records, the CLI prints and the operator copies into
-status; ``progress.json`` tells an observer which stage is running.
+status; ``progress.json`` tells an observer which stage and part is running. Every stage's output is kept
+(:mod:`kubetune.datagen.stages`), so a killed build resumes where it stopped, and ``--shard I/N`` splits the
+LLM stages across processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune import plots
-from kubetune.datagen import documents, formatting, generate
+from kubetune.datagen import card, documents, formatting, generate, judge, quality
+from kubetune.datagen.engine import ChatEngine, Completion, Request, complete_with_retries, open_engine, request_seed
+from kubetune.datagen.generate import count
+from kubetune.datagen.stages import StageStore
 from kubetune.spec.datasetbuild import DatasetBuildSpec
 from kubetune.spec.status import now
-
-STAGES = ["ingest", "clean", "chunk", "dedup_chunks", "generate", "dedup_pairs", "format", "split", "write"]
 
 
 @dataclass
@@ -29,43 +40,407 @@ class StageReport:
     output: int
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    tokens: int = 0  # tokens the LLM wrote in this stage
 
 
 class EmptyDatasetError(RuntimeError):
     """Nothing survived curation; the manifest's funnel says where the samples went."""
 
 
+class InputError(ValueError):
+    """The spec names inputs that cannot be used (a missing eval set, a text field not in the data)."""
+
+
+def planned_stages(spec: DatasetBuildSpec) -> list[str]:
+    """The stages this spec runs, in order."""
+    near, exact = spec.dedup.near.enabled, spec.dedup.exact
+    decontaminate = bool(spec.curation.decontamination.eval_sets)
+    judged = spec.type == "preference" and spec.preference.method == "judged"
+    wanted = {
+        "dedup_documents": near or exact,
+        "dedup_chunks": near or exact,
+        "decontaminate_chunks": decontaminate,
+        "evolve": spec.augmentation.evol_instruct.share > 0,
+        "quality": spec.curation.quality.enabled,
+        "decontaminate": decontaminate,
+        "judge": spec.curation.judge.enabled and not judged,
+        "rank": judged,
+    }
+    order = ["ingest", "clean", "dedup_documents", "chunk", "dedup_chunks", "decontaminate_chunks", "generate"]
+    order += ["evolve", "quality", "decontaminate", "dedup_samples", "judge", "rank", "format", "split", "write"]
+    return [s for s in order if wanted.get(s, True)]
+
+
+def check_inputs(spec: DatasetBuildSpec) -> None:
+    """Refuse, before any stage runs, inputs that would make the build fail later; each error names its field."""
+    from kubetune.datagen import decontam
+
+    errors = documents.check_source(spec.source) + decontam.check_eval_sets(spec.curation.decontamination)
+    if errors:
+        raise InputError("; ".join(errors))
+
+
 class Funnel:
     """Stage reports, written to ``progress.json`` as they finish so an observer can follow along."""
 
-    def __init__(self, output: Path, log: Callable[[str], None]):
-        self.output, self.log, self.stages = output, log, []
+    def __init__(self, output: Path | None, stages: list[str], log: Callable[[str], None]):
+        self.output, self.planned, self.log, self.stages = output, stages, log, []
         self._started = time.perf_counter()
 
     def start(self, name: str) -> None:
         self._started = time.perf_counter()
-        self._write_progress(name)
-        self.log(f"[{len(self.stages) + 1}/{len(STAGES)}] {name} ...")
+        self.progress(name)
+        self.log(f"[{self.planned.index(name) + 1}/{len(self.planned)}] {name} ...")
 
-    def done(self, name: str, n_in: int, n_out: int, dropped: dict[str, int] | None = None) -> None:
-        report = StageReport(name, n_in, n_out, dict(dropped or {}), round(time.perf_counter() - self._started, 3))
+    def progress(self, stage: str, **extra: Any) -> None:
+        if self.output is not None:
+            progress = {"stage": stage, "done": len(self.stages), "total": len(self.planned), **extra}
+            (self.output / "progress.json").write_text(json.dumps(progress))
+
+    def done(self, report: StageReport, resumed: bool = False) -> StageReport:
+        if not resumed:
+            report.seconds = round(time.perf_counter() - self._started, 3)
         self.stages.append(report)
-        extra = f" dropped {report.dropped}" if report.dropped else ""
-        self.log(f"      {name}: {n_in} in, {n_out} out{extra} ({report.seconds:.1f}s)")
+        dropped = {k: v for k, v in report.dropped.items() if v}
+        extra = f" dropped {dropped}" if dropped else ""
+        note = " (kept from an earlier run)" if resumed else f" ({report.seconds:.1f}s)"
+        self.log(f"      {report.name}: {report.input} in, {report.output} out{extra}{note}")
+        return report
 
-    def _write_progress(self, running: str) -> None:
-        progress = {"stage": running, "done": len(self.stages), "total": len(STAGES)}
-        (self.output / "progress.json").write_text(json.dumps(progress))
+
+class ShardDone(Exception):
+    """This shard has done its parts of the LLM stages whose inputs are complete; the merge run goes on."""
 
 
-def _exact_dedup(items: list, key: Callable[[Any], str]) -> tuple[list, int]:
-    seen, kept = set(), []
-    for item in items:
-        k = key(item)
-        if k not in seen:
+class Build:
+    """One run of the pipeline over ``spec``: the stages, what they keep, and the engines they share."""
+
+    def __init__(
+        self,
+        spec: DatasetBuildSpec,
+        output: Path | None,
+        log: Callable[[str], None],
+        engine_factory: Callable[..., ChatEngine],
+        shard: tuple[int, int] | None = None,
+    ):
+        self.spec, self.output, self.log, self.shard = spec, output, log, shard
+        self.store = StageStore(output / "stages" if output else None, spec.to_wire())
+        self.funnel = Funnel(output, planned_stages(spec), log)
+        self._engine_factory = engine_factory
+        self._engines: dict[str | None, ChatEngine] = {}
+        self.retries = 0
+
+    def eval_index(self):
+        """The evaluation sets' n-grams, loaded once for chunks and samples."""
+        if not hasattr(self, "_eval_index"):
+            from kubetune.datagen.decontam import EvalIndex
+
+            self._eval_index = EvalIndex.load(self.spec.curation.decontamination)
+        return self._eval_index
+
+    # -- engines ---------------------------------------------------------------------------------------
+
+    def engine(self, model: str | None = None) -> ChatEngine:
+        """The generation engine, or (``model``) another one for the judge; opened on first use only."""
+        key = None if model in (None, self.spec.generation.model) else model
+        if key not in self._engines:
+            self.log(
+                f"      starting the {self.spec.generation.backend} engine for {key or self.spec.generation.model}"
+            )
+            self._engines[key] = self._engine_factory(self.spec.generation, model=key)
+        return self._engines[key]
+
+    def ask(self, requests: list[Request], model: str | None = None) -> list[Completion]:
+        completions, retried = complete_with_retries(
+            self.engine(model), requests, self.spec.generation.malformed_retries
+        )
+        self.retries += retried
+        return completions
+
+    # -- stages ----------------------------------------------------------------------------------------
+
+    def stage(self, name: str, items: list[dict], run: Callable[[list[dict]], tuple[list[dict], dict]]) -> list[dict]:
+        """A whole-list stage: kept once done, replayed from the store on resume."""
+        if name not in self.funnel.planned:
+            return items
+        if (cached := self.store.load(name)) is not None:
+            out, record = cached
+            self.funnel.done(StageReport(**record), resumed=True)
+            return out
+        self.funnel.start(name)
+        out, dropped = run(items)
+        report = self.funnel.done(StageReport(name, len(items), len(out), dropped))
+        self.store.save(name, out, asdict(report))
+        return out
+
+    def parted(
+        self, name: str, items: list[dict], work: Callable[[list[dict], int], tuple[list[dict], dict, int]]
+    ) -> list[dict]:
+        """An LLM stage in parts of ``batchSize`` items, each kept as it finishes; ``work(items, first_index)``
+        returns the part's output, drop counts and tokens written."""
+        if name not in self.funnel.planned:
+            return items
+        if (cached := self.store.load(name)) is not None:
+            out, record = cached
+            self.funnel.done(StageReport(**record), resumed=True)
+            return out
+        self.funnel.start(name)
+        size = self.spec.generation.batch_size
+        n_parts = math.ceil(len(items) / size)
+        out, dropped, tokens, missing, reused = [], {}, 0, 0, 0
+        for index in range(n_parts):
+            part = items[index * size : (index + 1) * size]
+            if (kept := self.store.load_part(name, index)) is not None:
+                reused += 1
+            elif self.shard and index % self.shard[1] != self.shard[0]:
+                missing += 1
+                continue
+            else:
+                self.funnel.progress(name, part=index + 1, parts=n_parts)
+                self.log(f"      {name}: part {index + 1}/{n_parts} ({len(part)} items)")
+                rows, part_dropped, part_tokens = work(part, index * size)
+                kept = (rows, {"input": len(part), "dropped": part_dropped, "tokens": part_tokens})
+                self.store.save_part(name, index, *kept)
+            rows, record = kept
+            out.extend(rows)
+            tokens += record["tokens"]
+            for reason, n in record["dropped"].items():
+                count(dropped, reason, n)
+        if reused:
+            self.log(f"      {name}: {reused} of {n_parts} parts kept from an earlier run")
+        if missing:
+            self.log(f"      {name}: shard {self.shard[0]}/{self.shard[1]} done; {missing} parts are other shards'")
+            raise ShardDone(name)
+        report = self.funnel.done(StageReport(name, len(items), len(out), dropped, tokens=tokens))
+        self.store.save(name, out, asdict(report))
+        return out
+
+
+# -- the stages, as functions of a Build ----------------------------------------------------------------
+
+
+def _dedup(items: list[dict], key: Callable[[dict], str], text: Callable[[dict], str], b: Build) -> tuple[list, dict]:
+    """Exact (normalised) duplicates, then near duplicates (MinHash LSH), first occurrence kept."""
+    dropped: dict[str, int] = {}
+    if b.spec.dedup.exact:
+        seen: set[str] = set()
+        kept = []
+        for item in items:
+            if (k := key(item)) not in seen:
+                seen.add(k)
+                kept.append(item)
+        dropped["exact_duplicate"] = len(items) - len(kept)
+        items = kept
+    if b.spec.dedup.near.enabled:
+        from kubetune.datagen.minhash import find_near_duplicates
+
+        matches = find_near_duplicates([text(i) for i in items], b.spec.dedup.near)
+        kept = [item for item, match in zip(items, matches, strict=True) if match is None]
+        dropped["near_duplicate"] = len(items) - len(kept)
+        items = kept
+    return items, dropped
+
+
+def _sample_text(sample: dict) -> str:
+    return f"{sample['instruction']}\n{sample.get('chosen', sample['answer'])}"
+
+
+def prepare(b: Build) -> list[dict]:
+    """The stages before any LLM: documents in, unique, clean, uncontaminated chunks out."""
+    spec = b.spec
+
+    def ingest(files: list[dict]) -> tuple[list[dict], dict]:
+        docs, unreadable = documents.read_documents([Path(f["path"]) for f in files], spec.source)
+        return [asdict(d) for d in docs], unreadable
+
+    def clean(docs: list[dict]) -> tuple[list[dict], dict]:
+        cleaned = [{**d, "text": documents.clean(d["text"], spec.cleaning)} for d in docs]
+        kept = [d for d in cleaned if len(d["text"]) >= spec.cleaning.min_document_chars]
+        return kept, {"too_short": len(cleaned) - len(kept)}
+
+    def chunk(docs: list[dict]) -> tuple[list[dict], dict]:
+        chunks = documents.chunk_documents([documents.Document(**d) for d in docs], spec.chunking)
+        return [asdict(c) for c in chunks], {}
+
+    # One input per file; a JSONL, Parquet or datasets input gives a document per row.
+    docs = b.stage("ingest", [{"path": str(f)} for f in documents.find_files(spec.source)], ingest)
+    docs = b.stage("clean", docs, clean)
+    docs = b.stage("dedup_documents", docs, lambda d: _dedup(d, lambda x: documents.fingerprint(x["text"]), _text, b))
+    chunks = b.stage("chunk", docs, chunk)
+    chunks = b.stage("dedup_chunks", chunks, lambda c: _dedup(c, lambda x: x["chunk_id"], _text, b))
+    return b.stage("decontaminate_chunks", chunks, lambda c: _decontaminate(c, _text, b))
+
+
+def _text(item: dict) -> str:
+    return item["text"]
+
+
+def _decontaminate(items: list[dict], text: Callable[[dict], str], b: Build) -> tuple[list[dict], dict]:
+    index = b.eval_index()
+    kept = [i for i in items if index is None or not index.contaminated(text(i))]
+    return kept, {"contaminated": len(items) - len(kept)}
+
+
+def _generate(b: Build, chunks: list[dict], first: int) -> tuple[list[dict], dict, int]:
+    chunk_objs = [documents.Chunk(**c) for c in chunks]
+    completions = b.ask(generate.sample_requests(chunk_objs, b.spec))
+    dropped: dict[str, int] = {}
+    rows = [
+        row
+        for chunk, completion in zip(chunk_objs, completions, strict=True)
+        for row in generate.parse_samples(completion, chunk, b.spec, dropped)
+    ]
+    return rows, dropped, sum(c.tokens for c in completions)
+
+
+def _evolve(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dict]:
+    """Evol-Instruct: a seeded share of the samples rewritten deeper or broader and answered again from the
+    same chunk; the new samples join the originals (and go through quality, decontamination and dedup)."""
+    evol = b.spec.augmentation.evol_instruct
+    chosen = generate.evolve_plan(samples, evol.share, list(evol.operations), evol.seed)
+    todo = [{**samples[i], "operation": op} for i, op in chosen]
+
+    def work(part: list[dict], first: int) -> tuple[list[dict], dict, int]:
+        dropped: dict[str, int] = {}
+        seeds = [request_seed(b.spec.generation.seed, "evolve", s["chunk_id"], s["instruction"]) for s in part]
+        rewrites = b.ask(
+            [generate.evolve_request(s["instruction"], s["operation"], x) for s, x in zip(part, seeds, strict=True)]
+        )
+        evolved = []
+        for sample, seed, completion in zip(part, seeds, rewrites, strict=True):
+            instruction = generate.read_field(completion, "instruction", dropped)
+            if instruction is not None:
+                evolved.append((sample, instruction, seed))
+        answers = b.ask([generate.answer_request(chunk_text[s["chunk_id"]], i, seed) for s, i, seed in evolved])
+        rows = []
+        for (sample, instruction, _), completion in zip(evolved, answers, strict=True):
+            answer = generate.read_field(completion, "answer", dropped)
+            if answer is not None:
+                rows.append(
+                    {
+                        **{k: sample[k] for k in ("source", "chunk_id")},
+                        "instruction": instruction,
+                        "answer": answer,
+                        "origin": f"evolved:{sample['operation']}",
+                    }
+                )
+        return rows, dropped, sum(c.tokens for c in [*rewrites, *answers])
+
+    new = b.parted("evolve", todo, work) if "evolve" in b.funnel.planned else []
+    if b.funnel.stages and b.funnel.stages[-1].name == "evolve":
+        # The funnel counts what the stage added: the samples in, the samples and their rewrites out.
+        report = b.funnel.stages[-1]
+        report.input, report.output = len(samples), len(samples) + len(new)
+    return samples + new
+
+
+def _quality(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
+    dropped: dict[str, int] = {}
+    kept = []
+    for s in samples:
+        reason = quality.drop_reason(s["instruction"], s.get("chosen", s["answer"]), b.spec.curation.quality)
+        if (
+            reason is None
+            and "rejected" in s
+            and documents.fingerprint(s["rejected"]) == documents.fingerprint(s["chosen"])
+        ):
+            reason = "chosen_equals_rejected"
+        if reason:
+            count(dropped, reason)
+        else:
+            kept.append(s)
+    return kept, dropped
+
+
+def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
+    kept, dropped = _dedup(
+        samples, lambda s: documents.fingerprint(s["instruction"], s.get("chosen", s["answer"])), _sample_text, b
+    )
+    # Two answers to the same question teach nothing new and leak across the split.
+    seen: set[str] = set()
+    unique = []
+    for s in kept:
+        if (k := documents.fingerprint(s["instruction"])) not in seen:
             seen.add(k)
-            kept.append(item)
-    return kept, len(items) - len(kept)
+            unique.append(s)
+    dropped["repeated_instruction"] = len(kept) - len(unique)
+    return unique, dropped
+
+
+def _judge(b: Build, samples: list[dict]) -> list[dict]:
+    spec = b.spec.curation.judge
+
+    def work(part: list[dict], first: int) -> tuple[list[dict], dict, int]:
+        dropped: dict[str, int] = {}
+        field_ = "chosen" if b.spec.type == "preference" else "answer"
+        requests = [
+            judge.request(s["instruction"], s[field_], spec, b.spec.generation.seed, s["instruction"] + s[field_])
+            for s in part
+        ]
+        completions = b.ask(requests, model=spec.model)
+        rows = []
+        for sample, completion in zip(part, completions, strict=True):
+            verdict = judge.read(completion, dropped)
+            if verdict is None:
+                continue
+            score, reason = verdict
+            if score < spec.min_score:
+                count(dropped, "low_score")
+                continue
+            rows.append({**sample, "judge_score": score, "judge_reason": reason})
+        return rows, dropped, sum(c.tokens for c in completions)
+
+    return b.parted("judge", samples, work)
+
+
+def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dict]:
+    """The judged preference method: one answer per temperature, each scored by the judge; the best is
+    chosen and the worst rejected; a tie (all scores equal) says nothing and is dropped."""
+    temperatures = b.spec.preference.temperatures
+    spec = b.spec.curation.judge
+
+    def work(part: list[dict], first: int) -> tuple[list[dict], dict, int]:
+        dropped: dict[str, int] = {}
+        seed = b.spec.generation.seed
+        asks = [
+            generate.answer_request(
+                chunk_text[s["chunk_id"]], s["instruction"], request_seed(seed, "rank", s["instruction"], str(t)), t
+            )
+            for s in part
+            for t in temperatures
+        ]
+        answers = b.ask(asks)
+        candidates: list[list[str | None]] = []
+        for k in range(len(part)):
+            group = answers[k * len(temperatures) : (k + 1) * len(temperatures)]
+            candidates.append([generate.read_field(c, "answer", dropped) for c in group])
+        scored = [(i, a) for i, group in enumerate(candidates) for a in group if a is not None]
+        verdicts = b.ask(
+            [judge.request(part[i]["instruction"], a, spec, seed, part[i]["instruction"] + a) for i, a in scored],
+            model=spec.model,
+        )
+        scores: list[list[tuple[int, str]]] = [[] for _ in part]
+        for (i, a), completion in zip(scored, verdicts, strict=True):
+            if (verdict := judge.read(completion, dropped)) is not None:
+                scores[i].append((verdict[0], a))
+        rows = []
+        for sample, ranked in zip(part, scores, strict=True):
+            if len(ranked) < 2:
+                count(dropped, "too_few_candidates")
+                continue
+            ranked.sort(key=lambda x: -x[0])  # stable: among equals, the lower temperature first
+            (best, chosen), (worst, rejected) = ranked[0], ranked[-1]
+            if best == worst:
+                count(dropped, "tie")
+            elif best < spec.min_score:
+                count(dropped, "low_score")
+            else:
+                rows.append(
+                    {**sample, "chosen": chosen, "rejected": rejected, "chosen_score": best, "rejected_score": worst}
+                )
+        return rows, dropped, sum(c.tokens for c in [*answers, *verdicts])
+
+    return b.parted("rank", samples, work)
 
 
 def _write_parquet(rows: list[dict], path: Path) -> str:
@@ -76,101 +451,143 @@ def _write_parquet(rows: list[dict], path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _digest(files: dict[str, dict]) -> str:
+    return (
+        "sha256:"
+        + hashlib.sha256("".join(f"{n}:{f['sha256']}\n" for n, f in sorted(files.items())).encode()).hexdigest()
+    )
+
+
 def build(
     spec: DatasetBuildSpec,
     output: Path,
     name: str = "dataset",
-    writer_factory: Callable[[Any], generate.PairWriter] = generate.VllmPairWriter,
+    engine_factory: Callable[..., ChatEngine] = open_engine,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run every stage and write train.parquet, test.parquet and manifest.json to ``output``."""
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
+    """Run every stage and write train.parquet, test.parquet, manifest.json and README.md to ``output``.
+
+    With ``shard=(i, n)``, compute only this shard's parts of the LLM stages and return None; a run without
+    a shard (the merge) then finds them done and finishes the build.
+    """
     from transformers import AutoTokenizer
 
+    check_inputs(spec)
     output.mkdir(parents=True, exist_ok=True)
-    funnel = Funnel(output, log)
+    b = Build(spec, output, log, engine_factory, shard)
+    try:
+        chunks = prepare(b)
+        chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+        samples = b.parted("generate", chunks, lambda part, first: _generate(b, part, first))
+        samples = _evolve(b, chunk_text, samples)
+    except ShardDone:
+        return None
+    samples = b.stage("quality", samples, lambda s: _quality(b, s))
+    samples = b.stage(
+        "decontaminate",
+        samples,
+        lambda s: _decontaminate(s, lambda x: f"{_sample_text(x)}\n{x.get('rejected', '')}", b),
+    )
+    samples = b.stage("dedup_samples", samples, lambda s: _dedup_samples(b, s))
+    try:
+        samples = _judge(b, samples)
+        samples = _rank(b, chunk_text, samples)
+    except ShardDone:
+        return None
+    if shard:
+        log(f"shard {shard[0]}/{shard[1]}: its parts are done; the merge run writes the dataset")
+        return None
 
-    funnel.start("ingest")
-    files = documents.find_files(spec.source)
-    docs, unreadable = documents.read_documents(files)
-    funnel.done("ingest", len(files), len(docs), unreadable)
-
-    funnel.start("clean")
-    cleaned = [documents.Document(d.source, documents.clean(d.text, spec.cleaning)) for d in docs]
-    kept_docs = [d for d in cleaned if len(d.text) >= spec.cleaning.min_document_chars]
-    funnel.done("clean", len(docs), len(kept_docs), {"too_short": len(cleaned) - len(kept_docs)})
-
-    funnel.start("chunk")
-    chunks = documents.chunk_documents(kept_docs, spec.chunking)
-    funnel.done("chunk", len(kept_docs), len(chunks))
-
-    funnel.start("dedup_chunks")
-    unique_chunks, dup_chunks = _exact_dedup(chunks, lambda c: c.chunk_id)
-    funnel.done("dedup_chunks", len(chunks), len(unique_chunks), {"exact_duplicate": dup_chunks})
-
-    funnel.start("generate")
-    schema = generate.pairs_schema(spec.generation.pairs_per_chunk)
-    writer = writer_factory(spec.generation)
-    completions = writer.complete([generate.conversation(c.text, spec.generation) for c in unique_chunks], schema)
-    rejected: dict[str, int] = {}
-    pairs = [
-        pair
-        for chunk, completion in zip(unique_chunks, completions, strict=True)
-        for pair in generate.parse_pairs(completion, chunk.chunk_id, spec.curation, rejected)
-    ]
-    funnel.done("generate", len(unique_chunks), len(pairs), rejected)
-    generated_tokens = sum(c.tokens for c in completions)
-
-    funnel.start("dedup_pairs")
-    generated = len(pairs)
-    dropped_dups: dict[str, int] = {}
-    if spec.curation.exact_dedup:
-        pairs, dropped_dups["exact_duplicate"] = _exact_dedup(
-            pairs, lambda p: documents.fingerprint(p.instruction, p.answer)
-        )
-        # Two answers to the same question teach nothing new and leak across the split.
-        pairs, dropped_dups["repeated_instruction"] = _exact_dedup(
-            pairs, lambda p: documents.fingerprint(p.instruction)
-        )
-    funnel.done("dedup_pairs", generated, len(pairs), dropped_dups)
-
-    funnel.start("format")
     tokenizer_path = spec.format.tokenizer or spec.generation.model
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    rows = [formatting.to_record(p, tokenizer, spec.format.system_prompt) for p in pairs]
-    funnel.done("format", len(pairs), len(rows))
 
-    funnel.start("split")
+    def format_(items: list[dict]) -> tuple[list[dict], dict]:
+        if spec.type == "preference":
+            return [formatting.to_preference_record(s, spec.format.system_prompt) for s in items], {}
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        return [formatting.to_record(s, tokenizer, spec.format.system_prompt) for s in items], {}
+
+    rows = b.stage("format", samples, format_)
+    b.funnel.start("split")
     train, test = formatting.split(rows, spec.split.test_size, spec.split.seed)
-    funnel.done("split", len(rows), len(train) + len(test))
+    b.funnel.done(StageReport("split", len(rows), len(train) + len(test)))
 
-    funnel.start("write")
+    b.funnel.start("write")
     manifest: dict[str, Any] = {
         "kind": "DatasetManifest",
         "name": name,
+        "type": spec.type,
         "createdAt": now(),
         "spec": spec.to_wire(),
         "tokenizer": tokenizer_path,
-        "generatedTokens": generated_tokens,
+        "generatedTokens": sum(s.tokens for s in b.funnel.stages),
+        "retries": b.retries,
         "stages": [],
         "files": {},
     }
     if not train:
-        manifest["stages"] = [asdict(s) for s in funnel.stages]
+        manifest["stages"] = [asdict(s) for s in b.funnel.stages]
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        raise EmptyDatasetError(f"no pairs survived curation; the funnel is in {output / 'manifest.json'}")
+        raise EmptyDatasetError(f"no samples survived curation; the funnel is in {output / 'manifest.json'}")
     for split_name, split_rows in (("train", train), ("test", test)):
         if split_rows:
             digest = _write_parquet(split_rows, output / f"{split_name}.parquet")
             manifest["files"][f"{split_name}.parquet"] = {"sha256": digest, "rows": len(split_rows)}
-    manifest["digest"] = (
-        "sha256:"
-        + hashlib.sha256(
-            "".join(f"{n}:{f['sha256']}\n" for n, f in sorted(manifest["files"].items())).encode()
-        ).hexdigest()
-    )
-    funnel.done("write", len(train) + len(test), len(train) + len(test))
-    manifest["stages"] = [asdict(s) for s in funnel.stages]
+    manifest["digest"] = _digest(manifest["files"])
+    manifest["columns"] = list(train[0])
+    b.funnel.done(StageReport("write", len(train) + len(test), len(train) + len(test)))
+    manifest["stages"] = [asdict(s) for s in b.funnel.stages]
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    card.write(manifest, spec, output / "README.md")
+    from kubetune import plots
+
     plots.funnel(manifest["stages"], output / "funnel.png", f"DatasetBuild {name}: items kept per stage")
-    (output / "progress.json").write_text(json.dumps({"stage": "done", "done": len(STAGES), "total": len(STAGES)}))
+    (output / "progress.json").write_text(
+        json.dumps({"stage": "done", "done": len(b.funnel.stages), "total": len(b.funnel.planned)})
+    )
     return manifest
+
+
+@dataclass
+class BuildPlan:
+    """What a build will do before any LLM runs: the funnel so far, the requests and the tokens they take."""
+
+    stages: list[dict]
+    prompts: int
+    prompt_tokens: int
+    max_output_tokens: int
+    later_requests: dict[str, int]  # per LLM stage after generation, an estimate from pairsPerChunk
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(spec: DatasetBuildSpec, log: Callable[[str], None] = lambda _: None) -> BuildPlan:
+    """Run the stages before generation in memory (nothing written) and size the generation."""
+    from transformers import AutoTokenizer
+
+    check_inputs(spec)
+    b = Build(spec, None, log, engine_factory=open_engine)
+    chunks = prepare(b)
+    requests = generate.sample_requests([documents.Chunk(**c) for c in chunks], spec)
+    tokenizer = AutoTokenizer.from_pretrained(spec.format.tokenizer or spec.generation.model)
+    rendered = [tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
+    prompt_tokens = (
+        sum(len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]) if rendered else 0
+    )
+    samples = len(requests) * spec.generation.pairs_per_chunk
+    later: dict[str, int] = {}
+    if "evolve" in b.funnel.planned:
+        later["evolve"] = 2 * round(samples * spec.augmentation.evol_instruct.share)
+        samples += later["evolve"] // 2
+    if "judge" in b.funnel.planned:
+        later["judge"] = samples
+    if "rank" in b.funnel.planned:
+        later["rank"] = 2 * samples * len(spec.preference.temperatures)
+    return BuildPlan(
+        [asdict(s) for s in b.funnel.stages],
+        len(requests),
+        prompt_tokens,
+        len(requests) * spec.generation.max_tokens,
+        later,
+    )

@@ -1,4 +1,9 @@
-"""The DatasetBuild spec: raw documents in, a curated, chat-formatted, split instruction dataset out."""
+"""The DatasetBuild spec: raw documents in, a curated, chat-formatted, split instruction or preference dataset out.
+
+Every stage can be tuned or switched off here, and each has defaults that work: a spec naming only
+``source`` and ``generation.model`` builds an instruction dataset with exact and near deduplication and the
+heuristic quality filters on. The judge, decontamination and augmentation run when the spec asks for them.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,23 @@ from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
 
 class SourceSpec(SpecModel):
-    """Where the raw documents are."""
+    """Where the raw documents are: text, markdown, HTML, JSONL, Parquet or a ``datasets`` folder."""
 
     paths: list[str] = Field(
         min_length=1,
-        description="Files or folders of raw text. Relative paths resolve against the working directory.",
+        description="Files or folders of raw documents. Relative paths resolve against the working directory. "
+        "A folder holding a dataset saved with datasets' save_to_disk is read as one.",
     )
     include: list[str] = Field(
-        default_factory=lambda: ["*.txt", "*.md"],
+        default_factory=lambda: ["*.txt", "*.md", "*.html", "*.htm", "*.jsonl", "*.parquet"],
         description="Glob patterns a file in a folder must match to be read.",
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="The field holding a document's text in JSONL, Parquet and datasets rows."
     )
 
 
@@ -42,12 +53,59 @@ class ChunkingSpec(SpecModel):
     )
 
 
-class GenerationSpec(SpecModel):
-    """How the LLM writes instruction-answer pairs from each chunk."""
+class NearDedupSpec(SpecModel):
+    """MinHash with LSH over word shingles. Two texts whose shingle sets have Jaccard similarity above about
+    ``(1/bands)^(1/rows)`` collide in at least one band with high probability; colliding pairs are then
+    checked on their estimated similarity against ``threshold``."""
 
-    model: str = Field(description="Path of a Hugging Face model folder served by vLLM.")
-    backend: Literal["vllm"] = Field("vllm", description="The engine: vLLM offline batching.")
-    pairs_per_chunk: int = Field(3, ge=1, le=20, description="Instruction-answer pairs asked for per chunk.")
+    enabled: bool = True
+    shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle.")
+    bands: int = Field(14, ge=1, le=1024, description="LSH bands; bands x rows MinHash permutations are computed.")
+    rows: int = Field(8, ge=1, le=64, description="Rows (hashes) per band.")
+    threshold: float = Field(
+        0.75, gt=0.0, le=1.0, description="Estimated Jaccard similarity at or above which two texts are duplicates."
+    )
+    seed: int = 1
+
+
+class DedupSpec(SpecModel):
+    """Duplicate removal on documents and chunks before generation (no LLM time on a copy), and on samples."""
+
+    exact: bool = Field(True, description="Drop texts whose case- and space-normalised form repeats.")
+    near: NearDedupSpec = Field(default_factory=NearDedupSpec)
+
+
+class EndpointSpec(SpecModel):
+    """An OpenAI-compatible server (``/v1/chat/completions``): vLLM's own ``vllm serve``, or any other.
+
+    The API key is read from an environment variable or a file (a mounted Secret), never from the spec."""
+
+    url: str = Field(pattern=r"^https?://", description="Base URL, e.g. http://vllm:8000/v1.")
+    model: str | None = Field(None, description="The served model's name. Default: generation.model.")
+    api_key_env: str | None = Field(None, pattern=ENV_NAME, description="Environment variable holding the API key.")
+    api_key_file: str | None = Field(None, description="File holding the API key (a mounted Secret).")
+    concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, le=100, description="Retries of a request refused with 429 or 5xx.")
+    timeout_seconds: float = Field(600.0, gt=0.0, description="Per-request timeout.")
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "!(has(self.apiKeyEnv) && has(self.apiKeyFile))",
+            "set at most one of apiKeyEnv or apiKeyFile",
+            lambda s: s.api_key_env is None or s.api_key_file is None,
+        ),
+    )
+
+
+class GenerationSpec(SpecModel):
+    """How the LLM writes samples from each chunk."""
+
+    model: str = Field(description="Path of a Hugging Face model folder served by vLLM (its tokenizer formats too).")
+    backend: Literal["vllm", "endpoint"] = Field(
+        "vllm", description="vllm: offline batching in the build's own process; endpoint: an OpenAI-compatible server."
+    )
+    endpoint: EndpointSpec | None = Field(None, description="The server, when backend is endpoint.")
+    pairs_per_chunk: int = Field(3, ge=1, le=20, description="Samples asked for per chunk.")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0, le=2.0, description="Above 1 discourages repeating tokens.")
@@ -59,41 +117,173 @@ class GenerationSpec(SpecModel):
         le=1.0,
         description="vLLM's memory share; on CPU the share of host RAM. Default: 0.9 on GPU, 0.3 on CPU.",
     )
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one vLLM engine spans.")
+    malformed_retries: int = Field(
+        1, ge=0, le=10, description="An answer that is not valid JSON of the schema is asked again this many times."
+    )
+    batch_size: int = Field(
+        64, ge=1, description="Prompts per generation part; each part is written as it finishes (resume unit)."
+    )
     seed: int = 42
-    system_prompt: str | None = Field(None, description="Overrides the built-in instruction-writer prompt.")
+    system_prompt: str | None = Field(None, description="Overrides the built-in sample-writer prompt.")
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "self.backend != 'endpoint' || has(self.endpoint)",
+            "backend endpoint needs generation.endpoint (url, model)",
+            lambda s: s.backend != "endpoint" or s.endpoint is not None,
+        ),
+    )
+
+
+class EvalSetSpec(SpecModel):
+    """An evaluation file (JSONL or Parquet) whose text must not leak into the dataset."""
+
+    path: str = Field(min_length=1)
+    fields: list[str] = Field(default_factory=list, description="String fields to read. Default: every string field.")
+
+
+class DecontaminationSpec(SpecModel):
+    """Drop every chunk and sample sharing a word n-gram with an evaluation text."""
+
+    eval_sets: list[EvalSetSpec] = Field(default_factory=list, description="Evaluation files; none: stage off.")
+    ngram: int = Field(13, ge=3, le=64, description="Words per n-gram.")
+
+
+class QualitySpec(SpecModel):
+    """Heuristic filters on each sample; each failed check is a drop reason in the funnel."""
+
+    enabled: bool = True
+    min_instruction_chars: int = Field(10, ge=1)
+    min_answer_chars: int = Field(20, ge=1)
+    max_answer_chars: int = Field(4000, ge=1)
+    max_repeated_ngram_ratio: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of an answer's word 3-grams that may be repeats."
+    )
+    max_non_alpha_ratio: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Share of an answer's non-space characters that may be neither letters nor digits.",
+    )
+    drop_refusals: bool = Field(True, description='Drop refusals and "as an AI" answers.')
+    drop_context_references: bool = Field(
+        True, description='Drop answers that mention "the text", "the context", "the passage" (the prompt forbids it).'
+    )
+    drop_restated_instructions: bool = Field(True, description="Drop answers that only repeat the instruction.")
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "self.minAnswerChars <= self.maxAnswerChars",
+            "minAnswerChars must not exceed maxAnswerChars",
+            lambda s: s.min_answer_chars <= s.max_answer_chars,
+        ),
+    )
+
+
+DEFAULT_RUBRIC = (
+    "Accuracy: the answer is factually correct and fully answers the instruction. "
+    "Style: the answer is clear, well written and sounds like a helpful assistant, not a web page or a quote. "
+    "5 = excellent on both, 3 = acceptable, 1 = wrong or unusable."
+)
+
+
+class JudgeSpec(SpecModel):
+    """An LLM scores each sample 1-5 on a rubric, under a JSON schema; scores are kept as columns."""
+
+    enabled: bool = False
+    model: str | None = Field(None, description="Another model to judge with. Default: the generation engine.")
+    rubric: str = Field(DEFAULT_RUBRIC, min_length=1)
+    min_score: int = Field(3, ge=1, le=5, description="Samples scored below this are dropped (reason low_score).")
+    max_tokens: int = Field(256, ge=16)
 
 
 class CurationSpec(SpecModel):
-    """Filters applied to the generated pairs."""
+    """What is done to the samples after generation (and to chunks before it)."""
 
-    exact_dedup: bool = Field(True, description="Drop pairs whose normalised instruction and answer repeat.")
-    min_instruction_chars: int = Field(10, ge=1)
-    min_answer_chars: int = Field(20, ge=1)
+    decontamination: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+
+
+class EvolInstructSpec(SpecModel):
+    """Evol-Instruct: a share of the instructions rewritten deeper or broader, answered again from the same chunk."""
+
+    share: float = Field(0.0, ge=0.0, le=1.0, description="Share of samples evolved; 0 switches the stage off.")
+    operations: list[Literal["deepen", "concretize", "reasoning", "broaden"]] = Field(
+        default_factory=lambda: ["deepen", "concretize", "reasoning", "broaden"], min_length=1
+    )
+    seed: int = 42
+
+
+class AugmentationSpec(SpecModel):
+    evol_instruct: EvolInstructSpec = Field(default_factory=EvolInstructSpec)
+
+
+class PreferenceSpec(SpecModel):
+    """How chosen and rejected answers are made when ``type`` is preference."""
+
+    method: Literal["extract", "judged"] = Field(
+        "extract",
+        description="extract: chosen is a verbatim extract of the chunk, rejected the model's own answer; "
+        "judged: several answers per instruction, the judge's best is chosen, its worst rejected.",
+    )
+    min_chosen_chars: int = Field(100, ge=1, description="extract: shorter extracts are dropped.")
+    temperatures: list[float] = Field(
+        default_factory=lambda: [0.2, 1.0],
+        min_length=2,
+        max_length=8,
+        description="judged: one answer per temperature.",
+    )
 
 
 class FormatSpec(SpecModel):
     """Chat-template formatting."""
 
     tokenizer: str | None = Field(
-        None, description="Tokenizer whose chat template formats the pairs. Default: the generation model."
+        None, description="Tokenizer whose chat template formats the samples. Default: the generation model."
     )
     system_prompt: str | None = Field(None, description="A system message put before every conversation.")
 
 
 class SplitSpec(SpecModel):
-    """The train/test split."""
+    """The train/test split: seeded, grouped by source document so no document straddles the two."""
 
-    test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Share of pairs held out for evaluation.")
+    test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Share of samples held out for evaluation.")
     seed: int = 42
 
 
-class DatasetBuildSpec(SpecModel):
-    """Raw documents -> cleaned chunks -> LLM-written pairs -> curated, formatted, split dataset."""
+class CardSpec(SpecModel):
+    """The dataset card (README.md) written next to the data."""
 
+    license: str = Field("other", min_length=1, description="An SPDX id or 'other'.")
+    description: str | None = None
+    language: list[str] = Field(default_factory=lambda: ["en"])
+
+
+class DatasetBuildSpec(SpecModel):
+    """Raw documents -> cleaned, deduplicated chunks -> LLM-written samples -> curated, formatted, split dataset."""
+
+    type: Literal["instruction", "preference"] = Field(
+        "instruction",
+        description="instruction: instruction/answer rows for SFT; preference: prompt/chosen/rejected for DPO.",
+    )
     source: SourceSpec
     cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+    dedup: DedupSpec = Field(default_factory=DedupSpec)
     generation: GenerationSpec
     curation: CurationSpec = Field(default_factory=CurationSpec)
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec)
     format: FormatSpec = Field(default_factory=FormatSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
+    card: CardSpec = Field(default_factory=CardSpec)
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "self.type != 'preference' || self.preference.method != 'judged' || self.curation.judge.enabled",
+            "preference.method judged needs curation.judge.enabled: true (the judge ranks the answers)",
+            lambda s: s.type != "preference" or s.preference.method != "judged" or s.curation.judge.enabled,
+        ),
+    )

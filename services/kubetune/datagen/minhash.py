@@ -1,0 +1,402 @@
+r"""Near-duplicate detection: MinHash signatures over word shingles, LSH banding, then verification.
+
+Shingles. A text is casefolded and split into ``\w+`` words (:func:`words`); its shingles are the runs of
+``shingle_size`` consecutive words. A text with fewer words is one shingle of all of them; an empty text has
+none, is always kept and is never a duplicate.
+
+MinHash. Every shingle is hashed to 64 bits (a polynomial hash of the word's UTF-8 bytes, mixed with the
+murmur3 finaliser, then the words of the shingle combined with per-position multipliers and mixed again).
+Permutation ``i`` maps a shingle hash ``h`` to ``a_i * h mod 2**64`` with an odd ``a_i``: a bijection of the
+64-bit values, and the shingle hashes are already uniform, so the minimum over a text's shingles falls on any
+of them with equal probability and two texts agree on it with probability equal to their Jaccard similarity
+``J``. The top 32 bits of each minimum are kept: ``bands * rows`` (112 by default) uint32 values per text. All
+constants come from BLAKE2b of ``seed``, never from Python's per-process ``hash()``, so signatures are the same
+on every machine and in every process.
+
+LSH. The signature is cut into ``bands`` bands of ``rows`` values; two texts become candidates when one band
+agrees in all rows, which happens with probability ``P(s) = 1 - (1 - s**rows)**bands``
+(:func:`candidate_probability`). The defaults, 14 bands x 8 rows as in datatrove, put the steep part of this
+S-curve between J 0.6 and 0.8: P = 0.05 at 0.5, 0.21 at 0.6, 0.50 at 0.685, 0.77 at 0.75, 0.92 at 0.8,
+0.9996 at 0.9 (the rule of thumb ``(1/bands)**(1/rows)`` says 0.72).
+
+Verification. A candidate is a duplicate only if the share of equal signature values, an unbiased estimate of
+``J`` with standard error ``sqrt(J(1-J)/112)`` (0.04 at 0.75), is at least ``threshold``. Banding alone (as in
+datatrove) also drops about one pair in 20 at J = 0.5, and its union-find chains A~B, B~C into one cluster;
+here a text is compared only with texts that were kept, and the first one in order is kept.
+
+Speed. Everything per word and per shingle is NumPy over a batch of texts: the texts are joined into one byte
+buffer, word boundaries and word hashes come from prefix sums over the bytes, the 112 permutations of all
+shingles of a few documents are one broadcast multiply and ``np.minimum.reduceat``. Python runs once per batch,
+and per document only for the rare documents that share a band with another document of the same batch.
+
+Memory. Kept texts cost their signature (4 bytes per permutation) and their band keys in an open-addressing
+hash table (8-byte key, 4-byte id, at most 60 % load); texts themselves are not kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from kubetune.spec.datasetbuild import NearDedupSpec
+
+__all__ = ["NearDuplicateIndex", "candidate_probability", "find_near_duplicates", "signatures", "words"]
+
+_WORD = re.compile(r"\w+")
+_BATCH_DOCS = 2048  # texts hashed and resolved together
+_PIECE_BYTES = 1 << 18  # prefix sums of word hashes run over at most this many bytes at once
+_CHUNK_SHINGLES = 4096  # shingles x permutations multiplied at once (4096 x 112 x 4 B = 1.8 MiB: stays in L2)
+
+# A byte belongs to a word when it is [0-9A-Za-z_] (ASCII \w) or >= 0x80. Bytes >= 0x80 appear only in texts
+# that are not ASCII, and those are first rewritten as " ".join(words(text)), so all their non-space bytes are
+# word bytes. Both paths therefore split exactly like words().
+_WORD_BYTE = np.zeros(256, dtype=bool)
+_WORD_BYTE[[ord(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"]] = True
+_WORD_BYTE[0x80:] = True
+
+_MOD = 1 << 64
+_C1, _C2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+_S32, _S33 = np.uint64(32), np.uint64(33)
+
+
+def words(text: str) -> list[str]:
+    r"""The casefolded ``\w+`` tokens of ``text``: the words shingles are made of."""
+    return _WORD.findall(text.casefold())
+
+
+def candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    """Probability that two texts of Jaccard similarity ``similarity`` agree on all rows of at least one band."""
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def _constants(seed: int, label: str, n: int, dtype: type = np.uint64) -> np.ndarray:
+    """``n`` odd constants derived from ``seed`` with BLAKE2b: the same on every machine and in every run."""
+    size = np.dtype(dtype).itemsize
+    digests = (hashlib.blake2b(f"kubetune.minhash/{seed}/{label}/{i}".encode(), digest_size=size) for i in range(n))
+    return np.array([int.from_bytes(d.digest()) | 1 for d in digests], dtype=dtype)
+
+
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """murmur3's 64-bit finaliser, in place: every output bit depends on every input bit."""
+    x ^= x >> _S33
+    x *= _C1
+    x ^= x >> _S33
+    x *= _C2
+    x ^= x >> _S33
+    return x
+
+
+class _MinHasher:
+    """Signatures and band keys of batches of texts, for one spec."""
+
+    def __init__(self, spec: NearDedupSpec):
+        self.shingle_size, self.bands, self.rows = spec.shingle_size, spec.bands, spec.rows
+        seed = spec.seed
+        word_mul = int(_constants(seed, "word", 1)[0])
+        self._word_mul, self._word_inv = word_mul, pow(word_mul, -1, _MOD)
+        self._powers = self._inv_powers = np.ones(1, dtype=np.uint64)
+        self._len_mul = _constants(seed, "length", 1)[0]
+        self._shingle_mul = _constants(seed, "shingle", spec.shingle_size)
+        self._perm = _constants(seed, "permutation", spec.bands * spec.rows, np.uint32)[:, None]
+        self._row_mul = _constants(seed, "row", spec.rows)
+        self._band_add = _constants(seed, "band", spec.bands)
+        self._buffer = np.empty((spec.bands * spec.rows, _CHUNK_SHINGLES), dtype=np.uint32)
+
+    # -- words ----------------------------------------------------------------------------------------------
+
+    def _ensure_powers(self, n: int) -> None:
+        if len(self._powers) >= n:
+            return
+        n = max(n, 2 * len(self._powers))
+        self._powers = np.cumprod(np.full(n, self._word_mul, dtype=np.uint64), dtype=np.uint64)
+        self._powers = np.concatenate([np.ones(1, dtype=np.uint64), self._powers[:-1]])
+        inv = np.cumprod(np.full(n, self._word_inv, dtype=np.uint64), dtype=np.uint64)
+        self._inv_powers = np.concatenate([np.ones(1, dtype=np.uint64), inv[:-1]])
+
+    def _word_hashes(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Hash of each word ``buf[starts[i]:ends[i]]``: sum of byte * M**offset, by prefix sums over pieces."""
+        out = np.empty(len(starts), dtype=np.uint64)
+        i, n = 0, len(starts)
+        while i < n:
+            lo = int(starts[i])
+            j = max(i + 1, int(np.searchsorted(ends, lo + _PIECE_BYTES, side="right")))
+            hi = int(ends[j - 1])
+            self._ensure_powers(hi - lo + 1)
+            prefix = np.empty(hi - lo + 1, dtype=np.uint64)
+            prefix[0] = 0
+            np.cumsum(buf[lo:hi] * self._powers[: hi - lo], out=prefix[1:])
+            s, e = starts[i:j] - lo, ends[i:j] - lo
+            out[i:j] = (prefix[e] - prefix[s]) * self._inv_powers[s]
+            i = j
+        out += (ends - starts).astype(np.uint64) * self._len_mul
+        return _fmix64(out)
+
+    def _tokenise(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Word hashes of all texts, concatenated, and the number of words of each text."""
+        parts = [t.lower() if t.isascii() else " ".join(words(t)) for t in texts]
+        data = "\n".join(parts).encode()
+        buf = np.frombuffer(data, dtype=np.uint8)
+        in_word = np.zeros(len(buf) + 2, dtype=bool)
+        in_word[1:-1] = _WORD_BYTE[buf]
+        edges = np.flatnonzero(in_word[1:] != in_word[:-1])
+        starts, ends = edges[0::2], edges[1::2]
+        lengths = np.fromiter((len(p) if p.isascii() else len(p.encode()) for p in parts), np.int64, len(parts))
+        doc_starts = np.cumsum(lengths + 1) - (lengths + 1)
+        first_word = np.searchsorted(starts, doc_starts)
+        counts = np.diff(first_word, append=len(starts))
+        return self._word_hashes(buf, starts, ends), counts
+
+    # -- shingles and signatures ----------------------------------------------------------------------------
+
+    def _shingles(self, word_hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """32-bit shingle hashes of all texts, grouped by text in order, and the number of shingles of each."""
+        k, n_words = self.shingle_size, len(word_hashes)
+        doc = np.repeat(np.arange(len(counts)), counts)
+        parts, docs = [], []
+        if n_words >= k:
+            m = n_words - k + 1
+            acc = word_hashes[:m] * self._shingle_mul[0]
+            for t in range(1, k):
+                acc += word_hashes[t : t + m] * self._shingle_mul[t]
+            whole = doc[:m] == doc[k - 1 :]  # the k words lie in one text
+            parts.append(acc[whole])
+            docs.append(doc[:m][whole])
+        short = np.flatnonzero((counts > 0) & (counts < k))
+        if short.size:  # a text shorter than a shingle is one shingle of all its words
+            first = np.cumsum(counts)[short] - counts[short]
+            acc = word_hashes[first] * self._shingle_mul[0]
+            for t in range(1, k - 1):
+                has = counts[short] > t
+                acc[has] += word_hashes[first[has] + t] * self._shingle_mul[t]
+            parts.append(acc)
+            docs.append(short)
+        if not parts:
+            return np.empty(0, dtype=np.uint32), np.zeros(len(counts), dtype=np.int64)
+        shingles, shingle_doc = np.concatenate(parts), np.concatenate(docs)
+        if short.size and len(parts) == 2:
+            order = np.argsort(shingle_doc, kind="stable")
+            shingles, shingle_doc = shingles[order], shingle_doc[order]
+        return (_fmix64(shingles) >> _S32).astype(np.uint32), np.bincount(shingle_doc, minlength=len(counts))
+
+    def signatures(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(signatures, rows)``: one uint32 row of ``bands * rows`` values per text with at least one word,
+        and the positions in ``texts`` of those texts."""
+        shingles, per_doc = self._shingles(*self._tokenise(texts))
+        rows = np.flatnonzero(per_doc)
+        n_perm = len(self._perm)
+        if not rows.size:
+            return np.empty((0, n_perm), dtype=np.uint32), rows
+        offsets = np.concatenate([[0], np.cumsum(per_doc[rows])])
+        mins = np.empty((n_perm, len(rows)), dtype=np.uint32)
+        d0 = 0
+        while d0 < len(rows):  # a few texts at a time: the (permutations x shingles) product stays in cache
+            d1 = max(d0 + 1, int(np.searchsorted(offsets, offsets[d0] + _CHUNK_SHINGLES, side="right")) - 1)
+            lo, hi = int(offsets[d0]), int(offsets[d1])
+            block = self._buffer[:, : hi - lo] if hi - lo <= _CHUNK_SHINGLES else None
+            block = np.multiply(self._perm, shingles[lo:hi], out=block)
+            np.minimum.reduceat(block, offsets[d0:d1] - lo, axis=1, out=mins[:, d0:d1])
+            d0 = d1
+        return np.ascontiguousarray(mins.T), rows
+
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """One non-zero uint64 key per (text, band): equal keys mean equal rows (up to 2**-64 collisions)."""
+        banded = sigs.reshape(len(sigs), self.bands, self.rows)
+        acc = np.broadcast_to(self._band_add, banded.shape[:2]).copy()
+        for t in range(self.rows):
+            acc += banded[:, :, t].astype(np.uint64) * self._row_mul[t]
+        keys = _fmix64(acc)
+        keys[keys == 0] = 1
+        return keys
+
+
+class _KeyTable:
+    """A multimap uint64 key -> int32 value in two NumPy arrays: open addressing with linear probing, key 0
+    marks a free slot. Lookups and inserts take whole arrays of keys."""
+
+    _MAX_LOAD = 0.6
+
+    def __init__(self, capacity: int = 1 << 12):
+        self._keys = np.zeros(capacity, dtype=np.uint64)
+        self._vals = np.zeros(capacity, dtype=np.int32)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def nbytes(self) -> int:
+        return self._keys.nbytes + self._vals.nbytes
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All matches as ``(query index, value)`` arrays."""
+        mask = np.uint64(len(self._keys) - 1)
+        query = np.arange(len(keys))
+        slot = (keys & mask).astype(np.int64)
+        found_q, found_v = [], []
+        while query.size:
+            at = self._keys[slot]
+            hit = at == keys[query]
+            if hit.any():
+                found_q.append(query[hit])
+                found_v.append(self._vals[slot[hit]])
+            more = at != 0
+            query, slot = query[more], (slot[more] + 1) & (len(self._keys) - 1)
+        if not found_q:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int32)
+        return np.concatenate(found_q), np.concatenate(found_v)
+
+    def insert(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        if (self._size + len(keys)) > self._MAX_LOAD * len(self._keys):
+            capacity = len(self._keys)
+            while (self._size + len(keys)) > self._MAX_LOAD * capacity:
+                capacity *= 2
+            old_keys, old_vals = self._keys, self._vals
+            used = old_keys != 0
+            self._keys = np.zeros(capacity, dtype=np.uint64)
+            self._vals = np.zeros(capacity, dtype=np.int32)
+            self._place(old_keys[used], old_vals[used])
+        self._place(keys, vals)
+        self._size += len(keys)
+
+    def _place(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        wrap = len(self._keys) - 1
+        pending = np.arange(len(keys))
+        slot = (keys & np.uint64(wrap)).astype(np.int64)
+        while pending.size:
+            free = self._keys[slot] == 0
+            claims = np.flatnonzero(free)
+            taken, first = np.unique(slot[claims], return_index=True)  # one key per free slot per round
+            winners = pending[claims[first]]
+            self._keys[taken], self._vals[taken] = keys[winners], vals[winners]
+            placed = np.zeros(len(pending), dtype=bool)
+            placed[claims[first]] = True
+            slot = np.where(free, slot, (slot + 1) & wrap)  # losers retry the (now taken) slot next round
+            pending, slot = pending[~placed], slot[~placed]
+
+
+class NearDuplicateIndex:
+    """The kept texts' signatures and band keys; :meth:`add` checks a new text against them.
+
+    Kept texts get ids 0, 1, 2, ... in the order they were added. Texts are not stored."""
+
+    def __init__(self, spec: NearDedupSpec):
+        self.spec = spec
+        self._hasher = _MinHasher(spec)
+        n_perm = spec.bands * spec.rows
+        self._need = int(np.ceil(spec.threshold * n_perm - 1e-9))  # equal values needed: estimate >= threshold
+        self._sigs = np.zeros((1024, n_perm), dtype=np.uint32)
+        self._kept = 0
+        self._table = _KeyTable()
+
+    def __len__(self) -> int:
+        return self._kept
+
+    def nbytes(self) -> int:
+        """Bytes held by the signatures and the band table."""
+        return self._sigs.nbytes + self._table.nbytes()
+
+    def add(self, text: str) -> int | None:
+        """Index ``text`` unless it near-duplicates a text already kept. Returns None when kept (it is then
+        indexed, and gets the next kept id 0,1,2,...), or the kept id of the earlier text it duplicates."""
+        return self.add_batch([text])[0]
+
+    def add_batch(self, texts: Sequence[str]) -> list[int | None]:
+        """:meth:`add` for each text in order, in one vectorised pass: the same answers as one call per text."""
+        return [None if m < 0 else m for m in self._add_batch(texts).tolist()]
+
+    def _add_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Kept id of the earliest kept text each text duplicates, -1 for a text that is kept."""
+        n_texts = len(texts)
+        match = np.full(n_texts, -1, dtype=np.int64)
+        sigs, rows = self._hasher.signatures(texts)
+        keys = self._hasher.band_keys(sigs)
+        bands = self.spec.bands
+        dup = np.full(len(rows), -1, dtype=np.int64)  # per text with words: kept id matched, or -1
+
+        # 1. Against the texts kept before this batch: all candidates verified at once; the smallest verified id.
+        if len(self._table):
+            query, kept_id = self._table.lookup(keys.ravel())
+            if query.size:
+                pairs = np.unique((query // bands) << 32 | kept_id.astype(np.int64))
+                text, kept_id = pairs >> 32, pairs & 0xFFFFFFFF
+                same = np.count_nonzero(sigs[text] == self._sigs[kept_id], axis=1) >= self._need
+                text, kept_id = text[same], kept_id[same]
+                first = np.unique(text, return_index=True)[1]
+                dup[text[first]] = kept_id[first]
+
+        # 2. Within the batch: a text that shares no band key with another text of the batch is kept; the others
+        # are resolved in order against the batch's texts kept before them.
+        live = np.flatnonzero(dup < 0)
+        local = np.full(len(rows), -1, dtype=np.int64)  # row of the batch text matched within the batch
+        if live.size > 1:
+            flat = keys[live].ravel()
+            _, group, sizes = np.unique(flat, return_inverse=True, return_counts=True)
+            shared = sizes[group] > 1
+            if shared.any():
+                self._resolve_in_batch(live, group, shared, sigs, local)
+
+        # 3. Ids in text order (texts without words are kept too), then index the new kept texts.
+        has_words = np.zeros(n_texts, dtype=bool)
+        has_words[rows] = True
+        kept_mask = np.ones(n_texts, dtype=bool)
+        kept_mask[rows[(dup >= 0) | (local >= 0)]] = False
+        new_ids = self._kept + np.cumsum(kept_mask) - 1
+        match[rows] = dup
+        in_batch = np.flatnonzero(local >= 0)
+        match[rows[in_batch]] = new_ids[rows[local[in_batch]]]
+        kept_rows = np.flatnonzero(kept_mask[rows])
+        n_new = int(kept_mask.sum())
+        self._store(sigs[kept_rows], new_ids[rows[kept_rows]], n_new)
+        self._table.insert(keys[kept_rows].ravel(), np.repeat(new_ids[rows[kept_rows]], bands).astype(np.int32))
+        return match
+
+    def _resolve_in_batch(
+        self, live: np.ndarray, group: np.ndarray, shared: np.ndarray, sigs: np.ndarray, local: np.ndarray
+    ) -> None:
+        bands = self.spec.bands
+        entries = np.flatnonzero(shared)
+        entry_row, entry_group = live[entries // bands], group[entries]
+        members: dict[int, list[int]] = {}
+        for g, r in zip(entry_group.tolist(), entry_row.tolist(), strict=True):  # rows ascend: members in order
+            members.setdefault(g, []).append(r)
+        groups_of: dict[int, list[int]] = {}
+        for g, r in zip(entry_group.tolist(), entry_row.tolist(), strict=True):
+            groups_of.setdefault(r, []).append(g)
+        for r in sorted(groups_of):
+            earlier = sorted({m for g in groups_of[r] for m in members[g] if m < r and local[m] < 0})
+            for m in earlier:
+                if np.count_nonzero(sigs[r] == sigs[m]) >= self._need:
+                    local[r] = m
+                    break
+
+    def _store(self, sigs: np.ndarray, ids: np.ndarray, n_new: int) -> None:
+        total = self._kept + n_new
+        if total > len(self._sigs):
+            grown = np.zeros((max(total, 2 * len(self._sigs)), self._sigs.shape[1]), dtype=np.uint32)
+            grown[: self._kept] = self._sigs[: self._kept]
+            self._sigs = grown
+        self._sigs[ids] = sigs  # texts without words keep a row of zeros, never looked up
+        self._kept = total
+
+
+def signatures(texts: Sequence[str], spec: NearDedupSpec) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures (uint32, ``bands * rows`` per text) of the texts that have words, and their positions."""
+    return _MinHasher(spec).signatures(texts)
+
+
+def find_near_duplicates(texts: Sequence[str], spec: NearDedupSpec) -> list[int | None]:
+    """For each text in order: None if kept, else the position in ``texts`` of the earliest kept text it
+    near-duplicates. The first of a group of near duplicates is kept. Texts are processed in batches."""
+    index = NearDuplicateIndex(spec)
+    kept_at = np.empty(len(texts), dtype=np.int64)  # kept id -> position
+    out = np.empty(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), _BATCH_DOCS):
+        batch = texts[start : start + _BATCH_DOCS]
+        match = index._add_batch(batch)
+        kept = match < 0
+        n_before = len(index) - int(kept.sum())
+        kept_at[n_before : len(index)] = start + np.flatnonzero(kept)
+        out[start : start + len(batch)] = np.where(kept, -1, kept_at[np.maximum(match, 0)])
+    return [None if m < 0 else m for m in out.tolist()]

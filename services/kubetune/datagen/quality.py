@@ -1,0 +1,138 @@
+"""Heuristic quality filters on one generated sample (instruction + answer): cheap checks, no model.
+
+``drop_reason`` runs them in a fixed order and names the first that fails; the funnel counts these names.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubetune.spec.datasetbuild import QualitySpec
+
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    """Casefolded ``\\w+`` tokens."""
+    return _WORD.findall(text.casefold())
+
+
+def repeated_ngram_ratio(text: str, n: int = 3) -> float:
+    """Share of the word n-grams that repeat an earlier one (0 for a text of fewer than n words)."""
+    tokens = _words(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def non_alpha_ratio(text: str) -> float:
+    """Share of the non-space characters that are neither letters nor digits (0 for an empty text)."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return 0.0
+    return sum(not c.isalnum() for c in chars) / len(chars)
+
+
+def _normalise_quotes(text: str) -> str:
+    return text.replace("\u2019", "'").replace("\u2018", "'")
+
+
+_I_CANT = (
+    r"i(?:\s+(?:can't|cannot|can\s+not|am\s+not\s+able|am\s+unable|won't|will\s+not|must\s+decline)"
+    r"|'m\s+(?:not\s+able|unable))"
+)
+_SENTENCE_START = r"(?:^|(?<=[.!?:\n]))\s*[\"'(]*"
+_REFUSALS = [
+    re.compile(p, re.I)
+    for p in (
+        # An apology that turns into a refusal: "I'm sorry, but I can't ...", "Unfortunately, as an AI ...".
+        _SENTENCE_START + r"(?:i'm\s+(?:so\s+|very\s+|really\s+)?sorry|i\s+am\s+sorry|sorry|i\s+apologi[sz]e"
+        r"|unfortunately)\b[^.!?]{0,60}?\b(?:" + _I_CANT + r"|i\s+(?:do\s+not|don't)\s+(?:have|know)|as\s+an\s+ai)\b",
+        # "I cannot provide / answer / help ..." at a sentence's start, after an optional "Unfortunately,".
+        _SENTENCE_START + r"(?:(?:unfortunately|however|but|so|sadly)\s*,?\s*)?" + _I_CANT + r"\s+(?:to\s+)?"
+        r"(?:provide|answer|help|assist|comply|fulfil|fulfill|browse|access|share|give|generate|create|discuss"
+        r"|engage|offer|determine|confirm|verify|tell\s+you|do\s+that)\b",
+        # "As an AI (language model), ..." or "As an AI I ...": not "As an AI researcher".
+        r"\bas\s+an\s+ai(?:\s+(?:language\s+model|model|assistant|system|chatbot))?(?:\s*[,:;.]|\s+i\b)",
+        r"\bi(?:'m|\s+am)\s+(?:just\s+|only\s+)?an\s+ai(?:\s+(?:language\s+model|model|assistant|system|chatbot)\b"
+        r"|\s*[,.;:!]|\s+and\b)",
+        r"\bi\s+(?:do\s+not|don't)\s+have\s+(?:access|the\s+ability|personal\s+(?:opinions|experiences|feelings)"
+        r"|(?:any\s+|enough\s+|specific\s+|real-time\s+)?(?:information|data|details))\b",
+        r"\bmy\s+(?:knowledge\s+cut-?off|training\s+data(?:\s+only)?\s+(?:goes|extends|includes))\b",
+    )
+]
+
+
+def is_refusal(answer: str) -> bool:
+    """A refusal or an "as an AI" disclaimer instead of an answer ("I cannot stress enough" is not one)."""
+    text = _normalise_quotes(answer)
+    return any(p.search(text) for p in _REFUSALS)
+
+
+_CONTEXT_NOUN = r"(?:text|passage|excerpt|context|document|article|snippet|chunk)"
+_QUALIFIER = r"(?:provided|given|above|original|source|accompanying|following|preceding|reference)"
+_REFERENCE_VERB = (
+    r"(?:says|said|states|stated|mentions|mentioned|describes|described|explains|explained|notes|noted|suggests"
+    r"|suggested|indicates|indicated|discusses|discussed|refers|referred|highlights|highlighted|emphasi[sz]es"
+    r"|focuses|outlines|presents|argues|claims|lists|specifies|does\s+not|doesn't|did\s+not|didn't|is\s+about"
+    r"|above|below|itself|here)"
+)
+_CONTEXT_REFERENCES = [
+    re.compile(p, re.I)
+    for p in (
+        rf"\b(?:according\s+to|based\s+on|as\s+(?:stated|mentioned|described|noted)\s+in)\s+the\s+(?:{_QUALIFIER}\s+)?"
+        rf"{_CONTEXT_NOUN}\b(?!\s+(?:editor|file|box|field|of\b))",
+        rf"\b(?:the|this)\s+{_QUALIFIER}\s+(?:{_CONTEXT_NOUN}|information|material|content)\b",
+        rf"\b(?:the|this)\s+{_CONTEXT_NOUN}\s+{_REFERENCE_VERB}\b",
+        rf"\b(?:mentioned|stated|described|given|provided|discussed)\s+in\s+the\s+{_CONTEXT_NOUN}\b",
+        rf"\b(?:in|from|within|throughout)\s+the\s+{_CONTEXT_NOUN}\s*[,.;:!?)]",
+    )
+]
+
+
+def mentions_context(answer: str) -> bool:
+    """The answer refers to the source it was written from ("according to the text", "the passage says",
+    "the provided information"), which the reader of the dataset never sees. Whole phrases only: "the text
+    editor vim" or "in the context of databases" do not count."""
+    return any(p.search(answer) for p in _CONTEXT_REFERENCES)
+
+
+def restates_instruction(instruction: str, answer: str) -> bool:
+    """The answer is (nearly) just the instruction again: its words are a run of the instruction's covering at
+    least half of it, or the two word sets have Jaccard similarity >= 0.8 and the answer is at most 1.5 times
+    as many words."""
+    asked, said = _words(instruction), _words(answer)
+    if not asked or not said:
+        return False
+    if len(said) * 2 >= len(asked) and f" {' '.join(said)} " in f" {' '.join(asked)} ":
+        return True
+    a, b = set(asked), set(said)
+    return len(a & b) / len(a | b) >= 0.8 and len(said) <= 1.5 * len(asked)
+
+
+def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
+    """The first check the sample fails, or ``None``. The order: instruction_too_short, answer_too_short,
+    answer_too_long, refusal, mentions_context, restates_instruction, repeated_ngrams, non_alpha. Lengths count
+    the stripped characters; ``drop_refusals``, ``drop_context_references`` and ``drop_restated_instructions``
+    switch their checks off, ``enabled: false`` all of them."""
+    if not spec.enabled:
+        return None
+    instruction, answer = instruction.strip(), answer.strip()
+    if len(instruction) < spec.min_instruction_chars:
+        return "instruction_too_short"
+    if len(answer) < spec.min_answer_chars:
+        return "answer_too_short"
+    if len(answer) > spec.max_answer_chars:
+        return "answer_too_long"
+    if spec.drop_refusals and is_refusal(answer):
+        return "refusal"
+    if spec.drop_context_references and mentions_context(answer):
+        return "mentions_context"
+    if spec.drop_restated_instructions and restates_instruction(instruction, answer):
+        return "restates_instruction"
+    if repeated_ngram_ratio(answer) > spec.max_repeated_ngram_ratio:
+        return "repeated_ngrams"
+    if non_alpha_ratio(answer) > spec.max_non_alpha_ratio:
+        return "non_alpha"
+    return None

@@ -1,0 +1,133 @@
+"""Heuristic quality filters: each reason caught on a realistic sample, and spared on a close good one."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.datagen import quality
+from kubetune.spec.datasetbuild import QualitySpec
+
+QUESTION = "What does low-rank adaptation train during fine-tuning?"
+GOOD = "It trains two small matrices per layer while the pretrained weights stay frozen."
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I'm sorry, but I can't help with that request.",
+        "I\u2019m sorry, but I can\u2019t help with that.",
+        "Sorry, as an AI I have no opinion on this.",
+        "As an AI language model, I do not have personal opinions.",
+        "As an AI, I cannot answer that.",
+        "I cannot provide medical advice; please see a doctor.",
+        "Unfortunately, I am unable to answer questions about this topic.",
+        "I don't have access to the internet, so I cannot check.",
+        "Good question. I'm not able to help with that.",
+    ],
+)
+def test_refusals(answer):
+    assert quality.is_refusal(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I cannot stress enough how important a learning-rate warm-up is.",
+        "As an AI researcher, Geoffrey Hinton popularised backpropagation.",
+        "Sorry is one of the most common words in British English.",
+        "The error message reads: cannot provide credentials for this host.",
+        "Unfortunately, the bridge collapsed in 1940 after strong winds.",
+        "The researchers did not have access to the original data, so they rebuilt it.",
+    ],
+)
+def test_not_refusals(answer):
+    assert not quality.is_refusal(answer)
+
+
+@pytest.mark.parametrize(
+    ("answer", "mentions"),
+    [
+        ("According to the text, vim has a modal interface.", True),
+        ("The text editor vim has a modal interface.", False),
+        ("The passage says that adapters are trained.", True),
+        ("The Northwest Passage is frozen for most of the year.", False),
+        ("Based on the provided information, it trains adapters.", True),
+        ("In the context of databases, a transaction is atomic.", False),
+        ("This is explained in the document.", True),
+        ("The document was signed in 1215 at Runnymede.", False),
+        ("As mentioned in the excerpt, the base is frozen.", True),
+        ("Which one to choose depends on the context.", False),
+        ("The given context does not say.", True),
+        ("The article describes three methods of quantization.", True),
+    ],
+)
+def test_mentions_context(answer, mentions):
+    assert quality.mentions_context(answer) is mentions
+
+
+@pytest.mark.parametrize(
+    ("instruction", "answer", "restates"),
+    [
+        (QUESTION, QUESTION, True),
+        (QUESTION, "what does low rank adaptation train during fine tuning", True),
+        (QUESTION, "Low-rank adaptation: what does it train during fine-tuning?", True),
+        ("Explain what LoRA trains, in one sentence.", "Explain what LoRA trains", True),
+        (QUESTION, GOOD, False),
+        ("What is the capital of France?", "The capital of France is Paris.", False),
+        ("Which is larger, the Sun or the Moon?", "The Sun", False),
+    ],
+)
+def test_restates_instruction(instruction, answer, restates):
+    assert quality.restates_instruction(instruction, answer) is restates
+
+
+def test_ratios():
+    assert quality.repeated_ngram_ratio("a b c a b c") == pytest.approx(1 / 4)
+    assert quality.repeated_ngram_ratio("A b. C") == 0.0 and quality.repeated_ngram_ratio("") == 0.0
+    assert quality.non_alpha_ratio("ab!? ") == pytest.approx(0.5)
+    assert quality.non_alpha_ratio("   ") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("instruction", "answer", "reason"),
+    [
+        ("Why?", GOOD, "instruction_too_short"),
+        (QUESTION, "Two matrices.", "answer_too_short"),
+        (QUESTION, "x" * 4001, "answer_too_long"),
+        (QUESTION, "I'm sorry, but I cannot help with that request.", "refusal"),
+        (QUESTION, "According to the text, it trains two small matrices per layer.", "mentions_context"),
+        (QUESTION, QUESTION, "restates_instruction"),
+        (QUESTION, "It trains the adapters and it trains the adapters and it trains the adapters.", "repeated_ngrams"),
+        (QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", "non_alpha"),
+        (QUESTION, GOOD, None),
+        (QUESTION, "I cannot stress enough that it trains two small matrices per layer.", None),
+        (QUESTION, "The text editor vim has nothing to do with it; it trains adapters.", None),
+    ],
+)
+def test_drop_reason(instruction, answer, reason):
+    assert quality.drop_reason(instruction, answer, QualitySpec()) == reason
+
+
+def test_first_failed_check_wins():
+    # Too short, a refusal and a context reference at once: the length check comes first.
+    assert quality.drop_reason(QUESTION, "Sorry, I cannot.", QualitySpec()) == "answer_too_short"
+    # A refusal that also mentions the text: refusal comes before mentions_context.
+    both = "I'm sorry, but I cannot answer; the text does not say."
+    assert quality.drop_reason(QUESTION, both, QualitySpec()) == "refusal"
+    assert quality.drop_reason(QUESTION, both, QualitySpec(drop_refusals=False)) == "mentions_context"
+    # A restatement that is also mostly punctuation: restates_instruction comes before non_alpha.
+    shouted = "What does low-rank adaptation train?!?!?!?!?!?!?!?!?!?!?!?!"
+    assert quality.drop_reason("What does low-rank adaptation train?", shouted, QualitySpec()) == "restates_instruction"
+    assert quality.non_alpha_ratio(shouted) > 0.25
+    # The question said twice is too long for a restatement, but half its 3-grams repeat.
+    assert quality.drop_reason(QUESTION, f"{QUESTION} {QUESTION}", QualitySpec()) == "repeated_ngrams"
+
+
+def test_switches_turn_their_checks_off():
+    off = QualitySpec(drop_refusals=False, drop_context_references=False, drop_restated_instructions=False)
+    for answer in ("I'm sorry, but I cannot help with that request.", "According to the text, it trains adapters."):
+        assert quality.drop_reason(QUESTION, answer, off) is None
+    assert quality.drop_reason(QUESTION, QUESTION, off) is None
+    assert quality.drop_reason("Why?", "x", QualitySpec(enabled=False)) is None
+    lenient = QualitySpec(max_repeated_ngram_ratio=1.0, max_non_alpha_ratio=1.0)
+    assert quality.drop_reason(QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", lenient) is None
