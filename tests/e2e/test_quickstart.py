@@ -33,7 +33,7 @@ def check_dataset(folder: Path) -> dict:
     manifest = json.loads((folder / "manifest.json").read_text())
     stages = {s["name"]: s for s in manifest["stages"]}
     assert stages["ingest"]["output"] == 6
-    assert stages["dedup_chunks"]["dropped"]["exact_duplicate"] >= 1  # the duplicate document
+    assert stages["dedup_documents"]["dropped"]["exact_duplicate"] == 1  # the duplicate document
     assert manifest["files"]["train.parquet"]["rows"] >= 4
     return manifest
 

@@ -502,3 +502,14 @@ def test_parse_samples_counts_what_it_drops(completion, kept, reason, tiny_model
     chunk = generate.Chunk("c1", "doc", "text")
     assert len(generate.parse_samples(completion, chunk, spec, dropped)) == kept
     assert dropped == ({reason: 1} if reason else {})
+
+
+def test_an_extract_copied_loosely_is_snapped_to_the_chunks_own_sentences():
+    chunk = LORA + QLORA
+    loose = "The product of both matrices is added to the frozen weights, so an adapter costs little memory"
+    assert generate.verbatim_extract(loose, chunk) == (
+        "The product of the two matrices is added to the frozen weight, so the adapter costs little memory."
+    )
+    two = "Double quantization compresses the constants. Paged optimizers move states to CPU memory in a spike."
+    assert generate.verbatim_extract(two, chunk) == QLORA[QLORA.index("Double") :].strip()
+    assert generate.verbatim_extract("Bananas are yellow and grow in bunches on large plants.", chunk) is None

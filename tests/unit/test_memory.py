@@ -528,3 +528,14 @@ def test_cli_exits_1_naming_the_field(tmp_path, spec_yaml, expected):
     else:
         assert result.exit_code == 1, result.output
         assert expected in result.output
+
+
+def test_dpo_plans_two_sequences_per_sample_and_a_reference_copy_for_full(tmp_path):
+    folder = model_dir(tmp_path, SMOLLM2_135M)
+    for method in ("lora", "full"):
+        sft = spec_for(folder, method, perDeviceTrainBatchSize=2, maxLength=256)
+        dpo = sft.model_copy(update={"objective": "dpo"})
+        a, b = plan_memory(load_config(folder), sft), plan_memory(load_config(folder), dpo)
+        assert b.batch == 2 * a.batch and b.activations > a.activations
+        assert b.weights == (2 * a.weights if method == "full" else a.weights)
+        assert any(n.startswith("dpo") for n in b.notes)

@@ -117,3 +117,46 @@ def test_entrypoint_reports_a_bad_spec(tmp_path, capsys):
     spec_file.write_text(json.dumps({"baseModel": "m", "dataset": {"path": "d"}, "method": "lorra"}))
     assert main(["--spec", str(spec_file), "--dataset", "d", "--output", str(tmp_path / "out")]) == 1
     assert "spec.method" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def preference_dataset(tmp_path):
+    """Prompt/chosen/rejected rows in TRL's conversational format, as a preference DatasetBuild writes them."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"What does LoRA train, case {i % 4}?"}],
+            "chosen": [{"role": "assistant", "content": "LoRA trains small low-rank adapters."}],
+            "rejected": [{"role": "assistant", "content": "It retrains every weight of the model."}],
+        }
+        for i in range(16)
+    ]
+    folder = tmp_path / "preference"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:12]), folder / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[12:]), folder / "test.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_dpo_learns_to_prefer_the_chosen_answer(tmp_path, tiny_model, preference_dataset, method):
+    spec = spec_for(tiny_model, learningRate=1e-3 if method == "lora" else 1e-4, maxSteps=8)
+    spec = spec.model_copy(update={"objective": "dpo", "method": method})
+    metrics = train(spec, preference_dataset, tmp_path / "out", log=lambda _: None)
+    assert metrics["objective"] == "dpo" and metrics["steps"] == 8
+    # DPO's loss starts at ln 2 (policy = reference) and falls as chosen pulls away from rejected.
+    assert metrics["initial_eval_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert metrics["eval_loss"] < metrics["initial_eval_loss"]
+    assert metrics["rewards/accuracies"] == 1.0 and metrics["rewards/margins"] > 0
+    saved = tmp_path / "out" / ("adapter" if method == "lora" else "model")
+    assert (saved / ("adapter_config.json" if method == "lora" else "config.json")).exists()
+
+
+def test_the_objective_must_match_the_dataset(tmp_path, tiny_model, dataset, preference_dataset):
+    from kubetune.trainer.sft import DatasetMismatchError
+
+    sft = spec_for(tiny_model)
+    with pytest.raises(DatasetMismatchError, match=r"has no completion .*it holds dpo data .*set spec\.objective: dpo"):
+        train(sft, preference_dataset, tmp_path / "a", log=lambda _: None)
+    dpo = sft.model_copy(update={"objective": "dpo"})
+    with pytest.raises(DatasetMismatchError, match=r"has no chosen, rejected .*spec\.type: preference"):
+        train(dpo, dataset, tmp_path / "b", log=lambda _: None)

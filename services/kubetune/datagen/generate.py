@@ -156,10 +156,39 @@ def _squash(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def verbatim_extract(extract: str, chunk_text: str) -> str | None:
-    """The extract as it stands in the chunk (white space aside), or None when the model made it up."""
+def _word_list(text: str) -> list[str]:
+    return re.findall(r"\w+", text.casefold())
+
+
+def verbatim_extract(extract: str, chunk_text: str, min_overlap: float = 0.6) -> str | None:
+    """The chunk's own words for the model's extract: the extract itself when it stands in the chunk (white
+    space aside); otherwise the run of whole chunk sentences that best matches it (word F1), when at least
+    ``min_overlap`` of the extract's words are in that run. None when the model made the extract up.
+
+    Small models paraphrase while they "copy"; snapping to the chunk's sentences keeps every chosen answer
+    verbatim and sentence-bounded whatever the model did, and drops extracts that are not in the chunk.
+    """
+    from kubetune.datagen.documents import sentences
+
     extract = _squash(extract)
-    return extract if extract and extract in _squash(chunk_text) else None
+    if extract and extract in _squash(chunk_text):
+        return extract
+    wanted = _word_list(extract)
+    if not wanted:
+        return None
+    parts = sentences(_squash(chunk_text))
+    words = [_word_list(p) for p in parts]
+    best, best_f1 = None, 0.0
+    for i in range(len(parts)):
+        bag: list[str] = []
+        for j in range(i, min(i + 4, len(parts))):  # runs of up to four sentences
+            bag += words[j]
+            common = sum(min(bag.count(w), wanted.count(w)) for w in set(wanted))
+            recall, precision = common / len(wanted), common / max(len(bag), 1)
+            f1 = 2 * recall * precision / (recall + precision) if common else 0.0
+            if f1 > best_f1 and recall >= min_overlap:
+                best, best_f1 = " ".join(parts[i : j + 1]), f1
+    return best
 
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")

@@ -29,8 +29,9 @@ buffer, word boundaries and word hashes come from prefix sums over the bytes, th
 shingles of a few documents are one broadcast multiply and ``np.minimum.reduceat``. Python runs once per batch,
 and per document only for the rare documents that share a band with another document of the same batch.
 
-Memory. Kept texts cost their signature (4 bytes per permutation) and their band keys in an open-addressing
-hash table (8-byte key, 4-byte id, at most 60 % load); texts themselves are not kept.
+Memory. A kept text costs the low 16 bits of its signature values (224 bytes by default: two different minima
+agree on them with probability 2**-16, which moves an estimate by less than 0.0001) and one entry per band in
+an open-addressing hash table (8-byte key, 4-byte id, at most 70 % full); the texts themselves are not kept.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class _MinHasher:
         seed = spec.seed
         word_mul = int(_constants(seed, "word", 1)[0])
         self._word_mul, self._word_inv = word_mul, pow(word_mul, -1, _MOD)
-        self._powers = self._inv_powers = np.ones(1, dtype=np.uint64)
+        self._powers = self._inv_powers = np.ones(1, dtype=np.uint64)  # M**i, M**-i: see _powers_upto
         self._len_mul = _constants(seed, "length", 1)[0]
         self._shingle_mul = _constants(seed, "shingle", spec.shingle_size)
         self._perm = _constants(seed, "permutation", spec.bands * spec.rows, np.uint32)[:, None]
@@ -107,14 +108,18 @@ class _MinHasher:
 
     # -- words ----------------------------------------------------------------------------------------------
 
-    def _ensure_powers(self, n: int) -> None:
+    def _powers_upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``M**i`` and ``M**-i`` mod 2**64 for i < n; kept for reuse up to one piece's length."""
         if len(self._powers) >= n:
-            return
-        n = max(n, 2 * len(self._powers))
-        self._powers = np.cumprod(np.full(n, self._word_mul, dtype=np.uint64), dtype=np.uint64)
-        self._powers = np.concatenate([np.ones(1, dtype=np.uint64), self._powers[:-1]])
-        inv = np.cumprod(np.full(n, self._word_inv, dtype=np.uint64), dtype=np.uint64)
-        self._inv_powers = np.concatenate([np.ones(1, dtype=np.uint64), inv[:-1]])
+            return self._powers, self._inv_powers
+        size = max(n, min(2 * len(self._powers), _PIECE_BYTES + 1))
+        powers, inv_powers = (
+            np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, m, dtype=np.uint64), dtype=np.uint64)])
+            for m in (self._word_mul, self._word_inv)
+        )
+        if size <= _PIECE_BYTES + 1:  # a longer single word gets tables of its own, not kept
+            self._powers, self._inv_powers = powers, inv_powers
+        return powers, inv_powers
 
     def _word_hashes(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Hash of each word ``buf[starts[i]:ends[i]]``: sum of byte * M**offset, by prefix sums over pieces."""
@@ -124,12 +129,12 @@ class _MinHasher:
             lo = int(starts[i])
             j = max(i + 1, int(np.searchsorted(ends, lo + _PIECE_BYTES, side="right")))
             hi = int(ends[j - 1])
-            self._ensure_powers(hi - lo + 1)
+            powers, inv_powers = self._powers_upto(hi - lo + 1)
             prefix = np.empty(hi - lo + 1, dtype=np.uint64)
             prefix[0] = 0
-            np.cumsum(buf[lo:hi] * self._powers[: hi - lo], out=prefix[1:])
+            np.cumsum(buf[lo:hi] * powers[: hi - lo], out=prefix[1:])
             s, e = starts[i:j] - lo, ends[i:j] - lo
-            out[i:j] = (prefix[e] - prefix[s]) * self._inv_powers[s]
+            out[i:j] = (prefix[e] - prefix[s]) * inv_powers[s]
             i = j
         out += (ends - starts).astype(np.uint64) * self._len_mul
         return _fmix64(out)
@@ -216,7 +221,7 @@ class _KeyTable:
     """A multimap uint64 key -> int32 value in two NumPy arrays: open addressing with linear probing, key 0
     marks a free slot. Lookups and inserts take whole arrays of keys."""
 
-    _MAX_LOAD = 0.6
+    _MAX_LOAD = 0.7
 
     def __init__(self, capacity: int = 1 << 12):
         self._keys = np.zeros(capacity, dtype=np.uint64)
@@ -286,7 +291,7 @@ class NearDuplicateIndex:
         self._hasher = _MinHasher(spec)
         n_perm = spec.bands * spec.rows
         self._need = int(np.ceil(spec.threshold * n_perm - 1e-9))  # equal values needed: estimate >= threshold
-        self._sigs = np.zeros((1024, n_perm), dtype=np.uint32)
+        self._sigs = np.zeros((1024, n_perm), dtype=np.uint16)  # low 16 bits of each value, for verification
         self._kept = 0
         self._table = _KeyTable()
 
@@ -312,6 +317,7 @@ class NearDuplicateIndex:
         match = np.full(n_texts, -1, dtype=np.int64)
         sigs, rows = self._hasher.signatures(texts)
         keys = self._hasher.band_keys(sigs)
+        sigs = sigs.astype(np.uint16)  # verification compares the low 16 bits (b-bit MinHash)
         bands = self.spec.bands
         dup = np.full(len(rows), -1, dtype=np.int64)  # per text with words: kept id matched, or -1
 
@@ -374,7 +380,7 @@ class NearDuplicateIndex:
     def _store(self, sigs: np.ndarray, ids: np.ndarray, n_new: int) -> None:
         total = self._kept + n_new
         if total > len(self._sigs):
-            grown = np.zeros((max(total, 2 * len(self._sigs)), self._sigs.shape[1]), dtype=np.uint32)
+            grown = np.zeros((max(total, len(self._sigs) * 3 // 2), self._sigs.shape[1]), dtype=np.uint16)
             grown[: self._kept] = self._sigs[: self._kept]
             self._sigs = grown
         self._sigs[ids] = sigs  # texts without words keep a row of zeros, never looked up

@@ -50,7 +50,7 @@ class LoraSpec(SpecModel):
 
 
 class TrainingSpec(SpecModel):
-    """TRL SFTConfig options."""
+    """TRL SFTConfig (or DPOConfig) options; packing and completionOnlyLoss apply to sft only."""
 
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
     num_train_epochs: float = Field(1.0, gt=0.0)
@@ -67,6 +67,23 @@ class TrainingSpec(SpecModel):
     save_steps: int = Field(50, ge=1, description="A checkpoint every this many steps; a restarted pod resumes.")
     gradient_checkpointing: bool = False
     seed: int = 42
+
+
+class DpoSpec(SpecModel):
+    """TRL DPOConfig options (objective dpo). The reference model is the frozen base: for lora and qlora the
+    policy with its adapter switched off, for full a frozen copy of the base model."""
+
+    beta: float = Field(0.1, gt=0.0, description="How far the policy may move from the reference model.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down"] = Field(
+        "sigmoid", description="sigmoid is the DPO paper's loss; ipo, hinge and the others as TRL defines them."
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="Conservative DPO / robust: assumed label noise.")
+    truncation_mode: Literal["keep_start", "keep_end"] = Field(
+        "keep_start", description="Which end of a pair longer than training.maxLength is kept."
+    )
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the reference model's log probabilities once before training."
+    )
 
 
 class ResourcesSpec(SpecModel):
@@ -95,14 +112,19 @@ class RegistrySpec(SpecModel):
 
 
 class FineTuneJobSpec(SpecModel):
-    """Supervised fine-tuning of a base model on a dataset, then publishing the adapter."""
+    """Fine-tuning of a base model on a dataset (SFT or DPO), then publishing the adapter."""
 
     base_model: str = Field(description="Path of a Hugging Face model folder.")
     dataset: DatasetSource
     method: Literal["full", "lora", "qlora"] = Field(
         "lora", description="full: all weights; lora: PEFT LoRA; qlora: LoRA over a 4-bit NF4 base."
     )
-    objective: Literal["sft"] = Field("sft", description="Training objective: supervised fine-tuning.")
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: supervised fine-tuning on prompt/completion rows; dpo: direct preference optimization "
+        "on prompt/chosen/rejected rows (a DatasetBuild of type preference).",
+    )
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -14,7 +14,7 @@ from pathlib import Path
 from kubetune.registry import publish
 from kubetune.registry.lineage import tree_digest
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
-from kubetune.trainer.sft import train
+from kubetune.trainer.sft import DatasetMismatchError, train
 
 
 def _dataset_digest(dataset_dir: Path) -> str:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
         metrics = train(spec, args.dataset, args.output)
-    except (SpecError, FileNotFoundError) as exc:
+    except (SpecError, FileNotFoundError, DatasetMismatchError) as exc:
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}

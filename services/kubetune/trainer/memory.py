@@ -608,6 +608,10 @@ def plan_memory(
         weights_u = shape.unquantized_params * unq_b
         trainable = n_lora
         grad_b = adapter_b
+    if spec.objective == "dpo" and method == "full":
+        # The reference model: a frozen copy of the base (adapters use the base itself, adapter switched off).
+        weights_u += shape.parameters * w_b
+        notes.append("dpo, full: a frozen reference copy of the weights is counted with the weights")
     weights = weights_q + weights_u
     adapters = n_lora * adapter_b
     gradients = trainable * grad_b
@@ -641,6 +645,9 @@ def plan_memory(
 
     # Activations
     b, s = t.per_device_train_batch_size, t.max_length
+    if spec.objective == "dpo":
+        b *= 2  # TRL's DPOTrainer runs chosen and rejected through the policy as one batch
+        notes.append("dpo: chosen and rejected go through the model as one batch of twice perDeviceTrainBatchSize")
     n_tok = b * s
     padded = (not t.packing) if a.padded_batches is None else a.padded_batches
     h, q, k, f = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate

@@ -1,4 +1,9 @@
-"""One SFT run: load the base model (4-bit NF4 for QLoRA), attach LoRA, train with TRL, save the adapter.
+"""One training run: load the base model (4-bit NF4 for QLoRA), attach LoRA, train with TRL's SFTTrainer or
+DPOTrainer, save the adapter.
+
+DPO reads prompt/chosen/rejected rows (TRL's conversational preference format, what a preference
+DatasetBuild writes); its reference model is the frozen base, which for an adapter is the policy with the
+adapter switched off (no second copy of the weights).
 
 Checkpoints go to ``OUTPUT/checkpoints``; a run that finds one there resumes from it, so a killed pod
 that is started again loses at most ``saveSteps`` steps. ``progress.json`` and ``metrics.json`` are what
@@ -20,14 +25,36 @@ ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 
 
-def _load_dataset(dataset_dir: Path):
+COLUMNS = {"sft": ["prompt", "completion"], "dpo": ["prompt", "chosen", "rejected"]}
+
+
+class DatasetMismatchError(ValueError):
+    """The dataset lacks the columns the objective trains on."""
+
+
+def _load_dataset(dataset_dir: Path, objective: str = "sft"):
     from datasets import load_dataset
 
     files = {s: str(dataset_dir / f"{s}.parquet") for s in ("train", "test") if (dataset_dir / f"{s}.parquet").exists()}
     if "train" not in files:
         raise FileNotFoundError(f"{dataset_dir} holds no train.parquet")
     data = load_dataset("parquet", data_files=files)
-    keep = ["prompt", "completion"]
+    keep = COLUMNS[objective]
+    missing = [c for c in keep if c not in data["train"].column_names]
+    if missing:
+        other = next(
+            (o for o, cols in COLUMNS.items() if o != objective and set(cols) <= set(data["train"].column_names)), None
+        )
+        hint = (
+            f"; it holds {other} data (columns {', '.join(COLUMNS[other])}): set spec.objective: {other}"
+            + (", or build a DatasetBuild with spec.type: preference" if objective == "dpo" else "")
+            if other
+            else ""
+        )
+        raise DatasetMismatchError(
+            f"spec.objective {objective} trains on columns {', '.join(keep)}; {dataset_dir / 'train.parquet'} "
+            f"has no {', '.join(missing)} (its columns: {', '.join(data['train'].column_names)}){hint}"
+        )
     return {split: ds.select_columns(keep) for split, ds in data.items()}
 
 
@@ -71,17 +98,34 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     """Fine-tune ``spec.base_model`` on the dataset; returns the metrics also written to metrics.json."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
     output.mkdir(parents=True, exist_ok=True)
     on_gpu = torch.cuda.is_available()
-    data = _load_dataset(dataset_dir)
+    data = _load_dataset(dataset_dir, spec.objective)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     t = spec.training
     checkpoints = output / "checkpoints"
-    config = SFTConfig(
+    if spec.objective == "dpo":
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Trainer
+
+        d = spec.dpo
+        objective_options: dict[str, Any] = {
+            "beta": d.beta,
+            "loss_type": [d.loss_type],
+            "label_smoothing": d.label_smoothing,
+            "truncation_mode": d.truncation_mode,
+            "precompute_ref_log_probs": d.precompute_ref_log_probs,
+        }
+    else:
+        from trl import SFTConfig as Config
+        from trl import SFTTrainer as Trainer
+
+        objective_options = {"packing": t.packing, "completion_only_loss": t.completion_only_loss}
+    config = Config(
+        **objective_options,
         output_dir=str(checkpoints),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
@@ -90,8 +134,6 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
         per_device_eval_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_length=t.max_length,
-        packing=t.packing,
-        completion_only_loss=t.completion_only_loss,
         warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
@@ -120,7 +162,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
                 )
             (output / "progress.json").write_text(json.dumps({"step": state.global_step, "maxSteps": state.max_steps}))
 
-    trainer = SFTTrainer(
+    trainer = Trainer(
         model=_load_model(spec, on_gpu),
         args=config,
         train_dataset=data["train"],
@@ -144,8 +186,12 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     # Step 0 is the baseline evaluation, when there was one.
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    # DPO's own measures at the last evaluation: how often, and by how much, chosen beats rejected.
+    preference = {k.removeprefix("eval_"): v for h in history for k, v in h.items() if k.startswith("eval_rewards/")}
     metrics = {
         "method": spec.method,
+        "objective": spec.objective,
+        **preference,
         "steps": trainer.state.global_step,
         "train_samples": len(data["train"]),
         "eval_samples": len(data["test"]) if "test" in data else 0,
@@ -162,5 +208,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if losses:
-        plots.loss_curve(losses, evals, output / "loss.png", f"{spec.method} on {Path(spec.base_model).name}")
+        plots.loss_curve(
+            losses, evals, output / "loss.png", f"{spec.objective} {spec.method} on {Path(spec.base_model).name}"
+        )
     return metrics

@@ -1,0 +1,175 @@
+"""The curated and preference examples, and a killed build resumed, with a real LLM behind a real server.
+
+All three share one ``vllm serve`` of SmolLM2-135M-Instruct (tests/e2e/conftest.py) through the endpoint
+backend: the examples are run by ``kubetune run`` as typed, with only ``generation.backend`` pointed at that
+server (what a cluster does with a shared vLLM Deployment), so one engine start-up serves every build. The
+offline vLLM backend is what the quickstart test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+KEY_ENV = "KUBETUNE_E2E_API_KEY"
+
+
+def through_server(example: Path, server, out: Path, **generation) -> Path:
+    """The example with its generation sent to the test server, the key read from ``KEY_ENV``."""
+    docs = list(yaml.safe_load_all(example.read_text()))
+    for doc in docs:
+        if doc["kind"] == "DatasetBuild":
+            doc["spec"]["generation"] |= {
+                "backend": "endpoint",
+                "endpoint": {"url": server.base_url, "model": server.model, "apiKeyEnv": KEY_ENV, "concurrency": 4},
+                **generation,
+            }
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return out
+
+
+def kubetune_run(root: Path, resources: Path, workdir: Path, server) -> subprocess.CompletedProcess:
+    kubetune = Path(sys.executable).parent / "kubetune"
+    env = {**os.environ, KEY_ENV: server.api_key}
+    proc = subprocess.run(
+        [str(kubetune), "run", "-f", str(resources), "--workdir", str(workdir)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def assert_no_secret(secret: str, proc: subprocess.CompletedProcess, folder: Path) -> None:
+    assert secret not in proc.stdout + proc.stderr
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+
+
+def funnel(folder: Path) -> tuple[dict, dict]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return manifest, {s["name"]: s for s in manifest["stages"]}
+
+
+def test_the_curated_example(tmp_path, root, vllm_server):
+    resources = through_server(root / "examples" / "curated.yaml", vllm_server, tmp_path / "curated.yaml")
+    proc = kubetune_run(root, resources, tmp_path / "work", vllm_server)
+    out = tmp_path / "work" / "datasets" / "default" / "curated"
+    manifest, stages = funnel(out)
+
+    assert list(stages) == [
+        *("ingest", "clean", "dedup_documents", "chunk", "dedup_chunks", "decontaminate_chunks", "generate"),
+        *("evolve", "quality", "decontaminate", "dedup_samples", "judge", "format", "split", "write"),
+    ]
+    assert stages["dedup_documents"]["dropped"]["exact_duplicate"] == 1
+    assert stages["decontaminate_chunks"]["dropped"]["contaminated"] >= 1, "the quiz quotes the LoRA document"
+    assert stages["evolve"]["output"] > stages["evolve"]["input"] and stages["evolve"]["tokens"] > 0
+    assert stages["judge"]["tokens"] > 0 and stages["judge"]["input"] == stages["dedup_samples"]["output"]
+    rows = pq.read_table(out / "train.parquet").to_pylist()
+    assert rows and all(3 <= r["judge_score"] <= 5 and r["judge_reason"] for r in rows)
+    assert {r["origin"].split(":")[0] for r in rows} <= {"generated", "evolved"}
+    card = (out / "README.md").read_text()
+    assert "license: apache-2.0" in card and "| judge |" in card and manifest["digest"] in card
+    assert_no_secret(vllm_server.api_key, proc, tmp_path / "work")
+
+
+def test_the_preference_example(tmp_path, root, vllm_server):
+    resources = through_server(root / "examples" / "preference.yaml", vllm_server, tmp_path / "preference.yaml")
+    kubetune_run(root, resources, tmp_path / "work", vllm_server)
+    out = tmp_path / "work" / "datasets" / "default" / "preference"
+    manifest, stages = funnel(out)
+    assert manifest["type"] == "preference" and stages["generate"]["output"] > 0
+    extract_reasons = {"extract_not_verbatim", "extract_too_short", "extract_not_a_sentence"}
+    assert set(stages["generate"]["dropped"]) <= {*extract_reasons, "truncated_answer", "invalid_json", "wrong_shape"}
+    rows = pq.read_table(out / "train.parquet").to_pylist()
+    chunks = [json.loads(line)["text"] for line in (out / "stages" / "dedup_chunks.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+        chosen = row["chosen"][0]["content"]
+        assert len(chosen) >= 100 and chosen[0].isupper() and chosen.rstrip("\"')]")[-1] in ".!?"
+        assert any(chosen in " ".join(c.split()) for c in chunks), "chosen is the document's own words"
+        assert chosen != row["rejected"][0]["content"]
+
+    # The example's FineTuneJob trains with DPO on those rows.
+    metrics = json.loads((tmp_path / "work" / "finetunes" / "default" / "preference-dpo" / "metrics.json").read_text())
+    assert metrics["objective"] == "dpo" and metrics["steps"] > 0 and "rewards/margins" in metrics
+    assert (tmp_path / "work" / "finetunes" / "default" / "preference-dpo" / "adapter" / "adapter_config.json").exists()
+
+
+def test_a_killed_build_resumes_to_the_same_digest(tmp_path, root, vllm_server):
+    """``python -m kubetune.datagen`` (the pod's command) killed once its first part is written, started again:
+    it asks only for what is missing and ends with the digest of a build that was never interrupted."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("02-lora-and-qlora.md", "04-preference-tuning.md"):
+        (docs / name).write_text((root / "examples" / "data" / name).read_text())
+    spec = {
+        "source": {"paths": [str(docs)]},
+        "chunking": {"minChars": 600, "maxChars": 1200},
+        "generation": {
+            "model": str(root / "models" / "SmolLM2-135M-Instruct"),
+            "backend": "endpoint",
+            "endpoint": {
+                "url": vllm_server.base_url,
+                "model": vllm_server.model,
+                "apiKeyEnv": KEY_ENV,
+                "concurrency": 1,
+            },
+            "pairsPerChunk": 2,
+            "maxTokens": 256,
+            "batchSize": 1,
+        },
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, KEY_ENV: vllm_server.api_key}
+
+    def datagen(output: Path) -> subprocess.Popen:
+        command = [
+            sys.executable,
+            "-m",
+            "kubetune.datagen",
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--output",
+            str(output),
+        ]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    whole = datagen(tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    expected = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+
+    killed = datagen(tmp_path / "out")
+    parts = tmp_path / "out" / "stages" / "generate"
+    deadline = time.monotonic() + 600
+    while not list(parts.glob("*.done.json")):
+        assert killed.poll() is None, killed.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done_before = len(list(parts.glob("*.done.json")))
+    n_parts = next(s["input"] for s in expected["stages"] if s["name"] == "generate")
+    assert 1 <= done_before < n_parts, "killed during generation"
+
+    resumed = datagen(tmp_path / "out")
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log
+    assert f"{done_before} of {n_parts} parts kept from an earlier run" in log
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["digest"] == expected["digest"]
