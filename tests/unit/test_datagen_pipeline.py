@@ -260,7 +260,7 @@ def test_extract_preference_rows_are_verbatim_and_in_trl_format(tmp_path, tiny_m
             ("What is the usual rank?", "Maybe eight or so.", extract[:120]),  # verbatim, but cut mid-sentence
         ),
         "Direct preference": answer(
-            ("What does DPO need?", "A reward model.", "It needs no reward model at all, ever, as the paper says."),
+            ("What does DPO need?", "Bananas and sunshine.", "It needs bananas at all times, as the paper says."),
             ("Why does DPO need no reward model?", "Nobody knows.", short),  # verbatim, 97 characters
         ),
     }
@@ -513,3 +513,11 @@ def test_an_extract_copied_loosely_is_snapped_to_the_chunks_own_sentences():
     two = "Double quantization compresses the constants. Paged optimizers move states to CPU memory in a spike."
     assert generate.verbatim_extract(two, chunk) == QLORA[QLORA.index("Double") :].strip()
     assert generate.verbatim_extract("Bananas are yellow and grow in bunches on large plants.", chunk) is None
+
+
+def test_an_extract_not_in_the_chunk_falls_back_to_the_sentences_the_answer_came_from():
+    chunk = LORA + QLORA
+    found = generate.verbatim_extract(
+        "Bananas are yellow.", chunk, answer="Paged optimizers move the optimizer states to CPU memory in spikes."
+    )
+    assert found is not None and found.startswith("Paged optimizers move optimizer states") and found in chunk

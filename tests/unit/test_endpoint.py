@@ -362,11 +362,14 @@ def test_concurrency_is_bounded_and_results_keep_request_order(url, script):
     assert len(script.seen) == 12
 
 
-def test_one_request_failing_for_good_fails_the_batch(url, script):
-    script.default = lambda request: Answer(400, b'{"error": {"message": "bad"}}') if request["seed"] == 5 else Answer()
+def test_one_request_failing_for_good_fails_the_batch_without_sending_the_rest(url, script):
+    script.default = lambda request: (
+        Answer(400, b'{"error": {"message": "bad"}}') if request["seed"] == 1 else Answer(delay=0.1)
+    )
 
     with pytest.raises(EndpointError, match="400"):
-        EndpointEngine(gen_spec(url, concurrency=2)).complete([req(i) for i in range(10)])
+        EndpointEngine(gen_spec(url, concurrency=2)).complete([req(i) for i in range(20)])
+    assert len(script.seen) < 10
 
 
 def test_no_requests_no_calls(url, script):

@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from kubetune.datagen.engine import Completion, Request
@@ -113,11 +113,11 @@ class EndpointEngine:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="endpoint") as pool:
             futures: list[Future[Completion]] = [pool.submit(self._complete_one, r) for r in requests]
             try:
+                wait(futures, return_when=FIRST_EXCEPTION)  # a request failed for good fails the batch at once
                 return [f.result() for f in futures]
-            except BaseException:
+            finally:
                 for f in futures:
-                    f.cancel()  # those not started; the ones in flight finish or fail on their own
-                raise
+                    f.cancel()  # those not started yet; the ones in flight finish on their own
 
     def body(self, request: Request) -> dict:
         """The JSON body of ``POST /chat/completions`` for one request."""

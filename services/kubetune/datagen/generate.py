@@ -160,35 +160,48 @@ def _word_list(text: str) -> list[str]:
     return re.findall(r"\w+", text.casefold())
 
 
-def verbatim_extract(extract: str, chunk_text: str, min_overlap: float = 0.6) -> str | None:
-    """The chunk's own words for the model's extract: the extract itself when it stands in the chunk (white
-    space aside); otherwise the run of whole chunk sentences that best matches it (word F1), when at least
-    ``min_overlap`` of the extract's words are in that run. None when the model made the extract up.
+def _best_run(query: list[str], parts: list[str], min_recall: float) -> str | None:
+    """The run of up to four consecutive ``parts`` whose words best match ``query`` (F1), among those holding
+    at least ``min_recall`` of the query's words."""
+    words = [_word_list(p) for p in parts]
+    wanted = {w: query.count(w) for w in set(query)}
+    best, best_f1 = None, 0.0
+    for i in range(len(parts)):
+        bag: dict[str, int] = {}
+        size = 0
+        for j in range(i, min(i + 4, len(parts))):
+            for w in words[j]:
+                bag[w] = bag.get(w, 0) + 1
+            size += len(words[j])
+            common = sum(min(bag.get(w, 0), n) for w, n in wanted.items())
+            if not common:
+                continue
+            recall, precision = common / len(query), common / size
+            f1 = 2 * recall * precision / (recall + precision)
+            if f1 > best_f1 and recall >= min_recall:
+                best, best_f1 = " ".join(parts[i : j + 1]), f1
+    return best
 
-    Small models paraphrase while they "copy"; snapping to the chunk's sentences keeps every chosen answer
-    verbatim and sentence-bounded whatever the model did, and drops extracts that are not in the chunk.
+
+def verbatim_extract(extract: str, chunk_text: str, answer: str = "", min_overlap: float = 0.5) -> str | None:
+    """The chunk's own words for the model's extract.
+
+    The extract itself when it stands in the chunk (white space aside); otherwise the run of whole chunk
+    sentences that best matches it (word F1), when that run holds at least ``min_overlap`` of its words;
+    failing that, the run that best matches the model's ``answer`` (at least half of its words). None when
+    neither is in the chunk. Small models paraphrase while they "copy": snapping to the chunk's sentences
+    keeps every chosen answer verbatim and sentence-bounded whatever the model wrote.
     """
     from kubetune.datagen.documents import sentences
 
     extract = _squash(extract)
     if extract and extract in _squash(chunk_text):
         return extract
-    wanted = _word_list(extract)
-    if not wanted:
-        return None
     parts = sentences(_squash(chunk_text))
-    words = [_word_list(p) for p in parts]
-    best, best_f1 = None, 0.0
-    for i in range(len(parts)):
-        bag: list[str] = []
-        for j in range(i, min(i + 4, len(parts))):  # runs of up to four sentences
-            bag += words[j]
-            common = sum(min(bag.count(w), wanted.count(w)) for w in set(wanted))
-            recall, precision = common / len(wanted), common / max(len(bag), 1)
-            f1 = 2 * recall * precision / (recall + precision) if common else 0.0
-            if f1 > best_f1 and recall >= min_overlap:
-                best, best_f1 = " ".join(parts[i : j + 1]), f1
-    return best
+    for query, recall in ((_word_list(extract), min_overlap), (_word_list(answer), 0.5)):
+        if query and (found := _best_run(query, parts, recall)):
+            return found
+    return None
 
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")
@@ -219,7 +232,7 @@ def parse_samples(completion: Completion, chunk: Chunk, spec: DatasetBuildSpec, 
             "origin": "generated",
         }
         if extract_method:
-            chosen = verbatim_extract(item["extract"], chunk.text)
+            chosen = verbatim_extract(item["extract"], chunk.text, row["answer"])
             if chosen is None:
                 count(dropped, "extract_not_verbatim")
                 continue

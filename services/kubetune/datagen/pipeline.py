@@ -521,7 +521,9 @@ def build(
         "spec": spec.to_wire(),
         "tokenizer": tokenizer_path,
         "generatedTokens": sum(s.tokens for s in b.funnel.stages),
-        "retries": b.retries,
+        "retries": b.retries,  # malformed answers asked again
+        # Requests an endpoint refused for a while (429, 5xx, timeouts) and answered on a retry.
+        "transportRetries": sum(getattr(e, "retries", 0) for e in b._engines.values()),
         "stages": [],
         "files": {},
     }
