@@ -36,7 +36,13 @@ def output_path(root: str, kind: str, namespace: str, name: str) -> str:
 
 
 def service_command(
-    python: str, kind: str, name: str, spec_file: str, output: str, dataset: str | None = None
+    python: str,
+    kind: str,
+    name: str,
+    spec_file: str,
+    output: str,
+    dataset: str | None = None,
+    start_from: str | None = None,
 ) -> list[str]:
     """The command line of the service entrypoint that does a resource's work."""
     command = [python, "-m", _MODULE[kind], "--spec", spec_file, "--output", output, "--name", name]
@@ -44,6 +50,8 @@ def service_command(
         if dataset is None:
             raise ValueError("a FineTuneJob's command needs the dataset folder")
         command += ["--dataset", dataset]
+        if start_from is not None:
+            command += ["--start-from", start_from]
     return command
 
 
@@ -103,7 +111,9 @@ def _merge_resources(defaults: dict[str, Any], requests: dict[str, str], gpus: i
     return {k: v for k, v in merged.items() if v}
 
 
-def job(resource: Resource, settings: Settings, dataset: str | None = None) -> dict[str, Any]:
+def job(
+    resource: Resource, settings: Settings, dataset: str | None = None, start_from: str | None = None
+) -> dict[str, Any]:
     """The batch/v1 Job that runs the resource's service entrypoint on the shared volume.
 
     Its pod passes Pod Security "restricted": non-root, no privilege escalation, every capability dropped,
@@ -114,7 +124,7 @@ def job(resource: Resource, settings: Settings, dataset: str | None = None) -> d
     component = COMPONENT_OF[kind]
     defaults = settings.pod_defaults.get(component) or {}
     output = output_path(settings.storage_root, kind, ns, name)
-    command = service_command(settings.python, kind, name, f"{SPEC_MOUNT}/{SPEC_FILE}", output, dataset)
+    command = service_command(settings.python, kind, name, f"{SPEC_MOUNT}/{SPEC_FILE}", output, dataset, start_from)
     env = [{"name": k, "value": v} for k, v in SCRATCH_ENV.items()]
     mounts = [
         {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},

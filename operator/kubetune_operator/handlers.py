@@ -86,7 +86,9 @@ def _api_message(exc: Exception) -> str:
         return " ".join(str(getattr(exc, "reason", None) or exc).split())
 
 
-def _reconcile(body: kopf.Body, dependency: dict[str, Any] | None = None) -> None:
+def _reconcile(
+    body: kopf.Body, dependency: dict[str, Any] | None = None, start_from: dict[str, Any] | None = None
+) -> None:
     kind, meta = body["kind"], body["metadata"]
     status = dict(body.get("status") or {})
     if status.get("phase") in TERMINAL_PHASES or status.get("jobName"):
@@ -96,7 +98,7 @@ def _reconcile(body: kopf.Body, dependency: dict[str, Any] | None = None) -> Non
     except SpecError as exc:
         decision = planner.invalid_spec(exc.errors)
     else:
-        decision = planner.plan(resource, SETTINGS, dependency)
+        decision = planner.plan(resource, SETTINGS, dependency, start_from)
     job_name = None
     for child in decision.children:
         kopf.adopt(child, owner=body)
@@ -141,17 +143,21 @@ def reconcile_dataset_build(body: kopf.Body, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 def reconcile_fine_tune_job(body: kopf.Body, spec: kopf.Spec, namespace: str, **_: Any) -> None:
-    ref = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
-    dependency = None
-    if ref:
-        try:
-            dependency = client.CustomObjectsApi().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL[DATASET_BUILD], ref
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-    _reconcile(body, dependency)
+    dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
+    previous = (((spec.get("startFrom") or {}).get("fineTuneJobRef")) or {}).get("name")
+    _reconcile(body, _get(DATASET_BUILD, namespace, dataset), _get(FINE_TUNE_JOB, namespace, previous))
+
+
+def _get(kind: str, namespace: str, name: str | None) -> dict[str, Any] | None:
+    """The resource a FineTuneJob depends on, or None when it names none or it does not exist (yet)."""
+    if not name:
+        return None
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL[kind], name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
 
 
 @kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")

@@ -42,18 +42,45 @@ class Outcome:
 
 
 def order(resources: list[Resource], workdir: Path) -> list[Resource]:
-    """DatasetBuilds first, then the FineTuneJobs; a missing dependency is an error before anything runs."""
-    builds = {(r.metadata.namespace, r.metadata.name) for r in resources if r.kind == DATASET_BUILD}
-    for res in resources:
-        ref = res.spec.dataset.dataset_build_ref if res.kind == FINE_TUNE_JOB else None
-        if ref and (res.metadata.namespace, ref.name) not in builds:
-            done = Path(builders.output_path(str(workdir), DATASET_BUILD, res.metadata.namespace, ref.name))
-            if not (done / "manifest.json").exists():
-                raise DependencyError(
-                    f"FineTuneJob/{res.metadata.name}: spec.dataset.datasetBuildRef.name names DatasetBuild "
-                    f"{ref.name!r}, which is neither in the file nor built in {workdir}"
-                )
-    return sorted(resources, key=lambda r: r.kind != DATASET_BUILD)
+    """DatasetBuilds first, then the FineTuneJobs, each after the one its ``startFrom`` names; a missing
+    dependency (or a cycle) is an error before anything runs."""
+    in_file = {(r.kind, r.metadata.namespace, r.metadata.name) for r in resources}
+
+    def require(res: Resource, kind: str, name: str, field: str, done_file: str) -> None:
+        if (kind, res.metadata.namespace, name) in in_file:
+            return
+        done = Path(builders.output_path(str(workdir), kind, res.metadata.namespace, name))
+        if not (done / done_file).exists():
+            raise DependencyError(
+                f"FineTuneJob/{res.metadata.name}: {field} names {kind} {name!r}, which is neither in the file "
+                f"nor done in {workdir}"
+            )
+
+    jobs = [r for r in resources if r.kind == FINE_TUNE_JOB]
+    for res in jobs:
+        if (ref := res.spec.dataset.dataset_build_ref) is not None:
+            require(res, DATASET_BUILD, ref.name, "spec.dataset.datasetBuildRef.name", "manifest.json")
+        if res.spec.start_from is not None:
+            name = res.spec.start_from.fine_tune_job_ref.name
+            require(res, FINE_TUNE_JOB, name, "spec.startFrom.fineTuneJobRef.name", "metrics.json")
+    ordered = [r for r in resources if r.kind == DATASET_BUILD]
+    placed: set[tuple[str, str]] = set()
+    while jobs:
+        ready = [
+            r
+            for r in jobs
+            if r.spec.start_from is None
+            or (r.metadata.namespace, r.spec.start_from.fine_tune_job_ref.name) in placed
+            or (FINE_TUNE_JOB, r.metadata.namespace, r.spec.start_from.fine_tune_job_ref.name) not in in_file
+        ]
+        if not ready:
+            names = ", ".join(r.metadata.name for r in jobs)
+            raise DependencyError(f"FineTuneJobs {names}: spec.startFrom forms a cycle")
+        for r in ready:
+            ordered.append(r)
+            placed.add((r.metadata.namespace, r.metadata.name))
+            jobs.remove(r)
+    return ordered
 
 
 def _details(kind: str, output: Path) -> dict[str, Any]:
@@ -75,11 +102,14 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
 RUN_FILE = ".kubetune-run.json"  # in an output folder: what the run was made from, and whether it finished
 
 
-def _fingerprint(resource: Resource, dataset: str | None) -> str:
-    """The spec, and the digest of the dataset a FineTuneJob reads: equal fingerprints, same result."""
+def _fingerprint(resource: Resource, dataset: str | None, start_from: str | None = None) -> str:
+    """The spec, the digest of the dataset a FineTuneJob reads and the fingerprint of the job it starts from:
+    equal fingerprints, same result."""
     parts = [json.dumps(resource.spec.to_wire(), sort_keys=True)]
     if dataset and (Path(dataset) / "manifest.json").exists():
         parts.append(json.loads((Path(dataset) / "manifest.json").read_text()).get("digest", ""))
+    if start_from and (Path(start_from) / RUN_FILE).exists():
+        parts.append(json.loads((Path(start_from) / RUN_FILE).read_text()).get("fingerprint", ""))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -108,14 +138,17 @@ def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(resource.spec.to_wire(), indent=2))
     output = Path(builders.output_path(str(workdir), kind, ns, name))
-    dataset = None
+    dataset = start_from = None
     if kind == FINE_TUNE_JOB:
         ref = resource.spec.dataset.dataset_build_ref
         dataset = resource.spec.dataset.path or builders.output_path(str(workdir), DATASET_BUILD, ns, ref.name)
-    fingerprint = _fingerprint(resource, dataset)
+        if resource.spec.start_from is not None:
+            previous = resource.spec.start_from.fine_tune_job_ref.name
+            start_from = builders.output_path(str(workdir), FINE_TUNE_JOB, ns, previous)
+    fingerprint = _fingerprint(resource, dataset, start_from)
     if _prepare(output, fingerprint, force):
         return Outcome(resource, Phase.SUCCEEDED, str(output), 0.0, {"upToDate": True, **_details(kind, output)})
-    command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset)
+    command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset, start_from)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.spec.constants import DATASET_BUILD
+from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.resources import FieldError, Resource
 from kubetune.spec.status import Condition, ConditionType, Phase, now, set_condition
 from kubetune_operator import builders
@@ -42,11 +42,43 @@ def child_refused(child: dict[str, Any], server_message: str) -> Decision:
                     permanent=True)  # fmt: skip
 
 
-def plan(resource: Resource, settings: Settings, dependency: dict[str, Any] | None = None) -> Decision:
+def _wait_for(
+    kind: str, name: str, dependency: dict[str, Any] | None, settings: Settings, waiting_reason: str
+) -> Decision | str:
+    """A Decision to wait or fail while the ``kind`` ``name`` a resource depends on is missing, running or
+    failed; its output path once it has succeeded."""
+    if dependency is None:
+        return Decision(
+            Phase.WAITING, f"{kind}NotFound", f"waiting for {kind} {name} to exist", retry_after=settings.wait_seconds
+        )
+    status = dependency.get("status") or {}
+    phase = status.get("phase")
+    if phase == Phase.FAILED:
+        return Decision(Phase.FAILED, f"{kind}Failed", f"{kind} {name} failed", permanent=True)
+    if phase != Phase.SUCCEEDED:
+        return Decision(
+            Phase.WAITING,
+            waiting_reason,
+            f"waiting for {kind} {name} (phase {phase or 'Pending'})",
+            retry_after=settings.wait_seconds,
+        )
+    namespace = dependency.get("metadata", {}).get("namespace", "")
+    return (status.get("output") or {}).get("path") or builders.output_path(
+        settings.storage_root, kind, namespace, name
+    )
+
+
+def plan(
+    resource: Resource,
+    settings: Settings,
+    dependency: dict[str, Any] | None = None,
+    start_from: dict[str, Any] | None = None,
+) -> Decision:
     """The children a valid resource needs, or why it must wait or fail.
 
-    ``dependency`` is the DatasetBuild a FineTuneJob names (its body as read from the API), or None when
-    it does not exist (yet): resources applied together by GitOps may arrive in any order.
+    ``dependency`` is the DatasetBuild a FineTuneJob names, ``start_from`` the FineTuneJob its
+    ``spec.startFrom`` names (their bodies as read from the API), or None when they do not exist (yet):
+    resources applied together by GitOps may arrive in any order.
     """
     if resource.kind == DATASET_BUILD:
         return Decision(
@@ -57,31 +89,19 @@ def plan(resource: Resource, settings: Settings, dependency: dict[str, Any] | No
     if ref is None:
         dataset = resource.spec.dataset.path
     else:
-        dep_status = (dependency or {}).get("status") or {}
-        dep_phase = dep_status.get("phase")
-        if dependency is None:
-            return Decision(
-                Phase.WAITING,
-                "DatasetBuildNotFound",
-                f"waiting for DatasetBuild {ref.name} to exist",
-                retry_after=settings.wait_seconds,
-            )
-        if dep_phase == Phase.FAILED:
-            return Decision(Phase.FAILED, "DatasetBuildFailed", f"DatasetBuild {ref.name} failed", permanent=True)
-        if dep_phase != Phase.SUCCEEDED:
-            return Decision(
-                Phase.WAITING,
-                "WaitingForDataset",
-                f"waiting for DatasetBuild {ref.name} (phase {dep_phase or 'Pending'})",
-                retry_after=settings.wait_seconds,
-            )
-        dataset = (dep_status.get("output") or {}).get("path") or builders.output_path(
-            settings.storage_root, DATASET_BUILD, resource.metadata.namespace, ref.name
-        )
-    return Decision(
-        Phase.RUNNING, "JobCreated", "training",
-        children=[builders.config_map(resource), builders.job(resource, settings, dataset=dataset)],
-    )  # fmt: skip
+        found = _wait_for(DATASET_BUILD, ref.name, dependency, settings, "WaitingForDataset")
+        if isinstance(found, Decision):
+            return found
+        dataset = found
+    previous = None
+    if resource.spec.start_from is not None:
+        name = resource.spec.start_from.fine_tune_job_ref.name
+        found = _wait_for(FINE_TUNE_JOB, name, start_from, settings, "WaitingForBaseModel")
+        if isinstance(found, Decision):
+            return found
+        previous = found
+    job = builders.job(resource, settings, dataset=dataset, start_from=previous)
+    return Decision(Phase.RUNNING, "JobCreated", "training", children=[builders.config_map(resource), job])
 
 
 def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any], settings: Settings) -> Decision:

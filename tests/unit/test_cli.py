@@ -36,10 +36,48 @@ def test_validate_prints_every_error_and_fails(tmp_path):
     assert "3 error(s)" in out
 
 
-def test_validate_accepts_the_examples(root):
-    result = CliRunner().invoke(app, ["validate", "-f", str(root / "examples" / "quickstart.yaml")])
+EXAMPLES = sorted(
+    p.relative_to(Path(__file__).parents[2]).as_posix()
+    for p in (Path(__file__).parents[2] / "examples").rglob("*.yaml")
+    if "kind:" in p.read_text() and "kustomization" not in p.name and "gitops" not in p.parts
+)
+
+
+def test_every_example_is_found():
+    assert {"examples/quickstart.yaml", "examples/curated.yaml", "examples/preference.yaml"} <= set(EXAMPLES)
+    assert "examples/twinllama/twinllama.yaml" in EXAMPLES
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_validate_accepts_the_examples(root, example):
+    result = CliRunner().invoke(app, ["validate", "-f", str(root / example)])
     assert result.exit_code == 0, result.output
-    assert "valid DatasetBuild/quickstart" in result.output and "valid FineTuneJob/quickstart-lora" in result.output
+    kinds = {line.split()[1].split("/")[0] for line in result.output.splitlines() if line.startswith("valid ")}
+    assert kinds <= {"DatasetBuild", "FineTuneJob"} and kinds
+
+
+def test_the_twinllama_recipe_chains_sft_then_dpo(root, tmp_path):
+    resources = load_resources((root / "examples" / "twinllama" / "twinllama.yaml").read_text())
+    by_name = {r.metadata.name: r for r in resources}
+    sft, dpo = by_name["twinllama-sft"].spec, by_name["twinllama-dpo"].spec
+    assert (sft.lora.r, sft.lora.lora_alpha, sft.lora.lora_dropout, sft.lora.target_modules) == (
+        32,
+        32,
+        0.0,
+        ["all-linear"],
+    )
+    t = sft.training
+    assert (t.learning_rate, t.num_train_epochs, t.per_device_train_batch_size, t.gradient_accumulation_steps) == (
+        3e-4,
+        3,
+        2,
+        8,
+    )
+    assert t.max_length == 2048 and t.packing and t.lr_scheduler_type == "linear"
+    assert dpo.objective == "dpo" and dpo.dpo.beta == 0.5 and dpo.training.learning_rate == 2e-6
+    assert dpo.start_from.fine_tune_job_ref.name == "twinllama-sft" and dpo.training.num_train_epochs == 1
+    ordered = [r.metadata.name for r in local.order(resources, tmp_path)]
+    assert ordered.index("twinllama-dpo") > ordered.index("twinllama-sft")
 
 
 def test_missing_file_is_an_error(tmp_path):
@@ -133,3 +171,33 @@ def test_readme_commands_as_typed(root):
     assert curated.returncode == 0, curated.stderr
     assert "DatasetBuild/curated: the stages before generation" in curated.stdout
     assert "decontaminate_chunks" in curated.stdout and "then judge: about" in curated.stdout
+
+
+def test_local_order_puts_a_job_after_the_one_it_starts_from(tmp_path):
+    from kubetune.spec.finetunejob import StartFrom
+
+    resources = load_resources(
+        """
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: dpo}
+spec: {baseModel: m, dataset: {path: p}, objective: dpo, startFrom: {fineTuneJobRef: {name: sft}}}
+---
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: sft}
+spec: {baseModel: m, dataset: {datasetBuildRef: {name: docs}}}
+---
+apiVersion: kubetune.dev/v1alpha1
+kind: DatasetBuild
+metadata: {name: docs}
+spec: {source: {paths: [x]}, generation: {model: m}}
+"""
+    )
+    assert [r.metadata.name for r in local.order(resources, tmp_path)] == ["docs", "sft", "dpo"]
+    with pytest.raises(local.DependencyError, match=r"spec\.startFrom\.fineTuneJobRef\.name names FineTuneJob 'sft'"):
+        local.order([resources[0]], tmp_path)
+    cycle = [r.model_copy(deep=True) for r in resources]
+    cycle[1].spec.start_from = StartFrom.model_validate({"fineTuneJobRef": {"name": "dpo"}})
+    with pytest.raises(local.DependencyError, match="cycle"):
+        local.order(cycle, tmp_path)

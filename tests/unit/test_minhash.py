@@ -203,6 +203,9 @@ def test_same_result_for_any_batch_size_and_for_streaming(monkeypatch):
     for batch in (1, 3, 16):
         monkeypatch.setattr(minhash, "_BATCH_DOCS", batch)
         assert find_near_duplicates(texts, DEFAULTS) == expected
+    monkeypatch.setattr(minhash, "_BATCH_DOCS", 4096)
+    monkeypatch.setattr(minhash, "_BATCH_CHARS", 2000)  # batches cut by length: 3-4 texts each
+    assert find_near_duplicates(texts, DEFAULTS) == expected
     index = NearDuplicateIndex(DEFAULTS)
     positions = []  # kept id -> position
     streamed = []

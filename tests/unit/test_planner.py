@@ -88,6 +88,40 @@ def test_fine_tune_job_waits_for_its_dataset(dependency, phase, reason, retry):
         assert {"name": "MLFLOW_TRACKING_URI", "value": "sqlite:////data/mlflow.db"} in container["env"]
 
 
+DPO = load_resources("""
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: tune-dpo, namespace: team}
+spec:
+  baseModel: /models/m
+  dataset: {path: /data/prefs}
+  objective: dpo
+  startFrom: {fineTuneJobRef: {name: tune}}
+""")[0]
+
+
+@pytest.mark.parametrize(
+    ("previous", "phase", "reason"),
+    [
+        pytest.param(None, Phase.WAITING, "FineTuneJobNotFound", id="absent"),
+        pytest.param({"status": {"phase": "Running"}}, Phase.WAITING, "WaitingForBaseModel", id="running"),
+        pytest.param({"status": {"phase": "Failed"}}, Phase.FAILED, "FineTuneJobFailed", id="failed"),
+        pytest.param(
+            {"status": {"phase": "Succeeded", "output": {"path": "/data/finetunes/team/tune"}}},
+            Phase.RUNNING,
+            "JobCreated",
+            id="succeeded",
+        ),
+    ],
+)
+def test_a_job_that_starts_from_another_waits_for_it(previous, phase, reason):
+    decision = planner.plan(DPO, SETTINGS, None, previous)
+    assert (decision.phase, decision.reason) == (phase, reason)
+    if phase == Phase.RUNNING:
+        container = decision.children[1]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][-4:] == ["--dataset", "/data/prefs", "--start-from", "/data/finetunes/team/tune"]
+
+
 SUCCESS_CRITERIA_MET = {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached"}
 FAILURE_TARGET = {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "3 failed"}
 

@@ -160,3 +160,29 @@ def test_the_objective_must_match_the_dataset(tmp_path, tiny_model, dataset, pre
     dpo = sft.model_copy(update={"objective": "dpo"})
     with pytest.raises(DatasetMismatchError, match=r"has no chosen, rejected .*spec\.type: preference"):
         train(dpo, dataset, tmp_path / "b", log=lambda _: None)
+
+
+def test_dpo_starts_from_the_sft_adapter_merged_into_the_base(tmp_path, tiny_model, dataset, preference_dataset):
+    import torch
+    from safetensors.torch import load_file
+
+    from kubetune.trainer.sft import StartFromError
+
+    sft = spec_for(tiny_model, maxSteps=4)
+    train(sft, dataset, tmp_path / "sft", log=lambda _: None)
+    from kubetune.spec.finetunejob import StartFrom
+
+    start = StartFrom.model_validate({"fineTuneJobRef": {"name": "sft"}})
+    dpo = spec_for(tiny_model, maxSteps=4, learningRate=1e-3).model_copy(
+        update={"objective": "dpo", "start_from": start}
+    )
+    metrics = train(dpo, preference_dataset, tmp_path / "dpo", log=lambda _: None, start_from=tmp_path / "sft")
+    assert metrics["started_from"] == str(tmp_path / "sft") and metrics["steps"] == 4
+    merged = load_file(tmp_path / "dpo" / "start-model" / "model.safetensors")
+    base = load_file(tiny_model / "model.safetensors")
+    name = next(k for k in base if k.endswith("q_proj.weight"))
+    assert not torch.equal(merged[name], base[name]), "the SFT adapter is in the weights DPO starts from"
+    assert json.loads((tmp_path / "dpo" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+    with pytest.raises(StartFromError, match="neither model/ nor adapter/"):
+        train(dpo, preference_dataset, tmp_path / "x", log=lambda _: None, start_from=tmp_path / "nothing")

@@ -92,7 +92,10 @@ class VllmEngine:
         if not on_gpu:
             # Measured on 2 cores (bench/README.md): float32 without graph compilation decodes faster than
             # bfloat16 compiled, and starts in under a minute instead of three.
-            options = {"dtype": "float32", "enforce_eager": True}
+            # Chunked prefill off: vLLM 0.32 rewinds a seeded request's generator when it splits its prompt over
+            # two steps, which a CPU torch.Generator cannot do (every request here has a seed), and the engine
+            # dies ("CPU Generator does not use offset"; bench/generation/repro_chunked_prefill.py).
+            options = {"dtype": "float32", "enforce_eager": True, "enable_chunked_prefill": False}
             if (os.cpu_count() or 1) <= 4:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # one core of two is too many to idle
         self.llm = LLM(

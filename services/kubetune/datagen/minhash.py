@@ -47,7 +47,8 @@ from kubetune.spec.datasetbuild import NearDedupSpec
 __all__ = ["NearDuplicateIndex", "candidate_probability", "find_near_duplicates", "signatures", "words"]
 
 _WORD = re.compile(r"\w+")
-_BATCH_DOCS = 2048  # texts hashed and resolved together
+_BATCH_DOCS = 4096  # at most this many texts are hashed and resolved together,
+_BATCH_CHARS = 1 << 21  # and at most this many characters (unless one text is longer): temporaries ~ 6x that
 _PIECE_BYTES = 1 << 18  # prefix sums of word hashes run over at most this many bytes at once
 _CHUNK_SHINGLES = 4096  # shingles x permutations multiplied at once (4096 x 112 x 4 B = 1.8 MiB: stays in L2)
 
@@ -147,6 +148,7 @@ class _MinHasher:
         in_word = np.zeros(len(buf) + 2, dtype=bool)
         in_word[1:-1] = _WORD_BYTE[buf]
         edges = np.flatnonzero(in_word[1:] != in_word[:-1])
+        del in_word
         starts, ends = edges[0::2], edges[1::2]
         lengths = np.fromiter((len(p) if p.isascii() else len(p.encode()) for p in parts), np.int64, len(parts))
         doc_starts = np.cumsum(lengths + 1) - (lengths + 1)
@@ -159,13 +161,15 @@ class _MinHasher:
     def _shingles(self, word_hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """32-bit shingle hashes of all texts, grouped by text in order, and the number of shingles of each."""
         k, n_words = self.shingle_size, len(word_hashes)
-        doc = np.repeat(np.arange(len(counts)), counts)
+        doc = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         parts, docs = [], []
         if n_words >= k:
             m = n_words - k + 1
             acc = word_hashes[:m] * self._shingle_mul[0]
+            term = np.empty_like(acc)
             for t in range(1, k):
-                acc += word_hashes[t : t + m] * self._shingle_mul[t]
+                acc += np.multiply(word_hashes[t : t + m], self._shingle_mul[t], out=term)
+            del term
             whole = doc[:m] == doc[k - 1 :]  # the k words lie in one text
             parts.append(acc[whole])
             docs.append(doc[:m][whole])
@@ -258,10 +262,11 @@ class _KeyTable:
             while (self._size + len(keys)) > self._MAX_LOAD * capacity:
                 capacity *= 2
             old_keys, old_vals = self._keys, self._vals
-            used = old_keys != 0
             self._keys = np.zeros(capacity, dtype=np.uint64)
             self._vals = np.zeros(capacity, dtype=np.int32)
-            self._place(old_keys[used], old_vals[used])
+            for lo in range(0, len(old_keys), 1 << 16):  # in slices: the temporaries stay small
+                used = np.flatnonzero(old_keys[lo : lo + (1 << 16)]) + lo
+                self._place(old_keys[used], old_vals[used])
         self._place(keys, vals)
         self._size += len(keys)
 
@@ -398,11 +403,16 @@ def find_near_duplicates(texts: Sequence[str], spec: NearDedupSpec) -> list[int 
     index = NearDuplicateIndex(spec)
     kept_at = np.empty(len(texts), dtype=np.int64)  # kept id -> position
     out = np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), _BATCH_DOCS):
-        batch = texts[start : start + _BATCH_DOCS]
+    chars = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+    start = 0
+    while start < len(texts):
+        stop = int(np.searchsorted(chars, chars[start] + _BATCH_CHARS, side="right"))
+        stop = min(max(stop, start + 1), start + _BATCH_DOCS)
+        batch = texts[start:stop]
         match = index._add_batch(batch)
         kept = match < 0
         n_before = len(index) - int(kept.sum())
         kept_at[n_before : len(index)] = start + np.flatnonzero(kept)
-        out[start : start + len(batch)] = np.where(kept, -1, kept_at[np.maximum(match, 0)])
+        out[start:stop] = np.where(kept, -1, kept_at[np.maximum(match, 0)])
+        start = stop
     return [None if m < 0 else m for m in out.tolist()]

@@ -21,6 +21,21 @@ class DatasetBuildRef(SpecModel):
     name: str = Field(pattern=DNS_LABEL, max_length=63)
 
 
+class FineTuneJobRef(SpecModel):
+    """A FineTuneJob in the same namespace; the job waits until it has succeeded."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+
+
+class StartFrom(SpecModel):
+    """Start from another FineTuneJob's result instead of the bare base model (SFT, then DPO)."""
+
+    fine_tune_job_ref: FineTuneJobRef = Field(
+        description="Its adapter is merged into baseModel (in 16-bit, also for qlora) before this job trains; "
+        "a full fine-tune's model replaces baseModel. Both jobs must name the same baseModel."
+    )
+
+
 class DatasetSource(SpecModel):
     """The training data: a DatasetBuild's output, or a folder holding train.parquet (and test.parquet)."""
 
@@ -115,6 +130,7 @@ class FineTuneJobSpec(SpecModel):
     """Fine-tuning of a base model on a dataset (SFT or DPO), then publishing the adapter."""
 
     base_model: str = Field(description="Path of a Hugging Face model folder.")
+    start_from: StartFrom | None = Field(None, description="Train on top of another FineTuneJob's result.")
     dataset: DatasetSource
     method: Literal["full", "lora", "qlora"] = Field(
         "lora", description="full: all weights; lora: PEFT LoRA; qlora: LoRA over a 4-bit NF4 base."

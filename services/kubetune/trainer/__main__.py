@@ -14,7 +14,7 @@ from pathlib import Path
 from kubetune.registry import publish
 from kubetune.registry.lineage import tree_digest
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
-from kubetune.trainer.sft import DatasetMismatchError, train
+from kubetune.trainer.sft import DatasetMismatchError, StartFromError, train
 
 
 def _dataset_digest(dataset_dir: Path) -> str:
@@ -30,11 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, type=Path, help="folder holding train.parquet")
     parser.add_argument("--output", required=True, type=Path, help="folder for checkpoints and the adapter")
     parser.add_argument("--name", default="finetune", help="the FineTuneJob's name, recorded as lineage")
+    parser.add_argument(
+        "--start-from", type=Path, default=None, help="output folder of the FineTuneJob named by spec.startFrom"
+    )
     args = parser.parse_args(argv)
     try:
         spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
-        metrics = train(spec, args.dataset, args.output)
-    except (SpecError, FileNotFoundError, DatasetMismatchError) as exc:
+        if (spec.start_from is None) != (args.start_from is None):
+            raise StartFromError("--start-from is given exactly when spec.startFrom is set")
+        metrics = train(spec, args.dataset, args.output, start_from=args.start_from)
+    except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError) as exc:
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}
@@ -52,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             "method": spec.method,
             "objective": spec.objective,
         }
+        if args.start_from is not None:
+            lineage["started-from"] = spec.start_from.fine_tune_job_ref.name
+            previous = args.start_from / "registration.json"
+            if previous.exists():  # the earlier job's registered version: its own lineage continues there
+                lineage["started-from-version"] = str(json.loads(previous.read_text()).get("version"))
         params = {"spec": json.dumps(spec.to_wire(), sort_keys=True)}
         version = publish(
             tracking_uri=tracking_uri,

@@ -58,7 +58,48 @@ def _load_dataset(dataset_dir: Path, objective: str = "sft"):
     return {split: ds.select_columns(keep) for split, ds in data.items()}
 
 
-def _load_model(spec: FineTuneJobSpec, on_gpu: bool):
+class StartFromError(ValueError):
+    """The FineTuneJob to start from left nothing this job can start from."""
+
+
+def resolve_base(spec: FineTuneJobSpec, start_from: Path | None, output: Path, log=print) -> str:
+    """The folder the model is loaded from: ``baseModel``; with ``startFrom``, the earlier job's full model, or
+    its adapter merged into ``baseModel`` in 16-bit precision (never into a 4-bit base: merging into
+    quantized weights would round the adapter away), written once to ``OUTPUT/start-model`` and reused on
+    resume."""
+    if start_from is None:
+        return spec.base_model
+    ref = f"spec.startFrom.fineTuneJobRef ({start_from})"
+    if (start_from / MODEL_DIR / "config.json").exists():
+        return str(start_from / MODEL_DIR)
+    adapter = start_from / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").exists():
+        raise StartFromError(f"{ref} holds neither {MODEL_DIR}/ nor {ADAPTER_DIR}/: did that job succeed?")
+    trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if trained_on and Path(trained_on).resolve() != Path(spec.base_model).resolve():
+        raise StartFromError(
+            f"{ref} trained an adapter for {trained_on}, but spec.baseModel is {spec.base_model}; name the same model"
+        )
+    merged = output / "start-model"
+    if not (merged / "config.json").exists():
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        log(f"merging the adapter of {start_from} into {spec.base_model}")
+        base = AutoModelForCausalLM.from_pretrained(spec.base_model, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        partial = output / ".start-model.partial"
+        model.save_pretrained(partial)
+        AutoTokenizer.from_pretrained(
+            adapter if (adapter / "tokenizer_config.json").exists() else spec.base_model
+        ).save_pretrained(partial)
+        partial.replace(merged)
+    return str(merged)
+
+
+def _load_model(spec: FineTuneJobSpec, on_gpu: bool, path: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -71,7 +112,7 @@ def _load_model(spec: FineTuneJobSpec, on_gpu: bool):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path or spec.base_model, **kwargs)
     if spec.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -94,15 +135,19 @@ def _peft_config(spec: FineTuneJobSpec):
     )
 
 
-def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> dict[str, Any]:
-    """Fine-tune ``spec.base_model`` on the dataset; returns the metrics also written to metrics.json."""
+def train(
+    spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print, start_from: Path | None = None
+) -> dict[str, Any]:
+    """Fine-tune ``spec.base_model`` (or, with ``start_from``, the result of the FineTuneJob whose output folder
+    that is) on the dataset; returns the metrics also written to metrics.json."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
 
     output.mkdir(parents=True, exist_ok=True)
     on_gpu = torch.cuda.is_available()
     data = _load_dataset(dataset_dir, spec.objective)
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    base = resolve_base(spec, start_from, output, log)
+    tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     t = spec.training
@@ -163,7 +208,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
             (output / "progress.json").write_text(json.dumps({"step": state.global_step, "maxSteps": state.max_steps}))
 
     trainer = Trainer(
-        model=_load_model(spec, on_gpu),
+        model=_load_model(spec, on_gpu, base),
         args=config,
         train_dataset=data["train"],
         eval_dataset=data.get("test"),
@@ -191,6 +236,7 @@ def train(spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print) -> 
     metrics = {
         "method": spec.method,
         "objective": spec.objective,
+        "started_from": str(start_from) if start_from else None,
         **preference,
         "steps": trainer.state.global_step,
         "train_samples": len(data["train"]),
