@@ -93,17 +93,23 @@ def test_the_preference_example(tmp_path, root, vllm_server):
     kubetune_run(root, resources, tmp_path / "work", vllm_server)
     out = tmp_path / "work" / "datasets" / "default" / "preference"
     manifest, stages = funnel(out)
-    assert manifest["type"] == "preference" and stages["generate"]["output"] > 0
-    extract_reasons = {"extract_not_verbatim", "extract_too_short", "extract_not_a_sentence"}
-    assert set(stages["generate"]["dropped"]) <= {*extract_reasons, "truncated_answer", "invalid_json", "wrong_shape"}
+    assert manifest["type"] == "preference" and stages["rank"]["output"] > 0
+    assert set(stages["rank"]["dropped"]) <= {
+        "tie",
+        "too_few_candidates",
+        "low_score",
+        "judge_invalid",
+        "judge_truncated",
+        "invalid_json",
+        "truncated_answer",
+        "wrong_shape",
+    }
     rows = pq.read_table(out / "train.parquet").to_pylist()
-    chunks = [json.loads(line)["text"] for line in (out / "stages" / "dedup_chunks.jsonl").read_text().splitlines()]
+    assert rows
     for row in rows:
         assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
-        chosen = row["chosen"][0]["content"]
-        assert len(chosen) >= 100 and chosen[0].isupper() and chosen.rstrip("\"')]")[-1] in ".!?"
-        assert any(chosen in " ".join(c.split()) for c in chunks), "chosen is the document's own words"
-        assert chosen != row["rejected"][0]["content"]
+        assert row["chosen_score"] > row["rejected_score"], "the judge's best is chosen, its worst rejected"
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
 
     # The example's FineTuneJob trains with DPO on those rows.
     metrics = json.loads((tmp_path / "work" / "finetunes" / "default" / "preference-dpo" / "metrics.json").read_text())

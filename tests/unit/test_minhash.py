@@ -80,18 +80,17 @@ def test_vectorised_tokeniser_splits_like_words(text):
     assert hashes.tolist() == [int(h) for h in one_by_one]
 
 
-def test_word_hashes_do_not_depend_on_position_or_buffer_piece():
-    """A text longer than one prefix-sum piece (256 KiB) hashes the same word to the same value everywhere."""
+def test_word_hashes_depend_on_the_word_only():
+    """Words of every length (one 8-byte load, several, BLAKE2b past 64 bytes) hash the same in any context."""
     hasher = minhash._MinHasher(DEFAULTS)
-    hashes, counts = hasher._tokenise(["alpha beta " * 40_000, "beta"])
-    assert counts.tolist() == [80_000, 1]
-    assert len(set(hashes[0:80_000:2].tolist())) == 1
-    assert set(hashes[1:80_000:2].tolist()) == {int(hashes[-1])}
-    assert hashes[0] != hashes[1]
-    long_word = "x" * 700_000  # longer than a piece: hashed with tables of its own
-    around, _ = hasher._tokenise(["ab " + long_word + " ab"])
-    alone, _ = hasher._tokenise([long_word])
-    assert around[1] == alone[0] and around[0] == around[2]
+    vocab = ["x" * n for n in (1, 7, 8, 9, 16, 17, 63, 64, 65, 200)] + ["xy" * 4, "yx" * 4, "é" * 5]
+    alone = [int(hasher._tokenise([w])[0][0]) for w in vocab]
+    assert len(set(alone)) == len(vocab)
+    context, counts = hasher._tokenise([" ".join(vocab), "-".join(reversed(vocab)) + " ab"])
+    assert counts.tolist() == [len(vocab), len(vocab) + 1]
+    assert context[: len(vocab)].tolist() == alone
+    assert context[len(vocab) : 2 * len(vocab)].tolist() == alone[::-1]
+    assert set(hasher._tokenise(["ab " + "z" * 100_000 + " ab"])[0].tolist()[::2]) == {int(context[-1])}
 
 
 # -- finding duplicates --------------------------------------------------------------------------------------

@@ -183,13 +183,16 @@ def _best_run(query: list[str], parts: list[str], min_recall: float) -> str | No
     return best
 
 
-def verbatim_extract(extract: str, chunk_text: str, answer: str = "", min_overlap: float = 0.5) -> str | None:
+def verbatim_extract(
+    extract: str, chunk_text: str, answer: str = "", instruction: str = "", min_overlap: float = 0.5
+) -> str | None:
     """The chunk's own words for the model's extract.
 
     The extract itself when it stands in the chunk (white space aside); otherwise the run of whole chunk
     sentences that best matches it (word F1), when that run holds at least ``min_overlap`` of its words;
-    failing that, the run that best matches the model's ``answer`` (at least half of its words). None when
-    neither is in the chunk. Small models paraphrase while they "copy": snapping to the chunk's sentences
+    failing that, the run that best matches the content words of the model's ``answer``, then of the
+    ``instruction`` (at least half of them): the passage of the chunk the question is about. None when none of
+    them is in the chunk. Small models paraphrase while they "copy": snapping to the chunk's sentences
     keeps every chosen answer verbatim and sentence-bounded whatever the model wrote.
     """
     from kubetune.datagen.documents import sentences
@@ -198,10 +201,23 @@ def verbatim_extract(extract: str, chunk_text: str, answer: str = "", min_overla
     if extract and extract in _squash(chunk_text):
         return extract
     parts = sentences(_squash(chunk_text))
-    for query, recall in ((_word_list(extract), min_overlap), (_word_list(answer), 0.5)):
+    queries = [(_word_list(extract), min_overlap), (_content_words(answer), 0.5), (_content_words(instruction), 0.5)]
+    for query, recall in queries:
         if query and (found := _best_run(query, parts, recall)):
             return found
     return None
+
+
+_STOPWORD_TEXT = (
+    "a an and are as at be been but by can do does for from has have how i in is it its of on or so such than "
+    "that the their them then there these they this to was were what when where which who why will with would "
+    "you your"
+)
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in _word_list(text) if w not in _STOPWORDS and len(w) > 2]
 
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")
@@ -232,7 +248,7 @@ def parse_samples(completion: Completion, chunk: Chunk, spec: DatasetBuildSpec, 
             "origin": "generated",
         }
         if extract_method:
-            chosen = verbatim_extract(item["extract"], chunk.text, row["answer"])
+            chosen = verbatim_extract(item["extract"], chunk.text, row["answer"], row["instruction"])
             if chosen is None:
                 count(dropped, "extract_not_verbatim")
                 continue

@@ -4,8 +4,9 @@ Shingles. A text is casefolded and split into ``\w+`` words (:func:`words`); its
 ``shingle_size`` consecutive words. A text with fewer words is one shingle of all of them; an empty text has
 none, is always kept and is never a duplicate.
 
-MinHash. Every shingle is hashed to 64 bits (a polynomial hash of the word's UTF-8 bytes, mixed with the
-murmur3 finaliser, then the words of the shingle combined with per-position multipliers and mixed again).
+MinHash. Every shingle is hashed to 64 bits: each word from its UTF-8 bytes (8-byte loads folded by a
+multiplier, with the murmur3 finaliser), then the words of the shingle combined with per-position multipliers
+and mixed again.
 Permutation ``i`` maps a shingle hash ``h`` to ``a_i * h mod 2**64`` with an odd ``a_i``: a bijection of the
 64-bit values, and the shingle hashes are already uniform, so the minimum over a text's shingles falls on any
 of them with equal probability and two texts agree on it with probability equal to their Jaccard similarity
@@ -25,7 +26,8 @@ datatrove) also drops about one pair in 20 at J = 0.5, and its union-find chains
 here a text is compared only with texts that were kept, and the first one in order is kept.
 
 Speed. Everything per word and per shingle is NumPy over a batch of texts: the texts are joined into one byte
-buffer, word boundaries and word hashes come from prefix sums over the bytes, the 112 permutations of all
+buffer, word boundaries come from a byte table, word hashes from 8-byte loads at the word starts, the 112
+permutations of all
 shingles of a few documents are one broadcast multiply and ``np.minimum.reduceat``. Python runs once per batch,
 and per document only for the rare documents that share a band with another document of the same batch.
 
@@ -49,7 +51,6 @@ __all__ = ["NearDuplicateIndex", "candidate_probability", "find_near_duplicates"
 _WORD = re.compile(r"\w+")
 _BATCH_DOCS = 4096  # at most this many texts are hashed and resolved together,
 _BATCH_CHARS = 1 << 21  # and at most this many characters (unless one text is longer): temporaries ~ 6x that
-_PIECE_BYTES = 1 << 18  # prefix sums of word hashes run over at most this many bytes at once
 _CHUNK_SHINGLES = 4096  # shingles x permutations multiplied at once (4096 x 112 x 4 B = 1.8 MiB: stays in L2)
 
 # A byte belongs to a word when it is [0-9A-Za-z_] (ASCII \w) or >= 0x80. Bytes >= 0x80 appear only in texts
@@ -59,7 +60,6 @@ _WORD_BYTE = np.zeros(256, dtype=bool)
 _WORD_BYTE[[ord(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"]] = True
 _WORD_BYTE[0x80:] = True
 
-_MOD = 1 << 64
 _C1, _C2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _S32, _S33 = np.uint64(32), np.uint64(33)
 
@@ -97,9 +97,8 @@ class _MinHasher:
     def __init__(self, spec: NearDedupSpec):
         self.shingle_size, self.bands, self.rows = spec.shingle_size, spec.bands, spec.rows
         seed = spec.seed
-        word_mul = int(_constants(seed, "word", 1)[0])
-        self._word_mul, self._word_inv = word_mul, pow(word_mul, -1, _MOD)
-        self._powers = self._inv_powers = np.ones(1, dtype=np.uint64)  # M**i, M**-i: see _powers_upto
+        self._word_mul = _constants(seed, "word", 1)[0]
+        self._word_key = _constants(seed, "long word", 1)[0].tobytes()
         self._len_mul = _constants(seed, "length", 1)[0]
         self._shingle_mul = _constants(seed, "shingle", spec.shingle_size)
         self._perm = _constants(seed, "permutation", spec.bands * spec.rows, np.uint32)[:, None]
@@ -109,36 +108,35 @@ class _MinHasher:
 
     # -- words ----------------------------------------------------------------------------------------------
 
-    def _powers_upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``M**i`` and ``M**-i`` mod 2**64 for i < n; kept for reuse up to one piece's length."""
-        if len(self._powers) >= n:
-            return self._powers, self._inv_powers
-        size = max(n, min(2 * len(self._powers), _PIECE_BYTES + 1))
-        powers, inv_powers = (
-            np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, m, dtype=np.uint64), dtype=np.uint64)])
-            for m in (self._word_mul, self._word_inv)
-        )
-        if size <= _PIECE_BYTES + 1:  # a longer single word gets tables of its own, not kept
-            self._powers, self._inv_powers = powers, inv_powers
-        return powers, inv_powers
+    def _word_hashes(self, data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """64-bit hash of each word ``data[starts[i]:ends[i]]``, from its bytes and length only.
 
-    def _word_hashes(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Hash of each word ``buf[starts[i]:ends[i]]``: sum of byte * M**offset, by prefix sums over pieces."""
-        out = np.empty(len(starts), dtype=np.uint64)
-        i, n = 0, len(starts)
-        while i < n:
-            lo = int(starts[i])
-            j = max(i + 1, int(np.searchsorted(ends, lo + _PIECE_BYTES, side="right")))
-            hi = int(ends[j - 1])
-            powers, inv_powers = self._powers_upto(hi - lo + 1)
-            prefix = np.empty(hi - lo + 1, dtype=np.uint64)
-            prefix[0] = 0
-            np.cumsum(buf[lo:hi] * powers[: hi - lo], out=prefix[1:])
-            s, e = starts[i:j] - lo, ends[i:j] - lo
-            out[i:j] = (prefix[e] - prefix[s]) * inv_powers[s]
-            i = j
-        out += (ends - starts).astype(np.uint64) * self._len_mul
+        A word of up to 64 bytes is read as 8-byte little-endian loads (unaligned reads of the buffer at every
+        word start), the last one masked to the word's length, folded as a polynomial in an odd multiplier;
+        a longer word (a URL, a blob) goes through BLAKE2b. Then the length is mixed in and murmur3 finishes."""
+        lengths = (ends - starts).astype(np.uint64)
+        padded = np.frombuffer(data + bytes(8), dtype=np.uint8)
+        loads = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))  # 8 bytes at every offset
+        out = self._masked(loads[starts], lengths)
+        todo = np.flatnonzero((lengths > 8) & (lengths <= 64))
+        for offset in range(8, 64, 8):
+            todo = todo[lengths[todo] > offset]
+            if not todo.size:
+                break
+            chunk = self._masked(loads[starts[todo] + offset], lengths[todo] - np.uint64(offset))
+            out[todo] = out[todo] * self._word_mul + chunk
+        for i in np.flatnonzero(lengths > 64).tolist():
+            digest = hashlib.blake2b(data[starts[i] : ends[i]], digest_size=8, key=self._word_key).digest()
+            out[i] = int.from_bytes(digest, "little")
+        out ^= lengths * self._len_mul
         return _fmix64(out)
+
+    @staticmethod
+    def _masked(loads: np.ndarray, remaining: np.ndarray) -> np.ndarray:
+        """The first min(remaining, 8) bytes of each 8-byte load (the rest belongs to what follows the word)."""
+        short = remaining < 8
+        loads[short] &= (np.uint64(1) << (remaining[short] * np.uint64(8))) - np.uint64(1)
+        return loads
 
     def _tokenise(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Word hashes of all texts, concatenated, and the number of words of each text."""
@@ -154,7 +152,7 @@ class _MinHasher:
         doc_starts = np.cumsum(lengths + 1) - (lengths + 1)
         first_word = np.searchsorted(starts, doc_starts)
         counts = np.diff(first_word, append=len(starts))
-        return self._word_hashes(buf, starts, ends), counts
+        return self._word_hashes(data, starts, ends), counts
 
     # -- shingles and signatures ----------------------------------------------------------------------------
 
