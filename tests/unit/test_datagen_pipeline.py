@@ -386,7 +386,7 @@ def test_malformed_answers_are_asked_again_then_dropped(tmp_path, tiny_model):
     )
     manifest = run(spec, tmp_path / "out", engine)
     assert attempts == {"lora": 2, "qlora": 3}
-    assert manifest["retries"] == 3
+    assert manifest["retries"] == 3 and manifest["discardedTokens"] == 3 * 512
     generate_stage = next(s for s in manifest["stages"] if s["name"] == "generate")
     assert generate_stage["dropped"] == {"truncated_answer": 1} and generate_stage["output"] == 2
     seeds = [r.seed for r in engine.asked if "Quantized" in r.messages[-1]["content"]]

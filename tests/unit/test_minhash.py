@@ -184,7 +184,7 @@ def test_signatures_are_fixed_across_processes_and_machines():
     sigs, rows = signatures(["The quick brown fox jumps over the lazy dog"], DEFAULTS)
     assert rows.tolist() == [0]
     assert sigs.shape == (1, 112) and sigs.dtype == np.uint32
-    assert sigs[0, :4].tolist() == [557809929, 193800106, 1851450098, 170483507]
+    assert sigs[0, :4].tolist() == [301799894, 149477062, 1519854989, 826714991]
     other, _ = signatures(["The quick brown fox jumps over the lazy dog"], NearDedupSpec(seed=2))
     assert np.mean(other[0] == sigs[0]) < 0.05
 

@@ -56,16 +56,22 @@ def is_json(completion: Completion) -> bool:
     return True
 
 
+@dataclass
+class RetryReport:
+    retried: int = 0  # requests asked again
+    discarded_tokens: int = 0  # tokens of the answers thrown away for a retry
+
+
 def complete_with_retries(
     engine: ChatEngine, requests: list[Request], retries: int, valid: Callable[[Completion], bool] = is_json
-) -> tuple[list[Completion], int]:
+) -> tuple[list[Completion], RetryReport]:
     """Completions, each asked again (with a new seed) up to ``retries`` times while not ``valid``.
 
-    Returns the completions (the last attempt's where all failed, for the caller to count and drop) and the
-    number of retries made.
+    Returns the completions (the last attempt's where all failed, for the caller to count and drop) and what
+    the retries cost.
     """
     completions = engine.complete(requests)
-    retried = 0
+    report = RetryReport()
     for attempt in range(1, retries + 1):
         bad = [i for i, c in enumerate(completions) if not valid(c)]
         if not bad:
@@ -73,10 +79,11 @@ def complete_with_retries(
         again = engine.complete(
             [replace(requests[i], seed=request_seed(requests[i].seed, f"retry{attempt}")) for i in bad]
         )
-        retried += len(bad)
+        report.retried += len(bad)
+        report.discarded_tokens += sum(completions[i].tokens for i in bad)
         for i, completion in zip(bad, again, strict=True):
             completions[i] = completion
-    return completions, retried
+    return completions, report
 
 
 class VllmEngine:

@@ -1,18 +1,18 @@
 r"""Near-duplicate detection: MinHash signatures over word shingles, LSH banding, then verification.
 
 Shingles. A text is casefolded and split into ``\w+`` words (:func:`words`); its shingles are the runs of
-``shingle_size`` consecutive words. A text with fewer words is one shingle of all of them; an empty text has
-none, is always kept and is never a duplicate.
+``shingle_size`` consecutive words. A text with fewer words is one shingle of all of them; an empty text (no
+word) has none, is always kept and is never a duplicate.
 
-MinHash. Every shingle is hashed to 64 bits: each word from its UTF-8 bytes (8-byte loads folded by a
-multiplier, with the murmur3 finaliser), then the words of the shingle combined with per-position multipliers
-and mixed again.
-Permutation ``i`` maps a shingle hash ``h`` to ``a_i * h mod 2**64`` with an odd ``a_i``: a bijection of the
-64-bit values, and the shingle hashes are already uniform, so the minimum over a text's shingles falls on any
-of them with equal probability and two texts agree on it with probability equal to their Jaccard similarity
-``J``. The top 32 bits of each minimum are kept: ``bands * rows`` (112 by default) uint32 values per text. All
-constants come from BLAKE2b of ``seed``, never from Python's per-process ``hash()``, so signatures are the same
-on every machine and in every process.
+MinHash. Each word is hashed from its UTF-8 bytes, the words of a shingle are combined with per-position
+multipliers and mixed (murmur3's finaliser), and the top 32 bits are the shingle's hash ``h`` (two distinct
+shingles collide with probability 2**-32). Permutation ``i`` is ``h -> a_i * h mod 2**32`` with an odd
+``a_i``, a bijection of the 32-bit values: as the ``h`` are uniform, the minimum over a text's shingles falls
+on each of them with equal probability, and two texts' minima agree with probability equal to the Jaccard
+similarity ``J`` of their shingle sets. A signature is ``bands * rows`` such minima (112 uint32 by default);
+the unit tests check that the estimates are unbiased and spread like 112 independent permutations. All
+constants come from BLAKE2b of ``seed``, never from Python's per-process ``hash()``: signatures are the same
+in every process and on every machine.
 
 LSH. The signature is cut into ``bands`` bands of ``rows`` values; two texts become candidates when one band
 agrees in all rows, which happens with probability ``P(s) = 1 - (1 - s**rows)**bands``
@@ -21,19 +21,22 @@ S-curve between J 0.6 and 0.8: P = 0.05 at 0.5, 0.21 at 0.6, 0.50 at 0.685, 0.77
 0.9996 at 0.9 (the rule of thumb ``(1/bands)**(1/rows)`` says 0.72).
 
 Verification. A candidate is a duplicate only if the share of equal signature values, an unbiased estimate of
-``J`` with standard error ``sqrt(J(1-J)/112)`` (0.04 at 0.75), is at least ``threshold``. Banding alone (as in
-datatrove) also drops about one pair in 20 at J = 0.5, and its union-find chains A~B, B~C into one cluster;
-here a text is compared only with texts that were kept, and the first one in order is kept.
+``J`` with standard error ``sqrt(J(1-J)/112)`` (0.04 at 0.75), is at least ``threshold``. Banding alone (as
+datatrove and plain datasketch do) also drops one pair in 20 at J = 0.5, and datatrove's union-find chains
+A~B, B~C into one cluster; here a text is compared only with texts that were kept, and the earliest kept match
+is reported. Found = candidate and verified, so recall can only be lower than banding alone at the same
+bands x rows: to drop pairs down to ``threshold`` reliably, the bands must make nearly every such pair a
+candidate (more bands of fewer rows).
 
-Speed. Everything per word and per shingle is NumPy over a batch of texts: the texts are joined into one byte
-buffer, word boundaries come from a byte table, word hashes from 8-byte loads at the word starts, the 112
-permutations of all
-shingles of a few documents are one broadcast multiply and ``np.minimum.reduceat``. Python runs once per batch,
-and per document only for the rare documents that share a band with another document of the same batch.
+Speed. Everything per word and per shingle is NumPy over a batch of texts: the texts are joined into one
+byte buffer, word boundaries come from a byte table, word hashes from 8-byte loads at the word starts, and
+the 112 permutations of the shingles of a few texts are one broadcast multiply and ``np.minimum.reduceat``.
+Python runs once per batch, and per text only for the few texts that share a band key with another text of
+the same batch.
 
-Memory. A kept text costs the low 16 bits of its signature values (224 bytes by default: two different minima
-agree on them with probability 2**-16, which moves an estimate by less than 0.0001) and one entry per band in
-an open-addressing hash table (8-byte key, 4-byte id, at most 70 % full); the texts themselves are not kept.
+Memory. A kept text costs the low 16 bits of its signature values (224 bytes by default; two different
+minima agree on them with probability 2**-16, which moves an estimate by less than 0.0001) and one entry per
+band in an open-addressing hash table (8-byte key, 4-byte id, at most 70 % full). Texts are not kept.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ _WORD_BYTE = np.zeros(256, dtype=bool)
 _WORD_BYTE[[ord(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"]] = True
 _WORD_BYTE[0x80:] = True
 
+_BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # the low n bytes
 _C1, _C2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _S32, _S33 = np.uint64(32), np.uint64(33)
 
@@ -98,7 +102,7 @@ class _MinHasher:
         self.shingle_size, self.bands, self.rows = spec.shingle_size, spec.bands, spec.rows
         seed = spec.seed
         self._word_mul = _constants(seed, "word", 1)[0]
-        self._word_key = _constants(seed, "long word", 1)[0].tobytes()
+        self._word_key = int(_constants(seed, "long word", 1)[0]).to_bytes(8, "little")
         self._len_mul = _constants(seed, "length", 1)[0]
         self._shingle_mul = _constants(seed, "shingle", spec.shingle_size)
         self._perm = _constants(seed, "permutation", spec.bands * spec.rows, np.uint32)[:, None]
@@ -134,8 +138,7 @@ class _MinHasher:
     @staticmethod
     def _masked(loads: np.ndarray, remaining: np.ndarray) -> np.ndarray:
         """The first min(remaining, 8) bytes of each 8-byte load (the rest belongs to what follows the word)."""
-        short = remaining < 8
-        loads[short] &= (np.uint64(1) << (remaining[short] * np.uint64(8))) - np.uint64(1)
+        loads &= _BYTE_MASKS[np.minimum(remaining, np.uint64(8))]
         return loads
 
     def _tokenise(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -275,11 +278,12 @@ class _KeyTable:
         while pending.size:
             free = self._keys[slot] == 0
             claims = np.flatnonzero(free)
-            taken, first = np.unique(slot[claims], return_index=True)  # one key per free slot per round
-            winners = pending[claims[first]]
-            self._keys[taken], self._vals[taken] = keys[winners], vals[winners]
+            at = slot[claims]
+            self._vals[at] = claims  # where several claim one free slot, one of them is written: it wins
+            won = claims[self._vals[at] == claims]
+            self._keys[slot[won]], self._vals[slot[won]] = keys[pending[won]], vals[pending[won]]
             placed = np.zeros(len(pending), dtype=bool)
-            placed[claims[first]] = True
+            placed[won] = True
             slot = np.where(free, slot, (slot + 1) & wrap)  # losers retry the (now taken) slot next round
             pending, slot = pending[~placed], slot[~placed]
 

@@ -129,6 +129,7 @@ class Build:
         self._engine_factory = engine_factory
         self._engines: dict[str | None, ChatEngine] = {}
         self.retries = 0
+        self.discarded_tokens = 0  # written by the LLM, then thrown away for a retry (this run only)
 
     def eval_index(self):
         """The evaluation sets' n-grams, loaded once for chunks and samples."""
@@ -151,10 +152,11 @@ class Build:
         return self._engines[key]
 
     def ask(self, requests: list[Request], model: str | None = None) -> list[Completion]:
-        completions, retried = complete_with_retries(
+        completions, report = complete_with_retries(
             self.engine(model), requests, self.spec.generation.malformed_retries
         )
-        self.retries += retried
+        self.retries += report.retried
+        self.discarded_tokens += report.discarded_tokens
         return completions
 
     # -- stages ----------------------------------------------------------------------------------------
@@ -521,7 +523,8 @@ def build(
         "spec": spec.to_wire(),
         "tokenizer": tokenizer_path,
         "generatedTokens": sum(s.tokens for s in b.funnel.stages),
-        "retries": b.retries,  # malformed answers asked again
+        "retries": b.retries,  # malformed answers asked again (in this run; a resumed run counts its own)
+        "discardedTokens": b.discarded_tokens,
         # Requests an endpoint refused for a while (429, 5xx, timeouts) and answered on a retry.
         "transportRetries": sum(getattr(e, "retries", 0) for e in b._engines.values()),
         "stages": [],
