@@ -26,7 +26,7 @@ def test_a_batch_over_the_token_budget_completes(root: Path, smollm2: Path):
 
     wire = next(yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()))["spec"]
     wire["source"]["paths"] = [str(root / "examples" / "data")]
-    wire["generation"] |= {"model": str(smollm2), "maxTokens": 8}
+    wire["generation"] |= {"model": str(smollm2), "maxTokens": 16}
     spec = DatasetBuildSpec.model_validate(wire)
     chunks = [documents.Chunk(**c) for c in pipeline.prepare(pipeline.Build(spec, None, lambda _: None, None))]
     twice = chunks + [replace(c, chunk_id=c.chunk_id + "-again") for c in chunks]
@@ -39,6 +39,6 @@ def test_a_batch_over_the_token_budget_completes(root: Path, smollm2: Path):
     engine = VllmEngine(spec.generation)
     completions = engine.complete(requests)
     assert len(completions) == len(requests) == 2 * len(chunks)
-    assert all(c.tokens == 8 and c.finish_reason == "length" for c in completions)
+    assert all(c.tokens == 16 and c.finish_reason == "length" for c in completions)
     again = engine.complete(requests[:3])
     assert [c.text for c in again] == [c.text for c in completions[:3]], "a request's seed fixes its answer"

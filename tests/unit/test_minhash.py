@@ -217,6 +217,31 @@ def test_same_result_for_any_batch_size_and_for_streaming(monkeypatch):
     assert len(index) == expected.count(None)
 
 
+def test_band_keys_shared_by_many_distinct_texts_are_capped(monkeypatch):
+    """A key shared by more than _BUCKET_CAP kept texts (boilerplate) indexes only the first of them: candidates
+    stay bounded, copies are still found through their other bands, and batches still agree with streaming."""
+    spec = NearDedupSpec(shingle_size=1, bands=32, rows=1, threshold=0.9)
+    common = _ids(50, start=10_000)
+    texts = [" ".join(common + _ids(50, start=100 * i)) for i in range(60)]  # J = 1/3 between any two
+    texts += [texts[i] for i in (0, 20, 45, 59)]  # exact copies of texts indexed before and after the cap
+    expected = [None] * 60 + [0, 20, 45, 59]
+    index = NearDuplicateIndex(spec)
+    assert [index.add(t) for t in texts] == expected
+    q, _ = index._table.lookup(index._hasher.band_keys(signatures(texts[:1], spec)[0]).ravel())
+    assert np.bincount(q).max() == minhash._BUCKET_CAP  # the keys of the common words hold 16 texts, not 60
+    for batch in (1, 7, 64):
+        monkeypatch.setattr(minhash, "_BATCH_DOCS", batch)
+        assert find_near_duplicates(texts, spec) == expected
+    batched = NearDuplicateIndex(spec)
+    assert batched.add_batch(texts) == expected
+
+    def entries(ix: NearDuplicateIndex) -> list[tuple[int, int]]:
+        used = ix._table._keys != 0
+        return sorted(zip(ix._table._keys[used].tolist(), ix._table._vals[used].tolist(), strict=True))
+
+    assert entries(batched) == entries(index)  # the same texts indexed under the same keys
+
+
 def test_memory_grows_with_kept_texts_not_with_their_length():
     index = NearDuplicateIndex(DEFAULTS)
     index.add_batch([" ".join(ws) for ws in _texts(50, length=2000, seed=6)])

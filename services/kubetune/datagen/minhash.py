@@ -54,6 +54,7 @@ __all__ = ["NearDuplicateIndex", "candidate_probability", "find_near_duplicates"
 _WORD = re.compile(r"\w+")
 _BATCH_DOCS = 4096  # at most this many texts are hashed and resolved together,
 _BATCH_CHARS = 1 << 21  # and at most this many characters (unless one text is longer): temporaries ~ 6x that
+_BUCKET_CAP = 16  # a band key indexes at most this many kept texts (boilerplate shared by many distinct texts)
 _CHUNK_SHINGLES = 4096  # shingles x permutations multiplied at once (4096 x 112 x 4 B = 1.8 MiB: stays in L2)
 
 # A byte belongs to a word when it is [0-9A-Za-z_] (ASCII \w) or >= 0x80. Bytes >= 0x80 appear only in texts
@@ -327,14 +328,16 @@ class NearDuplicateIndex:
         sigs = sigs.astype(np.uint16)  # verification compares the low 16 bits (b-bit MinHash)
         bands = self.spec.bands
         dup = np.full(len(rows), -1, dtype=np.int64)  # per text with words: kept id matched, or -1
+        indexed = np.zeros(keys.size, dtype=np.int64)  # per (text, band): kept texts already under that key
 
         # 1. Against the texts kept before this batch: all candidates verified at once; the smallest verified id.
         if len(self._table):
             query, kept_id = self._table.lookup(keys.ravel())
             if query.size:
+                indexed = np.bincount(query, minlength=keys.size)
                 pairs = np.unique((query // bands) << 32 | kept_id.astype(np.int64))
                 text, kept_id = pairs >> 32, pairs & 0xFFFFFFFF
-                same = np.count_nonzero(sigs[text] == self._sigs[kept_id], axis=1) >= self._need
+                same = self._verified(sigs, text, self._sigs, kept_id)
                 text, kept_id = text[same], kept_id[same]
                 first = np.unique(text, return_index=True)[1]
                 dup[text[first]] = kept_id[first]
@@ -344,15 +347,14 @@ class NearDuplicateIndex:
         live = np.flatnonzero(dup < 0)
         local = np.full(len(rows), -1, dtype=np.int64)  # row of the batch text matched within the batch
         if live.size > 1:
-            flat = keys[live].ravel()
-            _, group, sizes = np.unique(flat, return_inverse=True, return_counts=True)
+            entries = (live[:, None] * bands + np.arange(bands)).ravel()
+            _, group, sizes = np.unique(keys.ravel()[entries], return_inverse=True, return_counts=True)
             shared = sizes[group] > 1
             if shared.any():
-                self._resolve_in_batch(live, group, shared, sigs, local)
+                self._resolve_in_batch(entries[shared] // bands, group[shared], indexed[entries[shared]], sigs, local)
 
-        # 3. Ids in text order (texts without words are kept too), then index the new kept texts.
-        has_words = np.zeros(n_texts, dtype=bool)
-        has_words[rows] = True
+        # 3. Ids in text order (texts without words are kept too), then index the new kept texts: under each of
+        # their band keys, unless _BUCKET_CAP kept texts are there already.
         kept_mask = np.ones(n_texts, dtype=bool)
         kept_mask[rows[(dup >= 0) | (local >= 0)]] = False
         new_ids = self._kept + np.cumsum(kept_mask) - 1
@@ -360,29 +362,48 @@ class NearDuplicateIndex:
         in_batch = np.flatnonzero(local >= 0)
         match[rows[in_batch]] = new_ids[rows[local[in_batch]]]
         kept_rows = np.flatnonzero(kept_mask[rows])
-        n_new = int(kept_mask.sum())
-        self._store(sigs[kept_rows], new_ids[rows[kept_rows]], n_new)
-        self._table.insert(keys[kept_rows].ravel(), np.repeat(new_ids[rows[kept_rows]], bands).astype(np.int32))
+        self._store(sigs[kept_rows], new_ids[rows[kept_rows]], int(kept_mask.sum()))
+        entries = (kept_rows[:, None] * bands + np.arange(bands)).ravel()
+        new_keys = keys.ravel()[entries]
+        order = np.argsort(new_keys, kind="stable")  # rank of each entry among the batch's kept with its key
+        run_start = np.flatnonzero(np.diff(new_keys[order], prepend=new_keys[order][:1] - 1))
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - np.repeat(run_start, np.diff(run_start, append=len(order)))
+        room = indexed[entries] + rank < _BUCKET_CAP
+        self._table.insert(new_keys[room], new_ids[rows[entries[room] // bands]].astype(np.int32))
         return match
 
+    def _verified(self, sigs_a: np.ndarray, a: np.ndarray, sigs_b: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Whether ``sigs_a[a[i]]`` and ``sigs_b[b[i]]`` agree on enough values, a slice of pairs at a time."""
+        out = np.empty(len(a), dtype=bool)
+        for lo in range(0, len(a), 1 << 14):
+            hi = lo + (1 << 14)
+            out[lo:hi] = np.count_nonzero(sigs_a[a[lo:hi]] == sigs_b[b[lo:hi]], axis=1) >= self._need
+        return out
+
     def _resolve_in_batch(
-        self, live: np.ndarray, group: np.ndarray, shared: np.ndarray, sigs: np.ndarray, local: np.ndarray
+        self, entry_row: np.ndarray, entry_group: np.ndarray, indexed: np.ndarray, sigs: np.ndarray, local: np.ndarray
     ) -> None:
-        bands = self.spec.bands
-        entries = np.flatnonzero(shared)
-        entry_row, entry_group = live[entries // bands], group[entries]
-        members: dict[int, list[int]] = {}
-        for g, r in zip(entry_group.tolist(), entry_row.tolist(), strict=True):  # rows ascend: members in order
-            members.setdefault(g, []).append(r)
+        """In order, each text that shares a band key with another of the batch, against the batch's texts kept
+        before it and indexed under that key; sets ``local[row]`` to the earliest verified one."""
         groups_of: dict[int, list[int]] = {}
-        for g, r in zip(entry_group.tolist(), entry_row.tolist(), strict=True):
+        room: dict[int, int] = {}
+        for g, r, n in zip(entry_group.tolist(), entry_row.tolist(), indexed.tolist(), strict=True):
             groups_of.setdefault(r, []).append(g)
+            room[g] = _BUCKET_CAP - n
+        kept_with: dict[int, list[int]] = {}  # key group -> rows kept so far and indexed under that key
         for r in sorted(groups_of):
-            earlier = sorted({m for g in groups_of[r] for m in members[g] if m < r and local[m] < 0})
-            for m in earlier:
-                if np.count_nonzero(sigs[r] == sigs[m]) >= self._need:
-                    local[r] = m
-                    break
+            candidates = {m for g in groups_of[r] for m in kept_with.get(g, ())}
+            if candidates:
+                earlier = np.array(sorted(candidates))
+                same = self._verified(sigs, earlier, sigs, np.full(len(earlier), r))
+                if same.any():
+                    local[r] = earlier[np.argmax(same)]
+                    continue
+            for g in groups_of[r]:
+                indexed_here = kept_with.setdefault(g, [])
+                if len(indexed_here) < room[g]:
+                    indexed_here.append(r)
 
     def _store(self, sigs: np.ndarray, ids: np.ndarray, n_new: int) -> None:
         total = self._kept + n_new
