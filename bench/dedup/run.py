@@ -9,8 +9,9 @@ not copies). Everything is shuffled.
 
 Each method runs in its own process pinned to one CPU, one after the other:
 
-* kubetune: ``find_near_duplicates(texts, NearDedupSpec())`` (14 x 8, threshold 0.75), on the texts already
-  in memory; run ``--repeats`` times, the median wall time is reported (memory from the first run).
+* kubetune: ``find_near_duplicates(texts, NearDedupSpec())`` (its defaults; ``--variant`` adds rows with other
+  fields), on the texts already in memory; run ``--repeats`` times, the median wall time is reported (memory
+  from the first run).
 * datatrove: MinhashDedupSignature -> MinhashDedupBuckets -> MinhashDedupCluster -> MinhashDedupFilter with
   ``MinhashConfig()`` defaults, each a LocalPipelineExecutor with 1 worker (the buckets stage needs 14
   tasks, run one after the other by that worker), reading the corpus JSONL.
@@ -377,8 +378,16 @@ def score(truth: dict, dropped: np.ndarray, match: np.ndarray) -> dict:
     }
 
 
+def _label(name: str, r: dict) -> str:
+    if "spec" not in r:
+        return name
+    sp = r["spec"]
+    return f"{name} ({sp['bands']}x{sp['rows']}, threshold {sp['threshold']})"
+
+
 def report(results: dict, meta: dict) -> str:
     n = meta["docs"]
+    results = {_label(name, r): r for name, r in results.items()}
     rows = [
         "| method | wall s | docs/s (1 core) | vs datatrove | peak RSS MiB | growth MiB | precision | recall "
         + "| "

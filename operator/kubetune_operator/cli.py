@@ -150,13 +150,39 @@ class PlanOutput(StrEnum):
     json = "json"
 
 
-def _plan_build(res: Resource):
+class _BuildPlan(dict):
+    """A DatasetBuild's plan as the datagen entrypoint printed it."""
+
+    def __getattr__(self, name: str):
+        return self[name]
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
+def _plan_build(res: Resource) -> _BuildPlan:
+    """The datagen entrypoint's ``--plan`` in a subprocess, as ``kubetune run`` runs the services: the CLI (the
+    operator image's too) imports none of the datagen stack, which only the datagen extra installs."""
+    import json
     import os
+    import subprocess
+    import tempfile
 
-    from kubetune.datagen.pipeline import plan as plan_build
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return plan_build(res.spec)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as spec_file:
+        json.dump(res.spec.to_wire(), spec_file)
+        spec_file.flush()
+        proc = subprocess.run(
+            [sys.executable, "-m", "kubetune.datagen", "--spec", spec_file.name, "--plan"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["the datagen entrypoint failed"]
+        if "ModuleNotFoundError" in proc.stderr:
+            lines.append("planning a DatasetBuild needs the datagen extra: pip install 'kubetune[datagen-cpu]'")
+        raise ValueError(lines[-1].removeprefix("datagen failed: "))
+    return _BuildPlan(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 @app.command()

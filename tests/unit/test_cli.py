@@ -201,3 +201,21 @@ spec: {source: {paths: [x]}, generation: {model: m}}
     cycle[1].spec.start_from = StartFrom.model_validate({"fineTuneJobRef": {"name": "dpo"}})
     with pytest.raises(local.DependencyError, match="cycle"):
         local.order(cycle, tmp_path)
+
+
+def test_plan_names_the_field_of_a_build_that_cannot_run(tmp_path, root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"""
+apiVersion: kubetune.dev/v1alpha1
+kind: DatasetBuild
+metadata: {{name: bad}}
+spec:
+  source: {{paths: [{root / "examples" / "data"}]}}
+  generation: {{model: {root / "models" / "SmolLM2-135M-Instruct"}}}
+  curation: {{decontamination: {{evalSets: [{{path: {tmp_path / "nope.jsonl"}}}]}}}}
+"""
+    )
+    result = CliRunner().invoke(app, ["plan", "-f", str(bad)])
+    assert result.exit_code == 1
+    assert "DatasetBuild/bad: spec.curation.decontamination.evalSets[0].path: no such file" in result.stderr

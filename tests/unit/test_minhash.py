@@ -157,6 +157,8 @@ def test_candidate_probability_is_the_lsh_s_curve():
     p = [candidate_probability(s, 14, 8) for s in (0.5, 0.65, 0.75, 0.8, 0.9)]
     assert p == pytest.approx([0.053, 0.365, 0.772, 0.924, 0.9996], abs=0.0005)
     assert p == sorted(p)
+    p = [candidate_probability(s, 28, 4) for s in (0.4, 0.5, 0.6, 0.7)]  # the same 112 values in bands of 4
+    assert p == pytest.approx([0.516, 0.836, 0.9795, 0.9995], abs=0.0005)
     assert candidate_probability(1.0, 14, 8) == 1.0
     assert candidate_probability(0.0, 14, 8) == 0.0
 

@@ -1,5 +1,8 @@
 """``python -m kubetune.datagen --spec SPEC.json --output DIR [--shard I/N]``: build one dataset.
 
+``--plan`` (no ``--output``) runs the stages before generation in memory and prints the plan as JSON: what
+``kubetune plan`` shows for a DatasetBuild.
+
 Exit status 0 when the dataset is written (or, with ``--shard``, when the shard's parts are done); 1 with
 the reason on stderr when the spec, its inputs or the curation leave nothing to write. A build started again
 into the same folder resumes from its kept stages.
@@ -14,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build
+from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
 from kubetune.spec import DATASET_BUILD, SpecError, parse_spec
 
@@ -29,7 +32,8 @@ def shard_arg(value: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune.datagen", description=__doc__)
     parser.add_argument("--spec", required=True, type=Path, help="JSON file holding the DatasetBuild spec")
-    parser.add_argument("--output", required=True, type=Path, help="folder the dataset is written to")
+    parser.add_argument("--output", type=Path, help="folder the dataset is written to (required unless --plan)")
+    parser.add_argument("--plan", action="store_true", help="print the plan as JSON; write nothing")
     parser.add_argument("--name", default="dataset", help="the DatasetBuild's name, recorded in the manifest")
     parser.add_argument(
         "--shard",
@@ -39,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         "--shard then merges them and finishes the build",
     )
     args = parser.parse_args(argv)
+    if args.output is None and not args.plan:
+        parser.error("--output is required (unless --plan)")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the stage report
     try:
         spec = parse_spec(DATASET_BUILD, json.loads(args.spec.read_text()))
+        if args.plan:
+            print(json.dumps(plan(spec).to_dict()))
+            return 0
         manifest = build(spec, args.output, name=args.name, shard=args.shard, log=lambda m: print(m, flush=True))
-    except (SpecError, InputError, EmptyDatasetError, FileNotFoundError, StaleOutputError) as exc:
+    except (SpecError, InputError, EmptyDatasetError, OSError, StaleOutputError) as exc:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
     if manifest is not None:

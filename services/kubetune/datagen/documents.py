@@ -168,26 +168,8 @@ def _arrow_files(split: Path) -> list[Path]:
 
 
 def _read_datasets(folder: Path, field: str, docs: list[Document], dropped: dict[str, int]) -> None:
-    """Every split through ``datasets.load_from_disk``; where ``datasets`` is not installed (the datagen image),
-    the same Arrow files read with pyarrow."""
-    try:
-        import datasets
-    except ImportError:
-        return _read_datasets_arrow(folder, field, docs, dropped)
-    loaded = datasets.load_from_disk(str(folder))
-    if isinstance(loaded, datasets.DatasetDict):
-        parts = [(f"{folder}/{name}", split) for name, split in loaded.items()]
-    else:
-        parts = [(str(folder), loaded)]
-    for prefix, dataset in parts:
-        if field not in dataset.column_names:
-            _count(dropped, "missing_text_field", len(dataset))
-            continue
-        batches = dataset.select_columns([field]).with_format("arrow").iter(batch_size=4096)
-        _take_column(_arrow_column(batches, field), prefix, docs, dropped)
-
-
-def _read_datasets_arrow(folder: Path, field: str, docs: list[Document], dropped: dict[str, int]) -> None:
+    """Every split of a ``save_to_disk`` folder, read from its Arrow files with pyarrow (the format
+    ``datasets`` writes; the datagen image has pyarrow, not ``datasets``)."""
     import pyarrow as pa
 
     for prefix, split in _datasets_splits(folder):

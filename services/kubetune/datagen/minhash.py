@@ -16,17 +16,19 @@ in every process and on every machine.
 
 LSH. The signature is cut into ``bands`` bands of ``rows`` values; two texts become candidates when one band
 agrees in all rows, which happens with probability ``P(s) = 1 - (1 - s**rows)**bands``
-(:func:`candidate_probability`). The defaults, 14 bands x 8 rows as in datatrove, put the steep part of this
-S-curve between J 0.6 and 0.8: P = 0.05 at 0.5, 0.21 at 0.6, 0.50 at 0.685, 0.77 at 0.75, 0.92 at 0.8,
-0.9996 at 0.9 (the rule of thumb ``(1/bands)**(1/rows)`` says 0.72).
+(:func:`candidate_probability`). datatrove's 14 bands x 8 rows, used without verification, put the steep part
+of this S-curve between J 0.6 and 0.8 (P = 0.05 at 0.5, 0.21 at 0.6, 0.50 at 0.685, 0.77 at 0.75, 0.92 at
+0.8). The defaults here band the same 112 values as 28 x 4 (P = 0.52 at 0.4, 0.84 at 0.5, 0.98 at 0.6,
+0.9995 at 0.7): nearly every pair near the threshold becomes a candidate, and verification decides.
 
 Verification. A candidate is a duplicate only if the share of equal signature values, an unbiased estimate of
-``J`` with standard error ``sqrt(J(1-J)/112)`` (0.04 at 0.75), is at least ``threshold``. Banding alone (as
-datatrove and plain datasketch do) also drops one pair in 20 at J = 0.5, and datatrove's union-find chains
-A~B, B~C into one cluster; here a text is compared only with texts that were kept, and the earliest kept match
-is reported. Found = candidate and verified, so recall can only be lower than banding alone at the same
-bands x rows: to drop pairs down to ``threshold`` reliably, the bands must make nearly every such pair a
-candidate (more bands of fewer rows).
+``J`` with standard error ``sqrt(J(1-J)/112)`` (0.045 at 0.65), is at least ``threshold``. Banding alone (as
+datatrove and plain datasketch do) also drops one pair in 20 at J = 0.5 with 14 x 8, and datatrove's
+union-find chains A~B, B~C into one cluster; here a text is compared only with texts that were kept, and the
+earliest kept match is reported. Found = candidate and verified, so at equal bands x rows recall can only be
+lower than banding alone: hence bands of few rows. A band key shared by more than ``_BUCKET_CAP`` (16)
+distinct kept texts (boilerplate) indexes only the first 16, so candidates per text stay bounded; a copy of a
+later one is still found through its other bands.
 
 Speed. Everything per word and per shingle is NumPy over a batch of texts: the texts are joined into one
 byte buffer, word boundaries come from a byte table, word hashes from 8-byte loads at the word starts, and
