@@ -186,3 +186,137 @@ def test_dpo_starts_from_the_sft_adapter_merged_into_the_base(tmp_path, tiny_mod
 
     with pytest.raises(StartFromError, match="neither model/ nor adapter/"):
         train(dpo, preference_dataset, tmp_path / "x", log=lambda _: None, start_from=tmp_path / "nothing")
+
+
+def with_fields(spec: FineTuneJobSpec, **fields) -> FineTuneJobSpec:
+    """The spec with top-level wire fields changed (validated again, as a resource would be)."""
+    return FineTuneJobSpec.model_validate(spec.to_wire() | fields)
+
+
+def test_progress_json_tells_step_loss_speed_and_eta(tmp_path, tiny_model, dataset):
+    metrics = train(spec_for(tiny_model, maxSteps=4), dataset, tmp_path / "out", log=lambda _: None)
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert progress["phase"] == "done" and progress["step"] == progress["maxSteps"] == 4
+    assert progress["loss"] == metrics["final_loss"]
+    assert progress["tokensPerSecond"] > 0 and progress["etaSeconds"] == 0
+    assert metrics["tokens"] > 4 * 4 * 8 and metrics["tokens_per_second"] > 0
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-6)
+    # Evaluated at step 0, at the end of each epoch (3 steps) and at the end, never twice at a step.
+    assert [e["step"] for e in metrics["eval_losses"]] == [0, 3, 4]
+
+
+def test_generations_of_the_base_and_the_tuned_model(tmp_path, tiny_model, dataset):
+    spec = spec_for(tiny_model, maxSteps=40, learningRate=1e-2)
+    spec = with_fields(spec, evaluation={"generations": 3, "maxNewTokens": 12})
+    metrics = train(spec, dataset, tmp_path / "out", log=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert metrics["generations"] == len(rows) == 3
+    assert all(r["prompt"].endswith("<|im_start|>assistant\n") and r["reference"] for r in rows)
+    # Trained for 40 steps at a high rate on one answer: the tuned model says it, the random base does not.
+    assert all(r["base"] != r["tuned"] for r in rows), rows
+    assert all(r["tuned"].startswith("LoRA trains") and "LoRA" not in r["base"] for r in rows), rows
+
+
+def test_merge_writes_the_base_with_the_adapter_in(tmp_path, tiny_model, dataset):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    spec = with_fields(spec_for(tiny_model, maxSteps=6), merge=True, evaluation={"generations": 0})
+    metrics = train(spec, dataset, tmp_path / "out", log=lambda _: None)
+    merged_dir = tmp_path / "out" / "merged"
+    assert metrics["merged"] == str(merged_dir) and (merged_dir / "tokenizer_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert merged.dtype == torch.bfloat16
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16), tmp_path / "out" / "adapter"
+        )(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)(ids).logits
+        got = merged(ids).logits
+    assert (got - adapted).abs().max() < 0.05 < (got - base).abs().max()
+
+
+def test_dora_and_rslora_reach_the_adapter_config(tmp_path, tiny_model, dataset):
+    spec = with_fields(
+        spec_for(tiny_model, maxSteps=2), lora={"r": 8, "loraAlpha": 16, "useDora": True, "useRslora": True}
+    )
+    train(spec, dataset, tmp_path / "out", log=lambda _: None)
+    config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True and config["use_rslora"] is True
+
+
+@pytest.mark.parametrize(
+    ("training", "method", "message"),
+    [
+        pytest.param({"maxLength": 100_000}, "lora", r"maxLength 100000 is above the \d+ positions", id="too-long"),
+        pytest.param({"optim": "paged_adamw_8bit"}, "lora", r"optim paged_adamw_8bit .* needs a GPU", id="paged-cpu"),
+        pytest.param({"bf16": True}, "lora", r"bf16 is true, but this CPU", id="bf16-cpu"),
+    ],
+)
+def test_what_cannot_run_here_fails_before_training(
+    tmp_path, tiny_model, dataset, monkeypatch, training, method, message
+):
+    from kubetune.trainer import sft
+    from kubetune.trainer.sft import CapabilityError
+
+    monkeypatch.setattr(sft, "_bf16_supported", lambda on_gpu: False)  # a CPU without AVX512-BF16
+    spec = spec_for(tiny_model, **training).model_copy(update={"method": method})
+    with pytest.raises(CapabilityError, match=message):
+        train(spec, dataset, tmp_path / "out", log=lambda _: None)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_qlora_is_refused_where_bitsandbytes_cannot_quantize(tmp_path, tiny_model, dataset, monkeypatch):
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    from kubetune.trainer.sft import CapabilityError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernel for this device")
+
+    monkeypatch.setattr(bnbf, "quantize_4bit", broken)  # what an unsupported device answers
+    spec = spec_for(tiny_model).model_copy(update={"method": "qlora"})
+    with pytest.raises(CapabilityError, match=r"spec.method qlora needs bitsandbytes' 4-bit kernels.*no 4-bit kernel"):
+        train(spec, dataset, tmp_path / "out", log=lambda _: None)
+
+
+def test_a_killed_run_resumes_to_the_same_steps_and_losses(tmp_path, tiny_model, dataset):
+    """The entrypoint as a pod runs it, killed (SIGKILL) after its first checkpoint and started again, ends at
+    the step count and the loss curve of a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = with_fields(spec_for(tiny_model, maxSteps=12, saveSteps=4), evaluation={"generations": 0})
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_wire()))
+
+    def command(out):
+        entrypoint = [sys.executable, "-m", "kubetune.trainer", "--spec", str(spec_file)]
+        return [*entrypoint, "--dataset", str(dataset), "--output", str(out)]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "killed before the end"
+    subprocess.run(command(killed), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = json.loads((killed / "metrics.json").read_text())
+    whole = train(spec, dataset, tmp_path / "whole", log=lambda _: None)
+
+    assert resumed["resumed"] and resumed["steps"] == whole["steps"] == 12
+    first = min(p["step"] for p in resumed["losses"])
+    assert 4 < first <= 9  # the second run logged from after a checkpoint, not from step 1
+    expected = {p["step"]: p["loss"] for p in whole["losses"]}
+    assert len(resumed["losses"]) == 12 - first + 1
+    for point in resumed["losses"]:
+        assert point["loss"] == pytest.approx(expected[point["step"]], rel=1e-4), point["step"]
+    assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)

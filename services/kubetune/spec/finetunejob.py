@@ -57,6 +57,12 @@ class LoraSpec(SpecModel):
     r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
     lora_alpha: int = Field(32, ge=1, description="Scaling: the update is multiplied by loraAlpha / r.")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    use_dora: bool = Field(
+        False, description="DoRA: the update split into a magnitude and a direction (PEFT use_dora)."
+    )
+    use_rslora: bool = Field(
+        False, description="rsLoRA: scale the update by loraAlpha / sqrt(r) instead of loraAlpha / r (PEFT use_rslora)."
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
         min_length=1,
@@ -81,6 +87,29 @@ class TrainingSpec(SpecModel):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1, description="A checkpoint every this many steps; a restarted pod resumes.")
     gradient_checkpointing: bool = False
+    optim: Literal[
+        "adamw_torch_fused",
+        "adamw_torch",
+        "adamw_8bit",
+        "adamw_bnb_8bit",
+        "paged_adamw_8bit",
+        "paged_adamw_32bit",
+        "lion_8bit",
+        "lion_32bit",
+        "paged_lion_8bit",
+        "paged_lion_32bit",
+        "adafactor",
+        "sgd",
+    ] = Field(
+        "adamw_torch_fused",
+        description="The optimizer, as transformers names it; the 8-bit and paged ones are bitsandbytes' "
+        "(paged: the states move to the CPU under memory pressure, on a GPU).",
+    )
+    bf16: bool | None = Field(
+        None,
+        description="bf16 mixed precision. Default: on a GPU that supports bf16; fp32 on a CPU (true there needs a "
+        "CPU with AVX512-BF16 or AMX).",
+    )
     seed: int = 42
 
 
@@ -99,6 +128,22 @@ class DpoSpec(SpecModel):
     precompute_ref_log_probs: bool = Field(
         False, description="Compute the reference model's log probabilities once before training."
     )
+
+
+class EvaluationSpec(SpecModel):
+    """What is measured besides the eval loss: answers to test prompts from the base and the tuned model."""
+
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every this many steps as well as at the end. Default: once per epoch."
+    )
+    generations: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Test prompts answered (greedy) by the base and the tuned model, written to "
+        "OUTPUT/generations.jsonl; 0: none.",
+    )
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="Token budget per generated answer.")
 
 
 class ResourcesSpec(SpecModel):
@@ -144,4 +189,10 @@ class FineTuneJobSpec(SpecModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    merge: bool = Field(
+        False,
+        description="Also write the base model with the adapter merged in, in 16-bit (for qlora: into the 16-bit "
+        "base, never the 4-bit one), to OUTPUT/merged.",
+    )
+    evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec())
     registry: RegistrySpec | None = None

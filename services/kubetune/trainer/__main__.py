@@ -14,7 +14,7 @@ from pathlib import Path
 from kubetune.registry import publish
 from kubetune.registry.lineage import tree_digest
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
-from kubetune.trainer.sft import DatasetMismatchError, StartFromError, train
+from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
 
 
 def _dataset_digest(dataset_dir: Path) -> str:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if (spec.start_from is None) != (args.start_from is None):
             raise StartFromError("--start-from is given exactly when spec.startFrom is set")
         metrics = train(spec, args.dataset, args.output, start_from=args.start_from)
-    except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError) as exc:
+    except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError, CapabilityError) as exc:
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}

@@ -23,6 +23,7 @@ from kubetune.spec.finetunejob import FineTuneJobSpec
 # Where the result goes in the output folder: an adapter (lora, qlora) or the whole model (full).
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
+MERGED_DIR = "merged"  # merge: true: the base with the adapter merged in, 16-bit
 
 
 COLUMNS = {"sft": ["prompt", "completion"], "dpo": ["prompt", "chosen", "rejected"]}
@@ -83,27 +84,39 @@ def resolve_base(spec: FineTuneJobSpec, start_from: Path | None, output: Path, l
     merged = output / "start-model"
     if not (merged / "config.json").exists():
         import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
         log(f"merging the adapter of {start_from} into {spec.base_model}")
-        base = AutoModelForCausalLM.from_pretrained(spec.base_model, dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-        partial = output / ".start-model.partial"
-        model.save_pretrained(partial)
-        AutoTokenizer.from_pretrained(
-            adapter if (adapter / "tokenizer_config.json").exists() else spec.base_model
-        ).save_pretrained(partial)
-        partial.replace(merged)
+        merge_adapter(spec.base_model, adapter, merged, dtype)
     return str(merged)
 
 
-def _load_model(spec: FineTuneJobSpec, on_gpu: bool, path: str | None = None):
+def merge_adapter(base_model: str, adapter: Path, target: Path, dtype=None) -> Path:
+    """Write ``base_model`` with the adapter merged in to ``target`` (bf16 unless ``dtype``), with the tokenizer.
+
+    The base is loaded unquantized also for an adapter trained over a 4-bit base: merging into NF4 weights
+    would round the update away. Written to a partial folder first, so a killed merge leaves no half model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype or torch.bfloat16)
+    model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    partial = target.with_name(f".{target.name}.partial")
+    model.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(
+        adapter if (adapter / "tokenizer_config.json").exists() else base_model
+    ).save_pretrained(partial)
+    partial.replace(target)
+    return target
+
+
+def _load_model(spec: FineTuneJobSpec, on_gpu: bool, path: str | None = None, bf16: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    # On a GPU the weights are loaded in bf16; on a CPU they stay fp32 and bf16 is autocast only.
+    dtype = torch.bfloat16 if on_gpu and bf16 else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
     if spec.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -131,8 +144,178 @@ def _peft_config(spec: FineTuneJobSpec):
         lora_alpha=spec.lora.lora_alpha,
         lora_dropout=spec.lora.lora_dropout,
         target_modules="all-linear" if modules == ["all-linear"] else modules,
+        use_dora=spec.lora.use_dora,
+        use_rslora=spec.lora.use_rslora,
         task_type="CAUSAL_LM",
     )
+
+
+class CapabilityError(ValueError):
+    """The spec asks for something this machine or this model cannot do."""
+
+
+def _bf16_supported(on_gpu: bool) -> bool:
+    import torch
+
+    if on_gpu:
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_bf16(spec: FineTuneJobSpec, on_gpu: bool) -> bool:
+    """``training.bf16``, or its default: bf16 on a GPU that has it, fp32 on a CPU (what the planner assumes
+    there, and a loss curve that is the same on every CPU)."""
+    wanted = spec.training.bf16
+    if wanted is None:
+        return on_gpu and _bf16_supported(True)
+    if wanted and not _bf16_supported(on_gpu):
+        where = "this GPU" if on_gpu else "this CPU (it needs AVX512-BF16 or AMX)"
+        raise CapabilityError(f"spec.training.bf16 is true, but {where} has no bf16 support; set it false or unset")
+    return wanted
+
+
+def check_capabilities(spec: FineTuneJobSpec, base: str, on_gpu: bool) -> None:
+    """Fail before loading any weight on what cannot work here: a sequence longer than the model's positions,
+    QLoRA or an 8-bit/paged optimizer where bitsandbytes cannot run, a paged optimizer without a GPU."""
+    config_file = Path(base) / "config.json"
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+        positions = config.get("max_position_embeddings")
+        if isinstance(positions, int) and spec.training.max_length > positions:
+            raise CapabilityError(
+                f"spec.training.maxLength {spec.training.max_length} is above the {positions} positions of "
+                f"{base} (config.json max_position_embeddings); set maxLength to at most {positions}"
+            )
+    optim = spec.training.optim
+    needs_bnb = spec.method == "qlora" or "8bit" in optim or optim.startswith("paged_")
+    if optim.startswith("paged_") and not on_gpu:
+        raise CapabilityError(
+            f"spec.training.optim {optim} pages optimizer states between GPU and CPU memory and needs a GPU; "
+            "without one use adamw_torch_fused or adamw_8bit"
+        )
+    if not needs_bnb:
+        return
+    what = "spec.method qlora" if spec.method == "qlora" else f"spec.training.optim {optim}"
+    try:
+        import bitsandbytes.functional as bnbf
+        import torch
+
+        probe = torch.randn(64, 64, device="cuda" if on_gpu else "cpu")
+        if spec.method == "qlora":
+            packed, state = bnbf.quantize_4bit(probe, quant_type="nf4")
+            bnbf.dequantize_4bit(packed, state)
+    except Exception as exc:  # whatever stops bitsandbytes here is the answer
+        raise CapabilityError(
+            f"{what} needs bitsandbytes' {'4-bit' if spec.method == 'qlora' else '8-bit'} kernels, which do not "
+            f"run here ({type(exc).__name__}: {exc}); use method lora or optim adamw_torch_fused"
+        ) from None
+
+
+class Progress:
+    """Writes ``progress.json`` (step, maxSteps, loss, tokensPerSecond, etaSeconds, epoch, phase) for an
+    observer, the CLI or the operator, and keeps every logged number for metrics.json."""
+
+    def __init__(self, output: Path):
+        self.file = output / "progress.json"
+        self.history: list[dict[str, float]] = []
+        self.loss: float | None = None
+        self.started: float | None = None
+        self.first_step = 0
+        self.first_tokens = 0
+
+    def write(self, state, phase: str) -> None:
+        step, total = state.global_step, state.max_steps
+        rate = eta = None
+        if self.started is not None and step > self.first_step:
+            elapsed = time.perf_counter() - self.started
+            tokens = (state.num_input_tokens_seen or 0) - self.first_tokens
+            rate = round(tokens / elapsed, 1) if tokens > 0 else None
+            eta = round(elapsed / (step - self.first_step) * max(total - step, 0), 1)
+        progress = {"step": step, "maxSteps": total, "loss": self.loss, "tokensPerSecond": rate}
+        progress |= {"etaSeconds": eta, "epoch": state.epoch, "phase": phase}
+        partial = self.file.with_suffix(".partial")
+        partial.write_text(json.dumps(progress))
+        partial.replace(self.file)  # an observer never reads half a file
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                outer.started, outer.first_step = time.perf_counter(), state.global_step
+                outer.first_tokens = state.num_input_tokens_seen or 0
+                outer.write(state, "train")
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
+                if numbers:
+                    outer.history.append({"step": state.global_step, **numbers})
+                outer.loss = numbers.get("loss", outer.loss)
+                outer.write(state, "train")
+
+            def on_evaluate(self, args, state, control, **kwargs):
+                outer.write(state, "evaluate")
+
+            def on_save(self, args, state, control, **kwargs):
+                outer.write(state, "save")
+
+        return Callback()
+
+
+def _prompts(rows: list[dict[str, Any]], tokenizer) -> list[str]:
+    """Each test row's prompt as the model sees it: SFT rows hold it rendered; DPO rows as chat messages."""
+    return [
+        r["prompt"]
+        if isinstance(r["prompt"], str)
+        else tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+        for r in rows
+    ]
+
+
+def _reference(row: dict[str, Any]) -> str:
+    answer = row.get("completion", row.get("chosen"))
+    if isinstance(answer, list):  # conversational: the assistant's turn
+        answer = "".join(m.get("content", "") for m in answer)
+    return str(answer)
+
+
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers, one prompt at a time (no padding to get wrong), special tokens left out."""
+    import torch
+
+    answers = []
+    model.eval()
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+            out = model.generate(
+                **ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+    return answers
+
+
+def compare_generations(spec: FineTuneJobSpec, trainer, tokenizer, test, base: str, bf16: bool, on_gpu: bool):
+    """The first ``evaluation.generations`` test prompts answered by the base model and by the tuned one."""
+    rows = [test[i] for i in range(min(spec.evaluation.generations, len(test)))]
+    prompts = _prompts(rows, tokenizer)
+    n = spec.evaluation.max_new_tokens
+    tuned = generate_answers(trainer.model, tokenizer, prompts, n)
+    if spec.method == "full":
+        before = generate_answers(_load_model(spec, on_gpu, base, bf16), tokenizer, prompts, n)
+    else:
+        with trainer.model.disable_adapter():  # the base model is the policy with its adapter off
+            before = generate_answers(trainer.model, tokenizer, prompts, n)
+    return [
+        {"prompt": p, "reference": _reference(r), "base": b, "tuned": t}
+        for p, r, b, t in zip(prompts, rows, before, tuned, strict=True)
+    ]
 
 
 def train(
@@ -140,14 +323,21 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tune ``spec.base_model`` (or, with ``start_from``, the result of the FineTuneJob whose output folder
     that is) on the dataset; returns the metrics also written to metrics.json."""
+    import math
+    import sys
+
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     output.mkdir(parents=True, exist_ok=True)
     on_gpu = torch.cuda.is_available()
     data = _load_dataset(dataset_dir, spec.objective)
     base = resolve_base(spec, start_from, output, log)
+    check_capabilities(spec, base, on_gpu)
+    bf16 = use_bf16(spec, on_gpu)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.eos_token is None:
+        raise CapabilityError(f"the tokenizer of {base} has no eos_token: a model trained with it would never stop")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     t = spec.training
@@ -169,6 +359,7 @@ def train(
         from trl import SFTTrainer as Trainer
 
         objective_options = {"packing": t.packing, "completion_only_loss": t.completion_only_loss}
+    every = spec.evaluation.eval_steps
     config = Config(
         **objective_options,
         output_dir=str(checkpoints),
@@ -182,39 +373,32 @@ def train(
         warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
+        optim=t.optim,
         logging_steps=t.logging_steps,
         gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed,
-        eval_strategy="epoch" if "test" in data else "no",
+        eval_strategy=("steps" if every else "epoch") if "test" in data else "no",
+        eval_steps=every,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=2,
         report_to="none",
         use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=bf16,
         dataloader_pin_memory=on_gpu,
-        disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
+        # A bar on a terminal; in a pod or under `kubetune run` the log lines and progress.json tell the story.
+        disable_tqdm=not sys.stderr.isatty(),
     )
-    history: list[dict[str, float]] = []
-
-    class Progress(TrainerCallback):
-        """Keeps every logged loss and writes progress.json at each log step."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                history.append(
-                    {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
-                )
-            (output / "progress.json").write_text(json.dumps({"step": state.global_step, "maxSteps": state.max_steps}))
-
+    progress = Progress(output)
     trainer = Trainer(
-        model=_load_model(spec, on_gpu, base),
+        model=_load_model(spec, on_gpu, base, bf16),
         args=config,
         train_dataset=data["train"],
         eval_dataset=data.get("test"),
         processing_class=tokenizer,
         peft_config=_peft_config(spec),
-        callbacks=[Progress()],
+        callbacks=[progress.callback()],
     )
     resume = any(checkpoints.glob("checkpoint-*"))
     if resume:
@@ -224,15 +408,34 @@ def train(
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - started
+    final_eval = None
+    if "test" in data:  # the evaluation at the last step, unless the schedule just ran it
+        last = next((h for h in reversed(progress.history) if "eval_loss" in h), None)
+        at_end = last is not None and last["step"] == trainer.state.global_step and (last["step"] > 0 or resume)
+        final_eval = last["eval_loss"] if at_end else trainer.evaluate()["eval_loss"]
 
     target = output / (MODEL_DIR if spec.method == "full" else ADAPTER_DIR)
+    progress.write(trainer.state, "save")
     trainer.model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    generations = []
+    if "test" in data and spec.evaluation.generations:
+        progress.write(trainer.state, "generate")
+        generations = compare_generations(spec, trainer, tokenizer, data["test"], base, bf16, on_gpu)
+        with (output / "generations.jsonl").open("w") as f:
+            f.writelines(json.dumps(g) + "\n" for g in generations)
+    if spec.merge and spec.method != "full":
+        progress.write(trainer.state, "merge")
+        log(f"merging the adapter into {base} (16-bit) at {output / MERGED_DIR}")
+        merge_adapter(base, target, output / MERGED_DIR)
+    history = progress.history
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
-    # Step 0 is the baseline evaluation, when there was one.
+    # Step 0 is the baseline evaluation, when there was one; the last is the one after training.
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
     # DPO's own measures at the last evaluation: how often, and by how much, chosen beats rejected.
     preference = {k.removeprefix("eval_"): v for h in history for k, v in h.items() if k.startswith("eval_rewards/")}
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    tokens = trainer.state.num_input_tokens_seen or 0
     metrics = {
         "method": spec.method,
         "objective": spec.objective,
@@ -245,14 +448,24 @@ def train(
         "first_loss": losses[0]["loss"] if losses else None,
         "final_loss": losses[-1]["loss"] if losses else None,
         "initial_eval_loss": initial_eval,
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_loss": final_eval,
+        "initial_perplexity": math.exp(initial_eval) if initial_eval is not None else None,
+        "perplexity": math.exp(final_eval) if final_eval is not None else None,
+        "bf16": bf16,
+        "trainable_parameters": trainable,
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / runtime, 1) if runtime > 0 and not resume else None,
+        "seconds_per_step": round(runtime / max(trainer.state.global_step, 1), 3) if not resume else None,
         "runtime_seconds": round(runtime, 2),
         "resumed": resume,
         "losses": losses,
         "eval_losses": evals,
+        "generations": len(generations),
         "output": str(target),
+        "merged": str(output / MERGED_DIR) if spec.merge and spec.method != "full" else None,
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    progress.write(trainer.state, "done")
     if losses:
         plots.loss_curve(
             losses, evals, output / "loss.png", f"{spec.objective} {spec.method} on {Path(spec.base_model).name}"
