@@ -39,7 +39,8 @@ def case(mode: str) -> None:
     os.chdir(run.ROOT)
     from kubetune.datagen import generate
     from kubetune.datagen.documents import Chunk
-    from kubetune.datagen.engine import Request, VllmEngine
+    from kubetune.llm.chat import Request
+    from kubetune.llm.engine import VllmEngine
 
     spec = run.quickstart_spec()
     chunks, _ = run.corpus(spec, 2)

@@ -294,7 +294,7 @@ def run_bare(llm, requests, gen) -> dict:
 
 def run_kubetune(engine, spec, chunks, requests, bare_texts: dict | None) -> dict:
     from kubetune.datagen import pipeline
-    from kubetune.datagen.engine import request_seed
+    from kubetune.llm.chat import request_seed
 
     original = {r.seed for r in requests}
     recorders: list[Recorder] = []
@@ -403,7 +403,8 @@ def main() -> None:
 
     from kubetune.datagen import generate
     from kubetune.datagen.documents import Chunk
-    from kubetune.datagen.engine import Request, VllmEngine
+    from kubetune.llm.chat import Request
+    from kubetune.llm.engine import VllmEngine
 
     base_spec = quickstart_spec()
     chunks, distinct = corpus(base_spec, args.copies)

@@ -64,7 +64,7 @@ def serve_command(model: Path, port: int, api_key: str) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        # As VllmEngine on CPU (kubetune.datagen.engine): float32 without graph compilation, a RAM share.
+        # As VllmEngine on CPU (kubetune.llm.engine): float32 without graph compilation, a RAM share.
         "--dtype",
         "float32",
         "--enforce-eager",

@@ -10,8 +10,8 @@ import json
 import jsonschema
 import pytest
 
-from kubetune.datagen.endpoint import EndpointEngine, EndpointError
-from kubetune.datagen.engine import Request, is_json
+from kubetune.llm.chat import Request, is_json
+from kubetune.llm.endpoint import EndpointEngine, EndpointError
 from kubetune.spec.datasetbuild import GenerationSpec
 
 pytestmark = pytest.mark.slow

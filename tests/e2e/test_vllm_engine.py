@@ -21,7 +21,7 @@ def test_a_batch_over_the_token_budget_completes(root: Path, smollm2: Path):
     from transformers import AutoTokenizer
 
     from kubetune.datagen import documents, generate, pipeline
-    from kubetune.datagen.engine import VllmEngine
+    from kubetune.llm.engine import VllmEngine
     from kubetune.spec.datasetbuild import DatasetBuildSpec
 
     wire = next(yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()))["spec"]

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 import pytest
 
-from kubetune.datagen import card, formatting, generate, judge, pipeline
-from kubetune.datagen.engine import Completion, Request
+from kubetune.datagen import card, formatting, generate, pipeline
 from kubetune.datagen.stages import StaleOutputError
+from kubetune.llm.chat import Completion, Request
 from kubetune.spec.datasetbuild import DatasetBuildSpec
 
 LORA = (
@@ -197,20 +197,6 @@ def test_judge_scores_and_drops_below_the_threshold(tmp_path, tiny_model):
     assert stages["judge"]["dropped"] == {"low_score": 1} and stages["judge"]["output"] == 1
     (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
     assert row["judge_score"] == 5 and row["judge_reason"] == "checked"
-
-
-@pytest.mark.parametrize(
-    ("text", "finish", "reason"),
-    [
-        ('{"reason": "ok", "score": 7}', "stop", "judge_invalid"),
-        ('{"reason": "ok", "sco', "length", "judge_truncated"),
-        ('{"reason": "ok", "score": true}', "stop", "judge_invalid"),
-    ],
-)
-def test_a_judge_answer_that_is_no_score_is_counted(text, finish, reason):
-    dropped: dict[str, int] = {}
-    assert judge.read(Completion(text, finish, 3), dropped) is None
-    assert dropped == {reason: 1}
 
 
 def test_evol_instruct_adds_rewrites_that_face_curation_again(tmp_path, tiny_model):

@@ -19,9 +19,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from kubetune.datagen import endpoint
-from kubetune.datagen.endpoint import EndpointEngine, EndpointError
-from kubetune.datagen.engine import Completion, Request
+from kubetune.llm import endpoint
+from kubetune.llm.chat import Completion, Request
+from kubetune.llm.endpoint import EndpointEngine, EndpointError
 from kubetune.spec.datasetbuild import GenerationSpec
 
 KEY = "sk-test-0123456789abcdef"

@@ -1,22 +1,20 @@
 """What a DatasetBuild asks the LLM, under which JSON schema, and how each answer is read.
 
-Four tasks: writing samples about a chunk (instruction/answer pairs, or for the extract preference method
+Three tasks: writing samples about a chunk (instruction/answer pairs, or for the extract preference method
 instruction/answer/verbatim-extract triples), answering an instruction from a chunk (Evol-Instruct's
-regenerated answers and the judged preference method's candidates), rewriting an instruction
-(Evol-Instruct), and judging (``kubetune.datagen.judge``). Every request carries a JSON schema, so the
-engine's structured outputs keep answers parseable; an answer that still fails (cut by ``maxTokens``, empty
-fields, an "extract" not in the chunk) is counted under a reason and dropped, never fatal.
+regenerated answers and the judged preference method's candidates), and rewriting an instruction
+(Evol-Instruct); the fourth, judging, is :mod:`kubetune.llm.judge`. Every request carries a JSON schema, so
+the engine's structured outputs keep answers parseable; an answer that still fails (cut by ``maxTokens``,
+empty fields, an "extract" not in the chunk) is counted under a reason and dropped, never fatal.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
-from typing import Any
 
 from kubetune.datagen.documents import Chunk
-from kubetune.datagen.engine import Completion, Request, request_seed
+from kubetune.llm.chat import Completion, Request, count, read_json, request_seed
 from kubetune.spec.datasetbuild import DatasetBuildSpec, GenerationSpec
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -119,22 +117,6 @@ def evolve_request(instruction: str, operation: str, seed: int) -> Request:
         INSTRUCTION_SCHEMA,
         seed,
     )
-
-
-def count(dropped: dict[str, int], reason: str, n: int = 1) -> None:
-    dropped[reason] = dropped.get(reason, 0) + n
-
-
-def read_json(completion: Completion, dropped: dict[str, int]) -> Any:
-    """The completion's JSON, or None with the reason counted (``truncated_answer`` or ``invalid_json``)."""
-    if completion.finish_reason == "length":
-        count(dropped, "truncated_answer")
-        return None
-    try:
-        return json.loads(completion.text)
-    except json.JSONDecodeError:
-        count(dropped, "invalid_json")
-        return None
 
 
 def read_field(completion: Completion, field: str, dropped: dict[str, int]) -> str | None:

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.datagen import card, documents, formatting, generate, judge, quality
-from kubetune.datagen.engine import ChatEngine, Completion, Request, complete_with_retries, open_engine, request_seed
-from kubetune.datagen.generate import count
+from kubetune.datagen import card, documents, formatting, generate, quality
 from kubetune.datagen.stages import StageStore
+from kubetune.llm import judge
+from kubetune.llm.chat import ChatEngine, Completion, Request, complete_with_retries, count, request_seed
+from kubetune.llm.engine import open_engine
 from kubetune.spec.datasetbuild import DatasetBuildSpec
 from kubetune.spec.status import now
 
@@ -370,14 +371,13 @@ def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
 
 
 def _judge(b: Build, samples: list[dict]) -> list[dict]:
-    spec = b.spec.curation.judge
+    spec, seed = b.spec.curation.judge, b.spec.generation.seed
 
     def work(part: list[dict], first: int) -> tuple[list[dict], dict, int]:
         dropped: dict[str, int] = {}
         field_ = "chosen" if b.spec.type == "preference" else "answer"
         requests = [
-            judge.request(s["instruction"], s[field_], spec, b.spec.generation.seed, s["instruction"] + s[field_])
-            for s in part
+            judge.request(s["instruction"], s[field_], spec.rubric, max_tokens=spec.max_tokens, seed=seed) for s in part
         ]
         completions = b.ask(requests, model=spec.model)
         rows = []
@@ -418,7 +418,10 @@ def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dic
             candidates.append([generate.read_field(c, "answer", dropped) for c in group])
         scored = [(i, a) for i, group in enumerate(candidates) for a in group if a is not None]
         verdicts = b.ask(
-            [judge.request(part[i]["instruction"], a, spec, seed, part[i]["instruction"] + a) for i, a in scored],
+            [
+                judge.request(part[i]["instruction"], a, spec.rubric, max_tokens=spec.max_tokens, seed=seed)
+                for i, a in scored
+            ],
             model=spec.model,
         )
         scores: list[list[tuple[int, str]]] = [[] for _ in part]

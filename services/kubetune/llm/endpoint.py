@@ -1,6 +1,6 @@
-"""The ``endpoint`` backend: generation through an OpenAI-compatible server (``vllm serve``, or any other).
+"""The ``endpoint`` backend: chat completions from an OpenAI-compatible server (``vllm serve``, or any other).
 
-Wire format: each :class:`~kubetune.datagen.engine.Request` is one ``POST {url}/chat/completions`` (stdlib HTTP,
+Wire format: each :class:`~kubetune.llm.chat.Request` is one ``POST {url}/chat/completions`` (stdlib HTTP,
 no client library) with ``model``, ``messages``, ``temperature``, ``top_p``, ``max_tokens``, ``seed`` and the
 request's JSON schema as ``response_format: {"type": "json_schema", "json_schema": {"name", "schema",
 "strict": true}}``; vLLM's server turns that into the same structured-output constraint the offline engine
@@ -34,7 +34,7 @@ import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from kubetune.datagen.engine import Completion, Request
+from kubetune.llm.chat import Completion, Request
 from kubetune.spec.datasetbuild import EndpointSpec, GenerationSpec
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,14 @@
 """An LLM judge: a score from 1 to 5 for an answer to an instruction, on a rubric, under a JSON schema.
 
 The judge gives a one-sentence reason before the score (so the score follows from what it wrote), at
-temperature 0 with a per-sample seed. It is the same module for a DatasetBuild's curation and for ranking
-the judged preference method's candidates; a score it cannot give (cut, not JSON) is counted, never guessed.
+temperature 0 with a seed made from what is judged. It needs only an instruction, an answer and a rubric, so
+the same judge curates a DatasetBuild's samples, ranks the judged preference method's candidates, and can score
+a base and a tuned model's answers; a score it cannot give (cut, not JSON) is counted, never guessed.
 """
 
 from __future__ import annotations
 
-from kubetune.datagen.engine import Completion, Request, request_seed
-from kubetune.datagen.generate import count, read_json
-from kubetune.spec.datasetbuild import JudgeSpec
+from kubetune.llm.chat import Completion, Request, count, read_json, request_seed
 
 SYSTEM_PROMPT = (
     "You grade answers written by an assistant. Rubric: {rubric} "
@@ -28,15 +27,15 @@ SCHEMA = {
 }
 
 
-def request(instruction: str, answer: str, spec: JudgeSpec, seed: int, key: str) -> Request:
-    """The judge's request for one sample; ``key`` (what is judged) makes its seed."""
+def request(instruction: str, answer: str, rubric: str, *, max_tokens: int, seed: int) -> Request:
+    """The judge's request for one answer; its seed is made from ``seed`` and what is judged."""
     user = f"Instruction: {instruction}\n\nAnswer: {answer}"
     return Request(
-        [{"role": "system", "content": SYSTEM_PROMPT.format(rubric=spec.rubric)}, {"role": "user", "content": user}],
+        [{"role": "system", "content": SYSTEM_PROMPT.format(rubric=rubric)}, {"role": "user", "content": user}],
         SCHEMA,
-        request_seed(seed, "judge", key),
+        request_seed(seed, "judge", instruction + answer),
         temperature=0.0,
-        max_tokens=spec.max_tokens,
+        max_tokens=max_tokens,
     )
 
 
