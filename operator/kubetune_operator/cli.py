@@ -57,17 +57,15 @@ def run(
     workdir: Path = typer.Option(Path(".kubetune"), help="Where datasets, adapters and the MLflow store go."),
     force: bool = typer.Option(False, "--force", help="Run again even what is up to date."),
 ) -> None:
-    """Run the resources on this machine, in dependency order, through the same entrypoints pods run."""
-    from kubetune_operator import local
+    """Run the resources on this machine, in dependency order, through the same entrypoints pods run: one progress
+    bar per resource; each service's own output goes to OUTPUT/logs/KIND.log."""
+    from kubetune_operator import local, progress
 
     resources = _load(filename)
     started = time.perf_counter()
-
-    def announce(res: Resource) -> None:
-        console.rule(f"[bold]{res.kind}/{res.metadata.name}")
-
     try:
-        outcomes = local.run(resources, workdir, on_start=announce, force=force)
+        with progress.Display(console, err_console) as display:
+            outcomes = local.run(resources, workdir, observer=display, force=force)
     except local.DependencyError as exc:
         err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None

@@ -2,7 +2,8 @@
 
 Each resource runs the same service entrypoint a pod would (built by :func:`builders.service_command`),
 as a child process; the working directory plays the shared volume's part and a sqlite file the MLflow
-server's.
+server's. The child's stdout and stderr go to ``OUTPUT/logs/<kind>.log``, as a pod's go to its log; while it
+runs, each new ``OUTPUT/progress.json`` it writes is passed to an :class:`Observer` (the CLI draws it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,28 @@ class Outcome:
     output: str
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    log: str | None = None  # the service's stdout and stderr; None when it did not run (up to date)
+    exit_code: int | None = None  # the service's; negative: killed by that signal
 
     @property
     def ref(self) -> str:
         return f"{self.resource.kind}/{self.resource.metadata.name}"
+
+
+class Observer:
+    """What :func:`run` tells whoever shows a run, resource by resource; here each method does nothing."""
+
+    def start(self, resource: Resource) -> None:
+        """Before the resource is looked at; it may turn out to be up to date."""
+
+    def launched(self, resource: Resource, log: Path) -> None:
+        """Its service started, writing to ``log``."""
+
+    def progress(self, resource: Resource, progress: dict[str, Any]) -> None:
+        """Its service wrote a new progress.json (any JSON object: the schema is the service's)."""
+
+    def finish(self, outcome: Outcome) -> None:
+        """It ended, or was up to date."""
 
 
 def order(resources: list[Resource], workdir: Path) -> list[Resource]:
@@ -132,7 +153,45 @@ def _prepare(output: Path, fingerprint: str, force: bool) -> bool:
     return False
 
 
-def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
+POLL_SECONDS = 0.5  # how often progress.json is read while a service runs
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    """progress.json, or None while it is missing or half written (the service rewrites it in place)."""
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return progress if isinstance(progress, dict) else None
+
+
+def _follow(child: subprocess.Popen, progress_file: Path, on_progress: Callable[[dict[str, Any]], None]) -> int:
+    """Wait for the child, passing on each progress.json it writes; one left by an earlier run (the same
+    file, unchanged since the child started) is not its progress."""
+    earlier, last = _stamp(progress_file), None
+    while True:
+        try:
+            code = child.wait(timeout=POLL_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        # Read once more after the exit: the last write often comes right before it.
+        if _stamp(progress_file) != earlier and (progress := _read_progress(progress_file)) not in (None, last):
+            on_progress(progress)
+            last = progress
+        if code is not None:
+            return code
+
+
+def run_one(resource: Resource, workdir: Path, force: bool = False, observer: Observer | None = None) -> Outcome:
+    observer = observer or Observer()
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     spec_file = workdir / "specs" / f"{kind.lower()}-{ns}-{name}.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
@@ -153,27 +212,48 @@ def run_one(resource: Resource, workdir: Path, force: bool = False) -> Outcome:
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{(workdir / 'mlflow.db').resolve()}"),
+        # Unbuffered, so that the log keeps stdout and stderr lines in the order they were written.
+        "PYTHONUNBUFFERED": "1",
     }
+    log = output / "logs" / f"{kind.lower()}.log"
+    log.parent.mkdir(exist_ok=True)
     started = time.perf_counter()
-    rc = subprocess.run(command, env=env, check=False).returncode
-    phase = Phase.SUCCEEDED if rc == 0 else Phase.FAILED
+    with log.open("ab") as sink:
+        # Appended: a resumed run's log follows the interrupted one's.
+        now = datetime.now().astimezone().isoformat(timespec="seconds")
+        sink.write(f"===== kubetune run {kind}/{name}: started {now} =====\n".encode())
+        sink.flush()
+        with subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+        ) as child:
+            observer.launched(resource, log)
+            try:
+                code = _follow(child, output / "progress.json", lambda p: observer.progress(resource, p))
+            except BaseException:  # Ctrl-C included: no service is left running behind the command
+                child.kill()
+                raise
+    phase = Phase.SUCCEEDED if code == 0 else Phase.FAILED
     if phase == Phase.SUCCEEDED:
         (output / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True}))
-    return Outcome(resource, phase, str(output), time.perf_counter() - started, _details(kind, output))
+    seconds = time.perf_counter() - started
+    return Outcome(resource, phase, str(output), seconds, _details(kind, output), log=str(log), exit_code=code)
 
 
-def run(resources: list[Resource], workdir: Path, on_start=None, force: bool = False) -> list[Outcome]:
+def run(
+    resources: list[Resource], workdir: Path, observer: Observer | None = None, force: bool = False
+) -> list[Outcome]:
     """Run every resource in order; stop at the first failure (what follows depends on it).
 
     A resource whose output was already made from the same spec (and, for a FineTuneJob, the same
     dataset) is up to date and not run again, unless ``force``.
     """
+    observer = observer or Observer()
     workdir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     for resource in order(resources, workdir):
-        if on_start:
-            on_start(resource)
-        outcome = run_one(resource, workdir, force=force)
+        observer.start(resource)
+        outcome = run_one(resource, workdir, force=force, observer=observer)
+        observer.finish(outcome)
         outcomes.append(outcome)
         if outcome.phase == Phase.FAILED:
             break
