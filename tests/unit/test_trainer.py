@@ -14,7 +14,7 @@ from kubetune.trainer.sft import train
 
 @pytest.fixture()
 def dataset(tmp_path, tiny_model):
-    """A tiny prompt-completion dataset rendered with the tiny model's chat template."""
+    """A tiny SFT dataset as a DatasetBuild writes it: the conversation, rendered with the tiny model's template."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -26,7 +26,7 @@ def dataset(tmp_path, tiny_model):
         ]
         prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(messages, tokenize=False)
-        rows.append({"prompt": prompt, "completion": full[len(prompt) :]})
+        rows.append({"messages": messages, "prompt": prompt, "completion": full[len(prompt) :]})
     folder = tmp_path / "dataset"
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(rows[:12]), folder / "train.parquet")
@@ -320,3 +320,100 @@ def test_a_killed_run_resumes_to_the_same_steps_and_losses(tmp_path, tiny_model,
     for point in resumed["losses"]:
         assert point["loss"] == pytest.approx(expected[point["step"]], rel=1e-4), point["step"]
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)
+
+
+@pytest.fixture()
+def conversations(tmp_path):
+    """SFT rows as a DatasetBuild writes them, rendered with another model's template ('### User:')."""
+    rows = []
+    for i in range(8):
+        messages = [
+            {"role": "user", "content": f"What does LoRA train, case {i}?"},
+            {"role": "assistant", "content": "Small low-rank adapters."},
+        ]
+        rows.append({"messages": messages, "prompt": f"### User: {messages[0]['content']}\n### Assistant:"})
+        rows[-1]["completion"] = " Small low-rank adapters."
+    folder = tmp_path / "conversations"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:6]), folder / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[6:]), folder / "test.parquet")
+    return folder
+
+
+def test_conversations_are_rendered_with_the_trained_models_template(tmp_path, tiny_model, conversations):
+    from transformers import AutoTokenizer
+
+    from kubetune.trainer.sft import _load_dataset, render_with_template
+
+    spec = spec_for(tiny_model, maxSteps=2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data, source = render_with_template(spec, _load_dataset(conversations), tokenizer, str(tiny_model), print)
+    row = data["train"][0]
+    assert source == "base model" and data["train"].column_names == ["prompt", "completion"]
+    assert row["prompt"].startswith("<|im_start|>user\nWhat does LoRA train, case 0?")
+    assert row["prompt"].endswith("<|im_start|>assistant\n") and row["completion"].startswith("Small low-rank")
+
+    template = tmp_path / "template.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    spec = with_fields(spec, chatTemplate=str(template), evaluation={"generations": 0})
+    metrics = train(spec, conversations, tmp_path / "out", log=lambda _: None)
+    assert metrics["chat_template"] == "spec.chatTemplate"
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out" / "adapter")
+    assert saved.chat_template == template.read_text()  # served with the format it was trained on
+    with pytest.raises(FileNotFoundError, match=r"spec\.chatTemplate .* is not a file"):
+        train(with_fields(spec, chatTemplate=str(tmp_path / "nope")), conversations, tmp_path / "x", log=print)
+
+
+def test_rows_without_messages_train_as_rendered(tmp_path, tiny_model, dataset):
+    folder = tmp_path / "rendered"
+    folder.mkdir()
+    for split in ("train", "test"):
+        pq.write_table(pq.read_table(dataset / f"{split}.parquet").drop(["messages"]), folder / f"{split}.parquet")
+    metrics = train(spec_for(tiny_model, maxSteps=1), folder, tmp_path / "out", log=lambda _: None)
+    assert metrics["chat_template"] == "dataset"
+
+
+def test_the_judge_scores_the_base_and_the_tuned_answers(tmp_path, tiny_model, dataset, monkeypatch):
+    """The DatasetBuild's judge (kubetune.llm.judge) on both models' answers; the endpoint is scripted here (a
+    grader that likes answers naming LoRA); tests/e2e asks a real `vllm serve`."""
+    import kubetune.llm.endpoint
+    from kubetune.llm.chat import Completion
+
+    asked = []
+
+    opened = []
+
+    class Grader:
+        def __init__(self, spec, model=None):
+            opened.append((spec, model))
+
+        def complete(self, requests):
+            asked.extend(requests)
+            out = []
+            for r in requests:
+                answer = r.messages[-1]["content"].split("Answer: ", 1)[1]
+                if answer == "":
+                    out.append(Completion('{"reason": "empty"', "length", 8))  # cut: counted, not scored
+                else:
+                    score = 5 if "LoRA" in answer else 1
+                    out.append(Completion(json.dumps({"reason": "graded", "score": score}), "stop", 9))
+            return out
+
+    monkeypatch.setattr(kubetune.llm.endpoint, "EndpointEngine", Grader)
+    spec = spec_for(tiny_model, maxSteps=40, learningRate=1e-2)
+    judge = {"endpoint": {"url": "http://judge:8000/v1", "model": "grader"}, "rubric": "Names the method."}
+    spec = with_fields(spec, evaluation={"generations": 3, "maxNewTokens": 12, "judge": judge})
+    metrics = train(spec, dataset, tmp_path / "out", log=lambda _: None)
+    ((engine_spec, model),) = opened
+    assert engine_spec.endpoint.url == "http://judge:8000/v1" and model == "grader"
+    assert len(asked) == 6 and "Names the method." in asked[0].messages[0]["content"]
+    # The instruction the judge reads is the user's question, not the rendered prompt.
+    assert asked[0].messages[-1]["content"].startswith("Instruction: What does LoRA train, case 0?\n")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert all(r["tuned_score"] == 5 for r in rows)
+    assert metrics["judge"]["tuned_score"] == 5.0 and metrics["judge"]["judged"] == 3
+    assert metrics["judge"]["base_score"] in (1.0, None)  # the random base: 1, or cut answers counted
+    assert metrics["judge"]["base_score"] is not None or metrics["judge"]["judge_truncated"] == 3

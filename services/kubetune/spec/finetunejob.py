@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
+from kubetune.spec.datasetbuild import DEFAULT_RUBRIC, EndpointSpec
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -130,6 +131,17 @@ class DpoSpec(SpecModel):
     )
 
 
+class EvaluationJudgeSpec(SpecModel):
+    """The LLM judge a DatasetBuild curates with, scoring the base and the tuned model's answers on one rubric.
+    It is asked over an OpenAI-compatible endpoint (``vllm serve`` in the cluster, or any other), so the
+    training image needs no inference engine."""
+
+    endpoint: EndpointSpec = Field(description="The server the judge is asked on (url, model, API key).")
+    rubric: str = Field(DEFAULT_RUBRIC, min_length=1)
+    max_tokens: int = Field(256, ge=16)
+    malformed_retries: int = Field(2, ge=0, le=10, description="A verdict that is not JSON is asked again.")
+
+
 class EvaluationSpec(SpecModel):
     """What is measured besides the eval loss: answers to test prompts from the base and the tuned model."""
 
@@ -144,6 +156,9 @@ class EvaluationSpec(SpecModel):
         "OUTPUT/generations.jsonl; 0: none.",
     )
     max_new_tokens: int = Field(128, ge=1, le=8192, description="Token budget per generated answer.")
+    judge: EvaluationJudgeSpec | None = Field(
+        None, description="Score both models' answers with an LLM judge (needs generations above 0)."
+    )
 
 
 class ResourcesSpec(SpecModel):
@@ -189,6 +204,11 @@ class FineTuneJobSpec(SpecModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template file: the conversations (a DatasetBuild's messages column, DPO's rows) are "
+        "rendered with it, and it is saved with the adapter. Default: the base model tokenizer's own template.",
+    )
     merge: bool = Field(
         False,
         description="Also write the base model with the adapter merged in, in 16-bit (for qlora: into the 16-bit "

@@ -575,6 +575,12 @@ def plan_memory(
     if gpu_spec is not None and not gpu_spec.native_bf16:
         notes.append(f"{gpu_spec.name} has no native bf16: torch emulates it (the trainer still picks bf16), slowly")
     compute = 2 if on_gpu else 4  # sft.py: bf16 on a GPU (autocast), fp32 on a CPU
+    bf16 = getattr(t, "bf16", None)
+    if bf16 is not None and bf16 != on_gpu:
+        notes.append(
+            f"training.bf16 {str(bf16).lower()} on a {'GPU' if on_gpu else 'CPU'} is not modelled: the plan is for "
+            f"{'bf16' if on_gpu else 'fp32'}, the default there"
+        )
     w_b = compute  # load dtype of the unquantized model
     auto_adapter_b = 2 if method == "qlora" else 4  # TRL casts a quantized model's adapters to bf16
     adapter_b = auto_adapter_b if a.adapter_dtype == "auto" else _dtype_bytes(a.adapter_dtype)

@@ -56,7 +56,54 @@ def _load_dataset(dataset_dir: Path, objective: str = "sft"):
             f"spec.objective {objective} trains on columns {', '.join(keep)}; {dataset_dir / 'train.parquet'} "
             f"has no {', '.join(missing)} (its columns: {', '.join(data['train'].column_names)}){hint}"
         )
+    if objective == "sft" and "messages" in data["train"].column_names:
+        keep = [*keep, "messages"]  # rendered again with the template of the model that trains on them
     return {split: ds.select_columns(keep) for split, ds in data.items()}
+
+
+def render_with_template(spec: FineTuneJobSpec, data: dict, tokenizer, base: str, log=print) -> tuple[dict, str]:
+    """The rows as the model that trains on them formats a conversation, and where that format came from.
+
+    A DatasetBuild renders prompt/completion with its own tokenizer's template (``format.tokenizer``, else the
+    generation model's), which need not be the template of the model trained here: SFT rows that keep their
+    ``messages`` are rendered again with ``spec.chatTemplate`` or the base model's template. DPO rows are
+    conversations, which TRL renders with the tokenizer's template."""
+    if spec.chat_template:
+        path = Path(spec.chat_template)
+        if not path.is_file():
+            raise FileNotFoundError(f"spec.chatTemplate {path} is not a file")
+        tokenizer.chat_template = path.read_text()
+        source = "spec.chatTemplate"
+    elif tokenizer.chat_template:
+        source = "base model"
+    else:
+        source = None
+    conversational = spec.objective == "dpo" and not isinstance(data["train"][0]["prompt"], str)
+    if source is None:
+        if conversational:
+            raise CapabilityError(
+                f"the tokenizer of {base} has no chat template and the preference rows are conversations: set "
+                "spec.chatTemplate to a Jinja template file"
+            )
+        return {
+            split: ds.remove_columns([c for c in ds.column_names if c == "messages"]) for split, ds in data.items()
+        }, ("dataset")
+    if "messages" not in data["train"].column_names:
+        return data, "dataset" if spec.objective == "sft" else source
+
+    def render(row):
+        messages = row["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise CapabilityError(
+                f"the chat template ({source}) renders a conversation's prompt differently with and without the "
+                "answer, so the loss cannot be put on the answer alone; set spec.chatTemplate"
+            )
+        return {"prompt": prompt, "completion": full[len(prompt) :]}
+
+    log(f"rendering the conversations with the chat template of the {source}")
+    return {split: ds.map(render, remove_columns=["messages"]) for split, ds in data.items()}, source
 
 
 class StartFromError(ValueError):
@@ -318,11 +365,62 @@ def compare_generations(spec: FineTuneJobSpec, trainer, tokenizer, test, base: s
     ]
 
 
+def _instructions(rows: list[dict[str, Any]]) -> list[str]:
+    """What each test row asks, for the judge: the last user turn of a conversation, else the rendered prompt."""
+    out = []
+    for row in rows:
+        turns = row.get("messages") or (row["prompt"] if isinstance(row["prompt"], list) else None)
+        users = [m["content"] for m in turns or [] if m.get("role") == "user"]
+        out.append(users[-1] if users else str(row["prompt"]))
+    return out
+
+
+def judge_generations(spec: FineTuneJobSpec, generations: list[dict[str, Any]], instructions: list[str]) -> dict:
+    """Scores 1-5 for the base and the tuned model's answers from the DatasetBuild's judge, on the same rubric;
+    written into each generation row. A verdict the judge cannot give is counted, never guessed."""
+    from kubetune.llm import judge
+    from kubetune.llm.chat import complete_with_retries
+    from kubetune.llm.endpoint import EndpointEngine
+    from kubetune.spec.datasetbuild import GenerationSpec
+
+    j = spec.evaluation.judge
+    assert j is not None
+    model = j.endpoint.model or "judge"
+    engine = EndpointEngine(
+        GenerationSpec(model=model, backend="endpoint", endpoint=j.endpoint, max_tokens=j.max_tokens), model=model
+    )
+    requests = [
+        judge.request(instruction, g[side], j.rubric, max_tokens=j.max_tokens, seed=spec.training.seed)
+        for g, instruction in zip(generations, instructions, strict=True)
+        for side in ("base", "tuned")
+    ]
+    completions, _ = complete_with_retries(engine, requests, j.malformed_retries)
+    dropped: dict[str, int] = {}
+    scores: dict[str, list[int]] = {"base": [], "tuned": []}
+    for i, completion in enumerate(completions):
+        g, side = generations[i // 2], ("base", "tuned")[i % 2]
+        verdict = judge.read(completion, dropped)
+        g[f"{side}_score"], g[f"{side}_reason"] = verdict if verdict else (None, None)
+        if verdict:
+            scores[side].append(verdict[0])
+    mean = {side: round(sum(v) / len(v), 3) if v else None for side, v in scores.items()}
+    return {"base_score": mean["base"], "tuned_score": mean["tuned"], "judged": len(scores["tuned"]), **dropped}
+
+
+def _eval_loss(trainer, log) -> float | None:
+    """The eval loss, or None (said in the log) when truncation to maxLength left no test row a token to score."""
+    loss = trainer.evaluate().get("eval_loss")
+    if loss is None:
+        log("no eval loss: every test row lost its answer to maxLength truncation; raise spec.training.maxLength")
+    return loss
+
+
 def train(
     spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print, start_from: Path | None = None
 ) -> dict[str, Any]:
     """Fine-tune ``spec.base_model`` (or, with ``start_from``, the result of the FineTuneJob whose output folder
     that is) on the dataset; returns the metrics also written to metrics.json."""
+    import gc
     import math
     import sys
 
@@ -340,6 +438,9 @@ def train(
         raise CapabilityError(f"the tokenizer of {base} has no eos_token: a model trained with it would never stop")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    shown = min(spec.evaluation.generations, len(data["test"])) if "test" in data else 0
+    instructions = _instructions([data["test"][i] for i in range(shown)])
+    data, template_source = render_with_template(spec, data, tokenizer, base, log)
     t = spec.training
     checkpoints = output / "checkpoints"
     if spec.objective == "dpo":
@@ -404,26 +505,27 @@ def train(
     if resume:
         log(f"resuming from the last checkpoint in {checkpoints}")
     # The eval loss of the untouched base model: the baseline the final eval loss is judged against.
-    initial_eval = trainer.evaluate()["eval_loss"] if "test" in data and not resume else None
+    initial_eval = _eval_loss(trainer, log) if "test" in data and not resume else None
+    if on_gpu:  # the training's own peak, as the memory planner predicts it
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - started
+    peak_gpu = torch.cuda.max_memory_allocated() if on_gpu else None
     final_eval = None
     if "test" in data:  # the evaluation at the last step, unless the schedule just ran it
         last = next((h for h in reversed(progress.history) if "eval_loss" in h), None)
         at_end = last is not None and last["step"] == trainer.state.global_step and (last["step"] > 0 or resume)
-        final_eval = last["eval_loss"] if at_end else trainer.evaluate()["eval_loss"]
+        final_eval = last["eval_loss"] if at_end else _eval_loss(trainer, log)
 
     target = output / (MODEL_DIR if spec.method == "full" else ADAPTER_DIR)
     progress.write(trainer.state, "save")
     trainer.model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    generations = []
+    generations: list[dict[str, Any]] = []
     if "test" in data and spec.evaluation.generations:
         progress.write(trainer.state, "generate")
         generations = compare_generations(spec, trainer, tokenizer, data["test"], base, bf16, on_gpu)
-        with (output / "generations.jsonl").open("w") as f:
-            f.writelines(json.dumps(g) + "\n" for g in generations)
     if spec.merge and spec.method != "full":
         progress.write(trainer.state, "merge")
         log(f"merging the adapter into {base} (16-bit) at {output / MERGED_DIR}")
@@ -452,20 +554,34 @@ def train(
         "initial_perplexity": math.exp(initial_eval) if initial_eval is not None else None,
         "perplexity": math.exp(final_eval) if final_eval is not None else None,
         "bf16": bf16,
+        "chat_template": template_source,
         "trainable_parameters": trainable,
         "tokens": tokens,
         "tokens_per_second": round(tokens / runtime, 1) if runtime > 0 and not resume else None,
         "seconds_per_step": round(runtime / max(trainer.state.global_step, 1), 3) if not resume else None,
         "runtime_seconds": round(runtime, 2),
+        "peak_gpu_memory_bytes": peak_gpu,
         "resumed": resume,
         "losses": losses,
         "eval_losses": evals,
         "generations": len(generations),
+        "judge": None,
         "output": str(target),
         "merged": str(output / MERGED_DIR) if spec.merge and spec.method != "full" else None,
     }
+    state = trainer.state
+    if generations and spec.evaluation.judge is not None:
+        progress.write(state, "judge")
+        del trainer  # the judge's engine gets the memory the training held
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+        metrics["judge"] = judge_generations(spec, generations, instructions)
+    if generations:
+        with (output / "generations.jsonl").open("w") as f:
+            f.writelines(json.dumps(g) + "\n" for g in generations)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    progress.write(trainer.state, "done")
+    progress.write(state, "done")
     if losses:
         plots.loss_curve(
             losses, evals, output / "loss.png", f"{spec.objective} {spec.method} on {Path(spec.base_model).name}"
