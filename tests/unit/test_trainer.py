@@ -90,6 +90,37 @@ def test_qlora_trains_over_a_4bit_base(tmp_path, tiny_model, dataset):
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
 
 
+def test_qlora_gradients_are_the_same_after_an_evaluation(tiny_model):
+    """An evaluation (no_grad, eval mode) before training must not change what the backward computes: with
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 it repacks the 4-bit weights and then passes no gradient
+    through them, unless the trainer turns that off."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from peft import get_peft_model
+
+    from kubetune.trainer.sft import _load_model, _peft_config
+
+    spec = spec_for(tiny_model).model_copy(update={"method": "qlora"})
+    spec = with_fields(spec, lora={"r": 8, "loraAlpha": 16, "loraDropout": 0.0})
+    model = get_peft_model(_load_model(spec, on_gpu=False), _peft_config(spec))
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    after = gradients()
+    assert before.keys() == after.keys() and len(before) > 0
+    for name, grad in before.items():
+        assert torch.allclose(grad, after[name], rtol=1e-4, atol=1e-7), name
+
+
 def test_entrypoint_trains_then_publishes_with_lineage(tmp_path, tiny_model, dataset):
     from mlflow import MlflowClient
 

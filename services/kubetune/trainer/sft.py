@@ -173,6 +173,15 @@ def _load_model(spec: FineTuneJobSpec, on_gpu: bool, path: str | None = None, bf
             bnb_4bit_compute_dtype=dtype,
         )
     model = AutoModelForCausalLM.from_pretrained(path or spec.base_model, **kwargs)
+    if spec.method == "qlora" and not on_gpu:
+        import bitsandbytes as bnb
+
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                # bitsandbytes 0.50 repacks a 4-bit weight for its AVX512-BF16 kernel at the first forward in
+                # eval mode (the evaluation before training) and keeps it so; the backward then passes no
+                # gradient through the layer, silently. The repacked kernel is for inference: not here.
+                module.support_avx512bf16_for_cpu = False
     if spec.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
