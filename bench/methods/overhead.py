@@ -99,7 +99,7 @@ def plain(dataset: Path, work: Path, bf16: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (TRL's own default)")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"kubetune": [], "plain": []}
