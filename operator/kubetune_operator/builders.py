@@ -19,6 +19,7 @@ from kubetune_operator.constants import (
     MANAGED_BY,
     OWNER_LABEL,
     POD_USER,
+    QUEUE_LABEL,
     SCRATCH,
     SCRATCH_ENV,
     SPEC_FILE,
@@ -111,6 +112,29 @@ def _merge_resources(defaults: dict[str, Any], requests: dict[str, str], gpus: i
     return {k: v for k, v in merged.items() if v}
 
 
+def _placement(resource: Resource, defaults: dict[str, Any], pod_defaults: dict[str, Any]) -> dict[str, Any]:
+    """The pod's scheduling fields: the resource's own over the operator's defaults (``defaults`` those of this
+    pod kind, ``pod_defaults`` the whole setting). nodeSelector maps are merged (the spec's keys win), the
+    spec's tolerations are added to the default ones, and any other field the spec sets replaces the default.
+    """
+    spec = resource.spec
+    node_selector = {**(defaults.get("nodeSelector") or {}), **(spec.node_selector or {})}
+    tolerations = [*(defaults.get("tolerations") or []), *(t.to_wire() for t in spec.tolerations or [])]
+    pull_secrets = (
+        [{"name": name} for name in spec.image_pull_secrets]
+        if spec.image_pull_secrets is not None
+        else pod_defaults.get("imagePullSecrets")
+    )
+    placement = {
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        "imagePullSecrets": pull_secrets,
+        "serviceAccountName": spec.service_account_name or pod_defaults.get("serviceAccountName"),
+        "priorityClassName": spec.priority_class_name,
+    }
+    return {key: value for key, value in placement.items() if value}
+
+
 def job(
     resource: Resource, settings: Settings, dataset: str | None = None, start_from: str | None = None
 ) -> dict[str, Any]:
@@ -118,7 +142,8 @@ def job(
 
     Its pod passes Pod Security "restricted": non-root, no privilege escalation, every capability dropped,
     seccomp RuntimeDefault, a read-only root filesystem with /tmp as scratch space, and no API token (the
-    pods never call the API).
+    pods never call the API), whichever ServiceAccount they run as. With ``spec.queueName`` the Job is created
+    suspended and labelled for Kueue.
     """
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     component = COMPONENT_OF[kind]
@@ -139,13 +164,11 @@ def job(
         # PyTorch's data loader workers and vLLM's workers share tensors through /dev/shm, 64 MiB in a container.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
-    requests: dict[str, str] = {}
-    gpus: int | None = None
+    spec = resource.spec
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
-        res = resource.spec.resources
-        requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
-        gpus = res.gpus or None  # 0, the field's default, leaves the operator's default in place
+    requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
+    gpus = spec.resources.gpus or None  # 0, the field's default, leaves the operator's default in place
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container: dict[str, Any] = {
         "name": component,
@@ -180,18 +203,18 @@ def job(
         "containers": [container],
         "volumes": volumes,
     }
-    for key in ("nodeSelector", "tolerations"):
-        if defaults.get(key):
-            pod[key] = defaults[key]
-    for key in ("imagePullSecrets", "serviceAccountName"):
-        if settings.pod_defaults.get(key):
-            pod[key] = settings.pod_defaults[key]
+    pod.update(_placement(resource, defaults, settings.pod_defaults))
+    job_labels = labels(resource)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": settings.backoff_limit,
+        "template": {"metadata": {"labels": labels(resource)}, "spec": pod},
+    }
+    if spec.queue_name:
+        job_labels[QUEUE_LABEL] = spec.queue_name
+        job_spec["suspend"] = True  # Kueue starts it (unsuspends it) once the queue admits it
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": child_name(resource), "namespace": ns, "labels": labels(resource)},
-        "spec": {
-            "backoffLimit": settings.backoff_limit,
-            "template": {"metadata": {"labels": labels(resource)}, "spec": pod},
-        },
+        "metadata": {"name": child_name(resource), "namespace": ns, "labels": job_labels},
+        "spec": job_spec,
     }

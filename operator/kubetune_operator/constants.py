@@ -14,6 +14,8 @@ COMPONENT = "app.kubernetes.io/component"  # datagen | trainer
 # Which resource a child belongs to: kubetune.dev/datasetbuild=NAME or kubetune.dev/finetunejob=NAME.
 OWNER_LABEL = {DATASET_BUILD: f"{GROUP}/datasetbuild", FINE_TUNE_JOB: f"{GROUP}/finetunejob"}
 COMPONENT_OF = {DATASET_BUILD: "datagen", FINE_TUNE_JOB: "trainer"}
+# The Kueue LocalQueue a Job waits in (a resource's spec.queueName); Kueue admits such a Job by unsuspending it.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 SPEC_MOUNT = "/etc/kubetune"  # where the ConfigMap with spec.json is mounted in every pod
 SPEC_FILE = "spec.json"
@@ -75,7 +77,8 @@ class Settings:
     backoff_limit: int = field(default_factory=lambda: int(_env("KUBETUNE_BACKOFF_LIMIT", "2")))
     # KUBETUNE_POD_DEFAULTS: JSON applied to the pods of every Job: {"imagePullSecrets": [{"name": ...}],
     # "serviceAccountName": ..., "datagen"|"trainer": {"nodeSelector", "tolerations", "resources", "env"}}; a
-    # resource's own spec.resources wins over the defaults. The Helm chart renders it from its values.
+    # resource's own values (spec.resources, spec.nodeSelector, ...) win over the defaults (builders.job says how).
+    # The Helm chart renders it from its values.
     pod_defaults: dict[str, Any] = field(default_factory=_pod_defaults)
 
     def mlflow_uri(self) -> str:

@@ -165,6 +165,8 @@ def _constraints(node: dict[str, Any]) -> str:
     if "pattern" in node:
         parts.append(f"matches `{node['pattern']}`")
     parts += [rule["message"] for rule in node.get("x-kubernetes-validations") or []]
+    if node.get("type") == "array":
+        parts += [f"each: {rule['message']}" for rule in node["items"].get("x-kubernetes-validations") or []]
     return "; ".join(parts)
 
 

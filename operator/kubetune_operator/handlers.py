@@ -20,7 +20,7 @@ from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, 
 from kubetune.spec.resources import SpecError, parse_resource
 from kubetune.spec.status import TERMINAL_PHASES, Phase
 from kubetune_operator import planner
-from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Settings
+from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, Settings
 
 SETTINGS = Settings()
 PLURAL = {kind: names[0] for kind, names in NAMES.items()}
@@ -167,7 +167,7 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
     for kind, label in OWNER_LABEL.items():
         if label in labels:
             name = labels[label]  # from here on, the owner's name
-            decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS)
+            decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL))
             if decision.phase == Phase.FAILED:  # only then are the pods worth a request
                 decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
             current = client.CustomObjectsApi().get_namespaced_custom_object(

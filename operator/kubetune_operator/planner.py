@@ -68,6 +68,18 @@ def _wait_for(
     )
 
 
+def _started(resource: Resource, children: list[dict[str, Any]], work: str) -> Decision:
+    """The Decision that creates a resource's children: Running, or Pending while Kueue holds its Job."""
+    queue = resource.spec.queue_name
+    if queue:
+        return Decision(Phase.PENDING, "Queued", _queued_message(queue), children=children)
+    return Decision(Phase.RUNNING, "JobCreated", work, children=children)
+
+
+def _queued_message(queue: str) -> str:
+    return f"waiting for Kueue to admit the Job from queue {queue}"
+
+
 def plan(
     resource: Resource,
     settings: Settings,
@@ -81,10 +93,9 @@ def plan(
     resources applied together by GitOps may arrive in any order.
     """
     if resource.kind == DATASET_BUILD:
-        return Decision(
-            Phase.RUNNING, "JobCreated", "generating the dataset",
-            children=[builders.config_map(resource), builders.job(resource, settings)],
-        )  # fmt: skip
+        return _started(
+            resource, [builders.config_map(resource), builders.job(resource, settings)], "generating the dataset"
+        )
     ref = resource.spec.dataset.dataset_build_ref
     if ref is None:
         dataset = resource.spec.dataset.path
@@ -101,18 +112,24 @@ def plan(
             return found
         previous = found
     job = builders.job(resource, settings, dataset=dataset, start_from=previous)
-    return Decision(Phase.RUNNING, "JobCreated", "training", children=[builders.config_map(resource), job])
+    return _started(resource, [builders.config_map(resource), job], "training")
 
 
-def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any], settings: Settings) -> Decision:
+def job_outcome(
+    kind: str, namespace: str, name: str, job_status: dict[str, Any], settings: Settings, queue: str | None = None
+) -> Decision:
     """The resource's phase read off its Job's status (batch/v1 JobStatus), as the Job controller defines it.
 
     Only the ``Complete`` and ``Failed`` conditions are terminal. The controller first writes
     ``SuccessCriteriaMet`` (or ``FailureTarget``) with the finished pods still in ``uncountedTerminatedPods``
     and no ``active`` or ``succeeded`` count, then the terminal condition: that first step is the end of a
     running Job, not a Job waiting for its pod.
+
+    ``queue`` is the Kueue queue the Job is labelled with, if any. Such a Job is created suspended: the
+    controller writes ``Suspended`` True (and ``False`` once Kueue unsuspends it); until then it is Queued.
     """
-    conditions = {c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
+    every = {c.get("type"): c for c in job_status.get("conditions") or []}
+    conditions = {t: c for t, c in every.items() if c.get("status") == "True"}
     if "Complete" in conditions:
         output = {"path": builders.output_path(settings.storage_root, kind, namespace, name)}
         return Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output=output)
@@ -121,6 +138,10 @@ def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any]
         return Decision(
             Phase.FAILED, cond.get("reason") or "JobFailed", cond.get("message") or "the Job failed", permanent=True
         )
+    if "Suspended" in conditions:
+        if queue:
+            return Decision(Phase.PENDING, "Queued", _queued_message(queue))
+        return Decision(Phase.PENDING, "JobSuspended", "the Job is suspended")
     if "SuccessCriteriaMet" in conditions:
         return Decision(Phase.RUNNING, "JobFinishing", "the pod succeeded; the Job is finishing")
     if "FailureTarget" in conditions:
@@ -133,6 +154,8 @@ def job_outcome(kind: str, namespace: str, name: str, job_status: dict[str, Any]
         return Decision(Phase.RUNNING, "JobRunning", "the pod is running")
     if job_status.get("failed"):
         return Decision(Phase.RUNNING, "JobRetrying", f"{job_status['failed']} pod(s) failed; retrying")
+    if queue and "Suspended" not in every:  # created suspended; the controller has not said so yet
+        return Decision(Phase.PENDING, "Queued", _queued_message(queue))
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
 
 

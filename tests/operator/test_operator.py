@@ -196,3 +196,30 @@ def test_a_failed_pod_says_why_in_the_resource_status(run_in_cluster, tmp_path, 
         )
 
     run_in_cluster(scenario)
+
+
+def test_a_job_with_a_queue_waits_suspended_for_kueue(run_in_cluster):
+    """spec.queueName: the Job is created suspended with Kueue's label, the resource stays Pending (Queued)
+    while the Job controller says Suspended, and runs once Kueue has unsuspended the Job."""
+
+    async def scenario(cluster: Cluster):
+        tune = copy.deepcopy(FTJ)
+        tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+        tune["spec"]["queueName"] = "team-a"
+        await cluster.apply(tune)
+        job = await _job_of(cluster, "tune-train")
+        assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        queued = await cluster.wait_for("FineTuneJob", "tune", {"Pending"}, timeout=30)
+        assert queued["status"]["message"] == "waiting for Kueue to admit the Job from queue team-a"
+        suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended"}
+        await cluster.set_job_status(job, {"conditions": [suspended]})
+        await asyncio.sleep(1)
+        still = await cluster.get("FineTuneJob", "tune")
+        ready = next(c for c in still["status"]["conditions"] if c["type"] == "Ready")
+        assert (still["status"]["phase"], ready["reason"]) == ("Pending", "Queued")
+        resumed = {**suspended, "status": "False", "reason": "JobResumed", "message": "Job resumed"}
+        await cluster.set_job_status(job, {"conditions": [resumed], "active": 1})
+        await cluster.wait_for("FineTuneJob", "tune", {"Running"}, timeout=10)
+        assert await _event_reasons(cluster, "tune", until="JobRunning") == ["JobRunning", "Queued"]
+
+    run_in_cluster(scenario)

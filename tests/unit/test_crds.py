@@ -124,6 +124,27 @@ CASES = {
     "gpus-as-string": (_set(FTJ, "spec.resources.gpus", "1"), False, "gpus"),
     "cpu-as-number": (_set(FTJ, "spec.resources.cpu", 4), False, "cpu"),
     "max-steps-below-minus-one": (_set(FTJ, "spec.training.maxSteps", -2), False, "maxSteps"),
+    "datagen-gpus": (_set(DSB, "spec.resources", {"gpus": 1, "memory": "24Gi"}), True, None),
+    "toleration-ok": (_set(FTJ, "spec.tolerations", [{"key": "gpu", "operator": "Exists"}]), True, None),
+    "toleration-exists-with-value": (
+        _set(FTJ, "spec.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}]),
+        False,
+        "value must be empty when operator is Exists",
+    ),
+    "toleration-no-key-equal": (
+        _set(DSB, "spec.tolerations", [{"value": "x"}]),
+        False,
+        "operator must be Exists when key is empty",
+    ),
+    "toleration-seconds-no-execute-only": (
+        _set(DSB, "spec.tolerations", [{"key": "spot", "effect": "NoSchedule", "tolerationSeconds": 5}]),
+        False,
+        "tolerationSeconds needs effect NoExecute",
+    ),
+    "toleration-operator-unknown": (_set(FTJ, "spec.tolerations", [{"key": "a", "operator": "In"}]), False, "operator"),
+    "node-selector-number": (_set(FTJ, "spec.nodeSelector", {"pool": 1}), False, "nodeSelector"),
+    "queue-name-with-dot": (_set(FTJ, "spec.queueName", "team.a"), False, "queueName"),
+    "pull-secret-as-object": (_set(DSB, "spec.imagePullSecrets", [{"name": "x"}]), False, "imagePullSecrets"),
 }
 
 
@@ -212,6 +233,7 @@ def _rules_with_samples():
     from kubetune.spec.datasetbuild import ChunkingSpec
     from kubetune.spec.finetunejob import DatasetSource
     from kubetune.spec.resources import NAME_RULE
+    from kubetune.spec.scheduling import Toleration
 
     chunking = [{"minChars": a, "maxChars": b} for a, b in ((1, 1), (1000, 2000), (2001, 2000), (5, 4))]
     sources = [{"path": "d"}, {"datasetBuildRef": {"name": "b"}}, {}, {"path": "d", "datasetBuildRef": {"name": "b"}}]
@@ -222,6 +244,27 @@ def _rules_with_samples():
         for wire in sources:
             ref = wire.get("datasetBuildRef")
             yield rule, wire, DatasetSource.model_construct(dataset_build_ref=ref, path=wire.get("path"))
+    tolerations = [
+        {"key": "k", "operator": "Equal", "value": "v"},
+        {"key": "k", "operator": "Exists"},
+        {"key": "k", "operator": "Exists", "value": "v"},
+        {"key": "k", "operator": "Exists", "value": ""},
+        {"operator": "Exists"},
+        {"operator": "Equal"},
+        {"key": "k", "operator": "Equal", "effect": "NoExecute", "tolerationSeconds": 5},
+        {"key": "k", "operator": "Equal", "effect": "NoSchedule", "tolerationSeconds": 5},
+        {"key": "k", "operator": "Equal", "tolerationSeconds": 5},
+    ]
+    for rule in Toleration.cel_rules:
+        for wire in tolerations:
+            python = Toleration.model_construct(
+                key=wire.get("key"),
+                operator=wire["operator"],
+                value=wire.get("value"),
+                effect=wire.get("effect"),
+                toleration_seconds=wire.get("tolerationSeconds"),
+            )
+            yield rule, wire, python
     for name in ("docs", "a" * 63, "a" * 64, "a.b", "Docs", "-a", "a-", "a-b-1"):
         yield NAME_RULE, {"metadata": {"name": name}}, name
 
@@ -235,7 +278,7 @@ def test_every_cel_rule_and_its_python_predicate_agree():
         cel = bool(env.program(env.compile(rule.rule)).evaluate({"self": celpy.json_to_cel(wire)}))
         assert cel == rule.holds(python), (rule.rule, wire)
         checked += 1
-    assert checked >= 16
+    assert checked >= 40
 
 
 def test_numbers_in_exponent_form_are_numbers_as_kubectl_reads_them(root):

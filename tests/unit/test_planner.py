@@ -122,7 +122,20 @@ def test_a_job_that_starts_from_another_waits_for_it(previous, phase, reason):
         assert container["command"][-4:] == ["--dataset", "/data/prefs", "--start-from", "/data/finetunes/team/tune"]
 
 
+@pytest.mark.parametrize("resource", [DSB, FTJ], ids=["DatasetBuild", "FineTuneJob"])
+def test_a_resource_with_a_queue_is_pending_queued_with_a_suspended_job(resource):
+    queued = resource.model_copy(update={"spec": resource.spec.model_copy(update={"queue_name": "team-a"})})
+    built = {"status": {"phase": "Succeeded", "output": {"path": "/data/datasets/team/docs"}}}
+    decision = planner.plan(queued, SETTINGS, built)
+    assert (decision.phase, decision.reason) == (Phase.PENDING, "Queued")
+    assert "team-a" in decision.message and not decision.permanent and decision.retry_after is None
+    job = decision.children[1]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
 SUCCESS_CRITERIA_MET = {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached"}
+SUSPENDED = {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended"}
+RESUMED = {"type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed"}
 FAILURE_TARGET = {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "3 failed"}
 
 
@@ -164,7 +177,36 @@ def test_job_outcome(job_status, phase):
         assert decision.output == {"path": "/data/datasets/team/docs"}
 
 
-# The Job statuses a real Job controller writes, in order (seen on a v1.36 kube-apiserver).
+@pytest.mark.parametrize(
+    ("job_status", "queue", "phase", "reason"),
+    [
+        pytest.param({}, "team-a", Phase.PENDING, "Queued", id="created-suspended-no-status-yet"),
+        pytest.param({"conditions": [SUSPENDED]}, "team-a", Phase.PENDING, "Queued", id="suspended"),
+        pytest.param({"conditions": [SUSPENDED]}, None, Phase.PENDING, "JobSuspended", id="suspended-without-queue"),
+        pytest.param({"conditions": [RESUMED]}, "team-a", Phase.PENDING, "JobPending", id="admitted-no-pod-yet"),
+        pytest.param({"conditions": [RESUMED], "active": 1}, "team-a", Phase.RUNNING, "JobRunning", id="admitted"),
+        pytest.param(
+            {"failed": 1, "conditions": [SUSPENDED]}, "team-a", Phase.PENDING, "Queued", id="preempted-after-a-failure"
+        ),
+        pytest.param(
+            {"succeeded": 1, "conditions": [RESUMED, SUCCESS_CRITERIA_MET, {"type": "Complete", "status": "True"}]},
+            "team-a",
+            Phase.SUCCEEDED,
+            "JobSucceeded",
+            id="complete",
+        ),
+    ],
+)
+def test_job_outcome_of_a_queued_job(job_status, queue, phase, reason):
+    decision = planner.job_outcome("FineTuneJob", "team", "tune", job_status, SETTINGS, queue)
+    assert (decision.phase, decision.reason) == (phase, reason)
+    assert not decision.permanent
+    if reason == "Queued":
+        assert decision.message == "waiting for Kueue to admit the Job from queue team-a"
+
+
+# The Job statuses a real Job controller writes, in order (seen on a v1.36 kube-apiserver; the queued one is
+# a Job created with spec.suspend true, as Kueue wants it, then unsuspended by Kueue).
 CONTROLLER_SEQUENCES = {
     "success": [
         {},
@@ -172,6 +214,13 @@ CONTROLLER_SEQUENCES = {
         {"active": 1, "ready": 1},
         {"ready": 0, "conditions": [SUCCESS_CRITERIA_MET], "uncountedTerminatedPods": {"succeeded": ["u1"]}},
         {"succeeded": 1, "conditions": [SUCCESS_CRITERIA_MET, {"type": "Complete", "status": "True"}]},
+    ],
+    "queued-then-admitted-success": [
+        {"conditions": [SUSPENDED]},
+        {"conditions": [RESUMED], "active": 1, "startTime": "t1"},
+        {"conditions": [RESUMED], "active": 1, "ready": 1},
+        {"conditions": [RESUMED, SUCCESS_CRITERIA_MET], "ready": 0, "uncountedTerminatedPods": {"succeeded": ["u1"]}},
+        {"succeeded": 1, "conditions": [RESUMED, SUCCESS_CRITERIA_MET, {"type": "Complete", "status": "True"}]},
     ],
     "retried-then-failed": [
         {"active": 1},
@@ -189,10 +238,12 @@ def test_phase_never_moves_backwards_through_a_controller_sequence(name):
     """The phase each status of the sequence reads as, on its own, never goes back (no "waiting for the pod"
     while the pod has finished), and the sequence ends where the controller ends it."""
     order = [Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED]
-    seen = [planner.job_outcome("FineTuneJob", "team", "tune", s, SETTINGS).phase for s in CONTROLLER_SEQUENCES[name]]
+    queue = "team-a" if name.startswith("queued") else None
+    statuses = CONTROLLER_SEQUENCES[name]
+    seen = [planner.job_outcome("FineTuneJob", "team", "tune", s, SETTINGS, queue).phase for s in statuses]
     ranks = [min(order.index(p), 2) for p in seen]
     assert ranks == sorted(ranks), seen
-    assert seen[-1] == (Phase.SUCCEEDED if name == "success" else Phase.FAILED)
+    assert seen[-1] == (Phase.FAILED if name.endswith("failed") else Phase.SUCCEEDED)
 
 
 @pytest.mark.parametrize(
@@ -204,6 +255,7 @@ def test_phase_never_moves_backwards_through_a_controller_sequence(name):
         pytest.param("Succeeded", Phase.FAILED, False, id="terminal-to-terminal"),
         pytest.param("Waiting", Phase.RUNNING, True, id="waiting-to-running"),
         pytest.param("Running", Phase.RUNNING, True, id="same"),
+        pytest.param("Pending", Phase.PENDING, True, id="queued-to-admitted"),
     ],
 )
 def test_moves_forward(current, new, allowed):

@@ -66,6 +66,24 @@ def test_field_errors_name_the_field(patch, path, fragment):
     assert any(f"{path}:" in e and fragment in e for e in errors), errors
 
 
+@pytest.mark.parametrize(
+    ("toleration", "fragment"),
+    [
+        pytest.param("{key: gpu, operator: Exists, value: 'yes'}", "value must be empty when operator is Exists",
+                     id="exists-with-value"),
+        pytest.param("{value: a}", "operator must be Exists when key is empty", id="no-key-equal"),
+        pytest.param("{key: spot, effect: NoSchedule, tolerationSeconds: 30}",
+                     "tolerationSeconds needs effect NoExecute", id="seconds-without-no-execute"),
+        pytest.param("{key: gpu, operator: In}", "'Exists' or 'Equal'", id="unknown-operator"),
+        pytest.param("{key: gpu, effect: NoRun}", "'NoSchedule', 'PreferNoSchedule' or 'NoExecute'",
+                     id="unknown-effect"),
+    ],
+)  # fmt: skip
+def test_bad_tolerations_name_the_toleration(toleration, fragment):
+    errors = errors_of(GOOD_FTJ + f"  tolerations: [{{key: ok, operator: Exists}}, {toleration}]\n")
+    assert len(errors) == 1 and "spec.tolerations[1]" in errors[0] and fragment in errors[0], errors
+
+
 def test_every_document_is_checked_and_unknown_kinds_are_named():
     text = GOOD_FTJ + "---\nkind: Pod\n---\n" + GOOD_FTJ.replace("name: ok", "name: Bad_Name")
     errors = errors_of(text)

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
+from kubetune.spec.scheduling import SchedulingSpec
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -263,7 +264,7 @@ class CardSpec(SpecModel):
     language: list[str] = Field(default_factory=lambda: ["en"])
 
 
-class DatasetBuildSpec(SpecModel):
+class DatasetBuildSpec(SchedulingSpec):
     """Raw documents -> cleaned, deduplicated chunks -> LLM-written samples -> curated, formatted, split dataset."""
 
     type: Literal["instruction", "preference"] = Field(

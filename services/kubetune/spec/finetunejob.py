@@ -12,8 +12,7 @@ from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
 from kubetune.spec.datasetbuild import DEFAULT_RUBRIC, EndpointSpec
-
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+from kubetune.spec.scheduling import DNS_LABEL, SchedulingSpec
 
 
 class DatasetBuildRef(SpecModel):
@@ -161,20 +160,6 @@ class EvaluationSpec(SpecModel):
     )
 
 
-class ResourcesSpec(SpecModel):
-    """What the training pod asks the scheduler for."""
-
-    gpus: int = Field(
-        0,
-        ge=0,
-        le=16,
-        description="nvidia.com/gpu count, as both request and limit. 0: the operator's default for training pods "
-        "(none, so the CPU, unless the Helm chart's workloads.trainer.resources gives one).",
-    )
-    cpu: str | None = Field(None, description="CPU request, e.g. '4'.")
-    memory: str | None = Field(None, description="Memory request, e.g. '16Gi'.")
-
-
 class RegistrySpec(SpecModel):
     """Where the adapter is published."""
 
@@ -186,7 +171,7 @@ class RegistrySpec(SpecModel):
     )
 
 
-class FineTuneJobSpec(SpecModel):
+class FineTuneJobSpec(SchedulingSpec):
     """Fine-tuning of a base model on a dataset (SFT or DPO), then publishing the adapter."""
 
     base_model: str = Field(description="Path of a Hugging Face model folder.")
@@ -203,7 +188,6 @@ class FineTuneJobSpec(SpecModel):
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     chat_template: str | None = Field(
         None,
         description="A Jinja chat template file: the conversations (a DatasetBuild's messages column, DPO's rows) are "

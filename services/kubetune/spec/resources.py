@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kubetune.spec.base import CelRule, SpecModel, drop_nulls
 from kubetune.spec.constants import API_VERSION, DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.datasetbuild import DatasetBuildSpec
-from kubetune.spec.finetunejob import DNS_LABEL, FineTuneJobSpec
+from kubetune.spec.finetunejob import FineTuneJobSpec
+from kubetune.spec.scheduling import DNS_LABEL
 from kubetune.spec.status import ResourceStatus
 
 # A resource's name becomes a label value and the stem of its Jobs' names, so it must be a DNS label (an API

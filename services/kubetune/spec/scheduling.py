@@ -1,0 +1,115 @@
+"""Where and how a resource's pod runs: its size, the nodes it may land on, its priority and its Kueue queue.
+
+Both kinds take the same fields, flat in the spec and spelt as in a PodSpec (``nodeSelector``, ``tolerations``,
+``priorityClassName``, ...), so a value copied from a pod manifest or a Kustomize patch of ``/spec/nodeSelector``
+means what it means there. The operator puts them on the pod of the resource's Job, over the Helm chart's
+defaults; a Toleration is checked as the API server checks one in a pod, so a bad one is refused at apply
+time rather than when the Job is created.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from kubetune.spec.base import CelRule, SpecModel
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A label key: an optional DNS-subdomain prefix and '/', then a name (as a taint's key).
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+class ResourcesSpec(SpecModel):
+    """What the resource's pod (the trainer, or a DatasetBuild's vLLM engine) asks the scheduler for."""
+
+    gpus: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu count, as both request and limit. 0: the operator's default for this kind of "
+        "pod (none, so the CPU, unless the Helm chart's workloads.datagen.resources or workloads.trainer.resources "
+        "gives one).",
+    )
+    cpu: str | None = Field(None, description="CPU request, e.g. '4'.")
+    memory: str | None = Field(None, description="Memory request, e.g. '16Gi'.")
+
+
+class Toleration(SpecModel):
+    """A pod toleration (core/v1 Toleration): the pod may run on nodes with a matching taint."""
+
+    key: str | None = Field(
+        None,
+        pattern=QUALIFIED_NAME,
+        max_length=316,
+        description="The taint key; none (with operator Exists) tolerates every taint.",
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        "Equal", description="Equal: the taint's value must equal value; Exists: any value (set no value)."
+    )
+    value: str | None = Field(None, pattern=LABEL_VALUE, max_length=63, description="The taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect tolerated; none: every effect."
+    )
+    toleration_seconds: int | None = Field(
+        None,
+        description="How long the pod stays on a node after a NoExecute taint appears; none: for ever.",
+    )
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            lambda t: t.operator != "Exists" or not t.value,
+        ),
+        CelRule(
+            "has(self.key) || self.operator == 'Exists'",
+            "operator must be Exists when key is empty (a toleration of every taint)",
+            lambda t: t.key is not None or t.operator == "Exists",
+        ),
+        CelRule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds needs effect NoExecute",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+
+
+class SchedulingSpec(SpecModel):
+    """The pod fields both kinds take; each spec model inherits them, so they sit flat in its spec."""
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    node_selector: dict[str, str] | None = Field(
+        None,
+        description="Node labels the pod must match, merged over the operator's default (these keys win).",
+    )
+    # Bounded so the API server's CEL cost estimate of the per-toleration rules stays small.
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=64, description="Tolerations of the pod, added to the operator's default ones."
+    )
+    priority_class_name: str | None = Field(
+        None, pattern=DNS_SUBDOMAIN, max_length=253, description="The PriorityClass of the pod."
+    )
+    service_account_name: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="The pod's ServiceAccount (for image pulls, workload identity); no API token is mounted. "
+        "Default: the operator's workload ServiceAccount.",
+    )
+    image_pull_secrets: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] | None = Field(
+        None,
+        max_length=16,
+        description="Names of Secrets the images are pulled with; replaces the operator's default list.",
+    )
+    queue_name: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label, "
+        "and the resource stays Pending (reason Queued) until Kueue admits it.",
+    )

@@ -1,0 +1,145 @@
+"""The Job a resource gets: its own scheduling fields over the operator's pod defaults, and Kueue's queueing."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kubetune.spec import load_resources
+from kubetune.spec.resources import Resource
+from kubetune_operator import builders
+from kubetune_operator.constants import QUEUE_LABEL, Settings
+
+BASE_SPEC = {
+    "DatasetBuild": {"source": {"paths": ["corpus"]}, "generation": {"model": "/models/m"}},
+    "FineTuneJob": {"baseModel": "/models/m", "dataset": {"path": "/data/d"}},
+}
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+POD_DEFAULTS = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "serviceAccountName": "kubetune-workload",
+    "datagen": {"nodeSelector": {"pool": "inference"}},
+    "trainer": {
+        "nodeSelector": {"nvidia.com/gpu.present": "true", "pool": "training"},
+        "tolerations": [GPU_TAINT],
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+    },
+}
+
+
+def resource(kind: str, **fields) -> Resource:
+    doc = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "docs", "namespace": "team"},
+        "spec": {**BASE_SPEC[kind], **fields},
+    }
+    (parsed,) = load_resources(yaml.safe_dump(doc))
+    return parsed
+
+
+def job_of(res: Resource, pod_defaults: dict | None = None) -> dict:
+    settings = Settings(storage_root="/data", pod_defaults=POD_DEFAULTS if pod_defaults is None else pod_defaults)
+    return builders.job(res, settings, dataset="/data/d" if res.kind == "FineTuneJob" else None)
+
+
+# (kind, spec fields, pod fields expected; None: absent from the pod)
+CASES = {
+    "defaults-alone": (
+        "FineTuneJob",
+        {},
+        {
+            "nodeSelector": {"nvidia.com/gpu.present": "true", "pool": "training"},
+            "tolerations": [GPU_TAINT],
+            "imagePullSecrets": [{"name": "regcred"}],
+            "serviceAccountName": "kubetune-workload",
+            "priorityClassName": None,
+        },
+    ),
+    "node-selector-merged-spec-keys-win": (
+        "FineTuneJob",
+        {"nodeSelector": {"pool": "team-a", "zone": "b"}},
+        {"nodeSelector": {"nvidia.com/gpu.present": "true", "pool": "team-a", "zone": "b"}},
+    ),
+    "tolerations-appended-to-the-defaults": (
+        "FineTuneJob",
+        {"tolerations": [{"key": "team", "value": "a", "effect": "NoSchedule"}]},
+        {"tolerations": [GPU_TAINT, {"key": "team", "operator": "Equal", "value": "a", "effect": "NoSchedule"}]},
+    ),
+    "toleration-seconds-rendered": (
+        "DatasetBuild",
+        {"tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]},
+        {"tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]},
+    ),
+    "image-pull-secrets-rendered-replace-the-default": (
+        "DatasetBuild",
+        {"imagePullSecrets": ["team-registry", "mirror"]},
+        {"imagePullSecrets": [{"name": "team-registry"}, {"name": "mirror"}]},
+    ),
+    "empty-image-pull-secrets-clear-the-default": (
+        "DatasetBuild",
+        {"imagePullSecrets": []},
+        {"imagePullSecrets": None},
+    ),
+    "service-account-and-priority-from-the-spec": (
+        "FineTuneJob",
+        {"serviceAccountName": "tuner", "priorityClassName": "batch-low"},
+        {"serviceAccountName": "tuner", "priorityClassName": "batch-low", "automountServiceAccountToken": False},
+    ),
+    "datagen-gets-its-own-kind-of-defaults": (
+        "DatasetBuild",
+        {"nodeSelector": {"zone": "b"}},
+        {"nodeSelector": {"pool": "inference", "zone": "b"}, "tolerations": None},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_spec_scheduling_over_pod_defaults(case):
+    kind, fields, expected = CASES[case]
+    pod = job_of(resource(kind, **fields))["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # whichever ServiceAccount: the pods never call the API
+    for key, value in expected.items():
+        assert pod.get(key) == value, (key, pod.get(key))
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "pod_defaults", "expected"),
+    [
+        pytest.param("DatasetBuild", {}, {}, None, id="datagen-none"),
+        pytest.param(
+            "DatasetBuild",
+            {"resources": {"gpus": 1, "memory": "24Gi"}},
+            {},
+            {"requests": {"memory": "24Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+            id="datagen-gpus-for-vllm",
+        ),
+        pytest.param(
+            "DatasetBuild",
+            {"resources": {"gpus": 2}},
+            {"datagen": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "4"}}}},
+            {"requests": {"cpu": "4", "nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}},
+            id="datagen-gpus-over-the-default",
+        ),
+        pytest.param(
+            "FineTuneJob",
+            {"resources": {"cpu": "8"}},
+            POD_DEFAULTS,
+            {"requests": {"cpu": "8"}, "limits": {"nvidia.com/gpu": "1"}},
+            id="trainer-default-gpu-kept",
+        ),
+    ],
+)
+def test_resources_size_the_container(kind, fields, pod_defaults, expected):
+    (container,) = job_of(resource(kind, **fields), pod_defaults)["spec"]["template"]["spec"]["containers"]
+    assert container.get("resources") == expected
+
+
+@pytest.mark.parametrize("kind", ["DatasetBuild", "FineTuneJob"])
+@pytest.mark.parametrize("queue", [None, "team-a"], ids=["no-queue", "queue"])
+def test_a_queued_job_is_labelled_for_kueue_and_created_suspended(kind, queue):
+    job = job_of(resource(kind, **({"queueName": queue} if queue else {})))
+    assert job["metadata"]["labels"].get(QUEUE_LABEL) == queue
+    assert job["spec"].get("suspend") is (True if queue else None)
+    # Kueue reads the Job's label; the pods keep the operator's own labels only.
+    assert QUEUE_LABEL not in job["spec"]["template"]["metadata"]["labels"]
