@@ -25,16 +25,16 @@ pytestmark = pytest.mark.slow
 KEY_ENV = "KUBETUNE_E2E_API_KEY"
 
 
-def through_server(example: Path, server, out: Path, **generation) -> Path:
-    """The example with its generation sent to the test server, the key read from ``KEY_ENV``."""
+def through_server(example: Path, server, out: Path, judge: bool = False, **generation) -> Path:
+    """The example with its generation sent to the test server, the key read from ``KEY_ENV``; with ``judge``,
+    its FineTuneJobs' answers judged there too."""
     docs = list(yaml.safe_load_all(example.read_text()))
+    endpoint = {"url": server.base_url, "model": server.model, "apiKeyEnv": KEY_ENV, "concurrency": 4}
     for doc in docs:
         if doc["kind"] == "DatasetBuild":
-            doc["spec"]["generation"] |= {
-                "backend": "endpoint",
-                "endpoint": {"url": server.base_url, "model": server.model, "apiKeyEnv": KEY_ENV, "concurrency": 4},
-                **generation,
-            }
+            doc["spec"]["generation"] |= {"backend": "endpoint", "endpoint": endpoint, **generation}
+        elif judge:
+            doc["spec"].setdefault("evaluation", {})["judge"] = {"endpoint": endpoint}
     out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
 
@@ -89,8 +89,9 @@ def test_the_curated_example(tmp_path, root, vllm_server):
 
 
 def test_the_preference_example(tmp_path, root, vllm_server):
-    resources = through_server(root / "examples" / "preference.yaml", vllm_server, tmp_path / "preference.yaml")
-    kubetune_run(root, resources, tmp_path / "work", vllm_server)
+    example = root / "examples" / "preference.yaml"
+    resources = through_server(example, vllm_server, tmp_path / "preference.yaml", judge=True)
+    proc = kubetune_run(root, resources, tmp_path / "work", vllm_server)
     out = tmp_path / "work" / "datasets" / "default" / "preference"
     manifest, stages = funnel(out)
     assert manifest["type"] == "preference" and stages["rank"]["output"] > 0
@@ -114,7 +115,20 @@ def test_the_preference_example(tmp_path, root, vllm_server):
     # The example's FineTuneJob trains with DPO on those rows.
     metrics = json.loads((tmp_path / "work" / "finetunes" / "default" / "preference-dpo" / "metrics.json").read_text())
     assert metrics["objective"] == "dpo" and metrics["steps"] > 0 and "rewards/margins" in metrics
-    assert (tmp_path / "work" / "finetunes" / "default" / "preference-dpo" / "adapter" / "adapter_config.json").exists()
+    job = tmp_path / "work" / "finetunes" / "default" / "preference-dpo"
+    assert (job / "adapter" / "adapter_config.json").exists()
+    # The base and the tuned model answered the first test prompts; the judge behind the same server scored them.
+    generations = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == metrics["generations"] > 0
+    judge = metrics["judge"]
+    # Every answer of both models has a verdict or a counted reason for none (SmolLM2 is a weak judge).
+    verdicts = judge["base_judged"] + judge["tuned_judged"]
+    assert verdicts + judge.get("judge_invalid", 0) + judge.get("judge_truncated", 0) == 2 * len(generations)
+    scored = [g for g in generations if g["tuned_score"] is not None]
+    assert all(1 <= g["tuned_score"] <= 5 and g["tuned_reason"] for g in scored)
+    if scored:
+        assert judge["tuned_score"] == pytest.approx(sum(g["tuned_score"] for g in scored) / len(scored), abs=1e-3)
+    assert_no_secret(vllm_server.api_key, proc, tmp_path / "work")
 
 
 def test_a_killed_build_resumes_to_the_same_digest(tmp_path, root, vllm_server):

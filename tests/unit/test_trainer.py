@@ -75,7 +75,20 @@ def test_a_restarted_run_resumes_from_its_checkpoint(tmp_path, tiny_model, datas
     metrics = train(spec_for(tiny_model, maxSteps=12), dataset, out, log=logged.append)
     assert metrics["resumed"] and any("resuming" in line for line in logged)
     assert metrics["steps"] == 12
-    assert all(point["step"] > 6 for point in metrics["losses"])
+    # The curve spans both runs: steps 1-6 restored with the checkpoint, 7-12 trained now.
+    assert [point["step"] for point in metrics["losses"]] == list(range(1, 13))
+
+
+def test_full_fine_tuning_trains_every_weight_and_saves_the_model(tmp_path, tiny_model, dataset):
+    from safetensors.torch import load_file
+
+    spec = spec_for(tiny_model, learningRate=1e-3).model_copy(update={"method": "full"})
+    metrics = train(spec, dataset, tmp_path / "out", log=lambda _: None)
+    assert metrics["eval_loss"] < metrics["initial_eval_loss"]
+    assert metrics["trainable_parameters"] == sum(
+        t.numel() for t in load_file(tiny_model / "model.safetensors").values()
+    )
+    assert not (tmp_path / "out" / "adapter").exists() and (tmp_path / "out" / "model" / "config.json").exists()
 
 
 def test_qlora_trains_over_a_4bit_base(tmp_path, tiny_model, dataset):
@@ -168,9 +181,11 @@ def preference_dataset(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 def test_dpo_learns_to_prefer_the_chosen_answer(tmp_path, tiny_model, preference_dataset, method):
-    spec = spec_for(tiny_model, learningRate=1e-3 if method == "lora" else 1e-4, maxSteps=8)
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    spec = spec_for(tiny_model, learningRate=1e-4 if method == "full" else 1e-3, maxSteps=8)
     spec = spec.model_copy(update={"objective": "dpo", "method": method})
     metrics = train(spec, preference_dataset, tmp_path / "out", log=lambda _: None)
     assert metrics["objective"] == "dpo" and metrics["steps"] == 8
@@ -178,8 +193,8 @@ def test_dpo_learns_to_prefer_the_chosen_answer(tmp_path, tiny_model, preference
     assert metrics["initial_eval_loss"] == pytest.approx(0.6931, abs=1e-3)
     assert metrics["eval_loss"] < metrics["initial_eval_loss"]
     assert metrics["rewards/accuracies"] == 1.0 and metrics["rewards/margins"] > 0
-    saved = tmp_path / "out" / ("adapter" if method == "lora" else "model")
-    assert (saved / ("adapter_config.json" if method == "lora" else "config.json")).exists()
+    saved = tmp_path / "out" / ("model" if method == "full" else "adapter")
+    assert (saved / ("config.json" if method == "full" else "adapter_config.json")).exists()
 
 
 def test_the_objective_must_match_the_dataset(tmp_path, tiny_model, dataset, preference_dataset):
@@ -238,7 +253,7 @@ def test_progress_json_tells_step_loss_speed_and_eta(tmp_path, tiny_model, datas
 
 def test_generations_of_the_base_and_the_tuned_model(tmp_path, tiny_model, dataset):
     spec = spec_for(tiny_model, maxSteps=40, learningRate=1e-2)
-    spec = with_fields(spec, evaluation={"generations": 3, "maxNewTokens": 12})
+    spec = with_fields(spec, evaluation={"generations": 3, "maxNewTokens": 24})
     metrics = train(spec, dataset, tmp_path / "out", log=lambda _: None)
     rows = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert metrics["generations"] == len(rows) == 3
@@ -246,6 +261,8 @@ def test_generations_of_the_base_and_the_tuned_model(tmp_path, tiny_model, datas
     # Trained for 40 steps at a high rate on one answer: the tuned model says it, the random base does not.
     assert all(r["base"] != r["tuned"] for r in rows), rows
     assert all(r["tuned"].startswith("LoRA trains") and "LoRA" not in r["base"] for r in rows), rows
+    # It learned to end its turn too (the completions carry the end-of-turn token); the random base does not.
+    assert metrics["tuned_stopped_share"] == 1.0 and not any(r["base_stopped"] for r in rows), rows
 
 
 def test_merge_writes_the_base_with_the_adapter_in(tmp_path, tiny_model, dataset):
@@ -344,13 +361,14 @@ def test_a_killed_run_resumes_to_the_same_steps_and_losses(tmp_path, tiny_model,
     whole = train(spec, dataset, tmp_path / "whole", log=lambda _: None)
 
     assert resumed["resumed"] and resumed["steps"] == whole["steps"] == 12
-    first = min(p["step"] for p in resumed["losses"])
-    assert 4 < first <= 9  # the second run logged from after a checkpoint, not from step 1
-    expected = {p["step"]: p["loss"] for p in whole["losses"]}
-    assert len(resumed["losses"]) == 12 - first + 1
-    for point in resumed["losses"]:
-        assert point["loss"] == pytest.approx(expected[point["step"]], rel=1e-4), point["step"]
+    log = (killed / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text()
+    # The whole curve, steps before the checkpoint (restored with it) and after, step for step.
+    assert [p["step"] for p in resumed["losses"]] == [p["step"] for p in whole["losses"]] == list(range(1, 13))
+    for got, want in zip(resumed["losses"], whole["losses"], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), (got, want, log)
+    assert [e["step"] for e in resumed["eval_losses"]] == [e["step"] for e in whole["eval_losses"]]
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)
+    assert resumed["initial_eval_loss"] == pytest.approx(whole["initial_eval_loss"], rel=1e-6)
 
 
 @pytest.fixture()
@@ -445,6 +463,6 @@ def test_the_judge_scores_the_base_and_the_tuned_answers(tmp_path, tiny_model, d
     assert asked[0].messages[-1]["content"].startswith("Instruction: What does LoRA train, case 0?\n")
     rows = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert all(r["tuned_score"] == 5 for r in rows)
-    assert metrics["judge"]["tuned_score"] == 5.0 and metrics["judge"]["judged"] == 3
+    assert metrics["judge"]["tuned_score"] == 5.0 and metrics["judge"]["tuned_judged"] == 3
     assert metrics["judge"]["base_score"] in (1.0, None)  # the random base: 1, or cut answers counted
     assert metrics["judge"]["base_score"] is not None or metrics["judge"]["judge_truncated"] == 3

@@ -337,10 +337,13 @@ def _reference(row: dict[str, Any]) -> str:
     return str(answer)
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers, one prompt at a time (no padding to get wrong), special tokens left out."""
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
+    """Greedy answers, one prompt at a time (no padding to get wrong), special tokens left out, each with
+    whether the model stopped by itself (its end-of-turn token before ``max_new_tokens``)."""
     import torch
 
+    configured = model.generation_config.eos_token_id
+    stops = {tokenizer.eos_token_id, *([configured] if isinstance(configured, int) else configured or [])}
     answers = []
     model.eval()
     with torch.no_grad():
@@ -353,7 +356,9 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) 
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+            new_tokens = out[0, ids["input_ids"].shape[1] :]
+            stopped = len(new_tokens) > 0 and int(new_tokens[-1]) in stops
+            answers.append((tokenizer.decode(new_tokens, skip_special_tokens=True), stopped))
     return answers
 
 
@@ -369,8 +374,8 @@ def compare_generations(spec: FineTuneJobSpec, trainer, tokenizer, test, base: s
         with trainer.model.disable_adapter():  # the base model is the policy with its adapter off
             before = generate_answers(trainer.model, tokenizer, prompts, n)
     return [
-        {"prompt": p, "reference": _reference(r), "base": b, "tuned": t}
-        for p, r, b, t in zip(prompts, rows, before, tuned, strict=True)
+        {"prompt": p, "reference": _reference(r), "base": b, "tuned": t, "base_stopped": bs, "tuned_stopped": ts}
+        for p, r, (b, bs), (t, ts) in zip(prompts, rows, before, tuned, strict=True)
     ]
 
 
@@ -413,7 +418,8 @@ def judge_generations(spec: FineTuneJobSpec, generations: list[dict[str, Any]], 
         if verdict:
             scores[side].append(verdict[0])
     mean = {side: round(sum(v) / len(v), 3) if v else None for side, v in scores.items()}
-    return {"base_score": mean["base"], "tuned_score": mean["tuned"], "judged": len(scores["tuned"]), **dropped}
+    judged = {f"{side}_judged": len(v) for side, v in scores.items()}
+    return {"base_score": mean["base"], "tuned_score": mean["tuned"], **judged, **dropped}
 
 
 def _eval_loss(trainer, log) -> float | None:
@@ -514,7 +520,10 @@ def train(
     if resume:
         log(f"resuming from the last checkpoint in {checkpoints}")
     # The eval loss of the untouched base model: the baseline the final eval loss is judged against.
-    initial_eval = _eval_loss(trainer, log) if "test" in data and not resume else None
+    baseline = output / "initial-eval.json"  # kept for a resumed run: the checkpoint's log starts at step 1
+    if "test" in data and not resume:
+        baseline.write_text(json.dumps({"eval_loss": _eval_loss(trainer, log)}))
+    initial_eval = json.loads(baseline.read_text())["eval_loss"] if baseline.exists() else None
     if on_gpu:  # the training's own peak, as the memory planner predicts it
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -539,7 +548,10 @@ def train(
         progress.write(trainer.state, "merge")
         log(f"merging the adapter into {base} (16-bit) at {output / MERGED_DIR}")
         merge_adapter(base, target, output / MERGED_DIR)
-    history = progress.history
+    # The trainer's own log: on a resumed run it holds the steps before the checkpoint too (restored with it).
+    history = [h for h in trainer.state.log_history if isinstance(h.get("step"), int)]
+    if initial_eval is not None:
+        history.insert(0, {"step": 0, "eval_loss": initial_eval})
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     # Step 0 is the baseline evaluation, when there was one; the last is the one after training.
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
@@ -574,6 +586,9 @@ def train(
         "losses": losses,
         "eval_losses": evals,
         "generations": len(generations),
+        # Whether the tuned model ends its answers (EOS) within evaluation.maxNewTokens: a model that never
+        # stops was trained on completions without their end-of-turn token.
+        "tuned_stopped_share": sum(g["tuned_stopped"] for g in generations) / len(generations) if generations else None,
         "judge": None,
         "output": str(target),
         "merged": str(output / MERGED_DIR) if spec.merge and spec.method != "full" else None,
