@@ -276,6 +276,7 @@ class Progress:
         self.history: list[dict[str, float]] = []
         self.loss: float | None = None
         self.started: float | None = None
+        self.ended: float | None = None  # after training, the rate and ETA stay those of the training
         self.first_step = 0
         self.first_tokens = 0
 
@@ -283,7 +284,7 @@ class Progress:
         step, total = state.global_step, state.max_steps
         rate = eta = None
         if self.started is not None and step > self.first_step:
-            elapsed = time.perf_counter() - self.started
+            elapsed = (self.ended or time.perf_counter()) - self.started
             tokens = (state.num_input_tokens_seen or 0) - self.first_tokens
             rate = round(tokens / elapsed, 1) if tokens > 0 else None
             eta = round(elapsed / (step - self.first_step) * max(total - step, 0), 1)
@@ -310,6 +311,9 @@ class Progress:
                     outer.history.append({"step": state.global_step, **numbers})
                 outer.loss = numbers.get("loss", outer.loss)
                 outer.write(state, "train")
+
+            def on_train_end(self, args, state, control, **kwargs):
+                outer.ended = time.perf_counter()
 
             def on_evaluate(self, args, state, control, **kwargs):
                 outer.write(state, "evaluate")
