@@ -269,11 +269,10 @@ def check_capabilities(spec: FineTuneJobSpec, base: str, on_gpu: bool) -> None:
 
 class Progress:
     """Writes ``progress.json`` (step, maxSteps, loss, tokensPerSecond, etaSeconds, epoch, phase) for an
-    observer, the CLI or the operator, and keeps every logged number for metrics.json."""
+    observer, the CLI or the operator."""
 
     def __init__(self, output: Path):
         self.file = output / "progress.json"
-        self.history: list[dict[str, float]] = []
         self.loss: float | None = None
         self.started: float | None = None
         self.ended: float | None = None  # after training, the rate and ETA stay those of the training
@@ -306,10 +305,8 @@ class Progress:
                 outer.write(state, "train")
 
             def on_log(self, args, state, control, logs=None, **kwargs):
-                numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
-                if numbers:
-                    outer.history.append({"step": state.global_step, **numbers})
-                outer.loss = numbers.get("loss", outer.loss)
+                loss = (logs or {}).get("loss")
+                outer.loss = loss if isinstance(loss, int | float) else outer.loss
                 outer.write(state, "train")
 
             def on_train_end(self, args, state, control, **kwargs):
@@ -536,8 +533,8 @@ def train(
     peak_gpu = torch.cuda.max_memory_allocated() if on_gpu else None
     final_eval = None
     if "test" in data:  # the evaluation at the last step, unless the schedule just ran it
-        last = next((h for h in reversed(progress.history) if "eval_loss" in h), None)
-        at_end = last is not None and last["step"] == trainer.state.global_step and (last["step"] > 0 or resume)
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+        at_end = last is not None and last.get("step") == trainer.state.global_step
         final_eval = last["eval_loss"] if at_end else _eval_loss(trainer, log)
 
     target = output / (MODEL_DIR if spec.method == "full" else ADAPTER_DIR)
