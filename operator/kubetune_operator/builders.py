@@ -20,10 +20,12 @@ from kubetune_operator.constants import (
     OWNER_LABEL,
     POD_USER,
     QUEUE_LABEL,
+    REPORT_ENV,
     SCRATCH,
     SCRATCH_ENV,
     SPEC_FILE,
     SPEC_MOUNT,
+    TERMINATION_LOG,
     Settings,
 )
 
@@ -150,7 +152,7 @@ def job(
     defaults = settings.pod_defaults.get(component) or {}
     output = output_path(settings.storage_root, kind, ns, name)
     command = service_command(settings.python, kind, name, f"{SPEC_MOUNT}/{SPEC_FILE}", output, dataset, start_from)
-    env = [{"name": k, "value": v} for k, v in SCRATCH_ENV.items()]
+    env = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **REPORT_ENV}.items()]
     mounts = [
         {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
         {"name": "storage", "mountPath": settings.storage_root},
@@ -182,6 +184,7 @@ def job(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     resources = _merge_resources(defaults.get("resources") or {}, requests, gpus)

@@ -33,6 +33,10 @@ SCRATCH_ENV = {
     "MPLCONFIGDIR": f"{SCRATCH}/matplotlib",
     "HF_HUB_OFFLINE": "1",  # weights come from the volume or the image, never from a hub at run time
 }
+# The services report to the operator through the kubelet (kubetune.progress): progress records as log lines,
+# the result as the container's termination message, written to this file.
+TERMINATION_LOG = "/dev/termination-log"
+REPORT_ENV = {"KUBETUNE_PROGRESS_LOG": "1", "KUBETUNE_TERMINATION_LOG": TERMINATION_LOG}
 POD_DEFAULT_KEYS = {"imagePullSecrets", "serviceAccountName", "datagen", "trainer"}
 POD_KIND_KEYS = {"nodeSelector", "tolerations", "resources", "env"}
 
@@ -73,6 +77,8 @@ class Settings:
     tracking_uri: str = field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", ""))
     # KUBETUNE_WAIT_SECONDS: how often a FineTuneJob looks again at the DatasetBuild it waits for.
     wait_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_WAIT_SECONDS", "10")))
+    # KUBETUNE_PROGRESS_SECONDS: how often the operator reads a running pod's progress from its log.
+    progress_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_PROGRESS_SECONDS", "15")))
     # KUBETUNE_BACKOFF_LIMIT: pod retries of a Job before it fails (a retried trainer resumes).
     backoff_limit: int = field(default_factory=lambda: int(_env("KUBETUNE_BACKOFF_LIMIT", "2")))
     # KUBETUNE_POD_DEFAULTS: JSON applied to the pods of every Job: {"imagePullSecrets": [{"name": ...}],

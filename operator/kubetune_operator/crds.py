@@ -18,7 +18,7 @@ import yaml
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from kubetune.spec.constants import GROUP, NAMES, VERSION
+from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import NAME_RULE, SPEC_MODELS
 from kubetune.spec.status import ResourceStatus
 
@@ -97,6 +97,29 @@ IMMUTABLE_SPEC = {
 }
 
 
+def _column(name: str, path: str, kind: str = "string", priority: int = 0) -> dict[str, Any]:
+    return {"name": name, "type": kind, "jsonPath": path, **({"priority": priority} if priority else {})}
+
+
+# What `kubectl get` shows (priority 1: only with -o wide).
+PRINTER_COLUMNS = {
+    DATASET_BUILD: [
+        _column("Phase", ".status.phase"),
+        _column("Progress", ".status.progress"),
+        _column("Digest", ".status.output.digest", priority=1),
+        _column("Age", ".metadata.creationTimestamp", "date"),
+    ],
+    FINE_TUNE_JOB: [
+        _column("Phase", ".status.phase"),
+        _column("Progress", ".status.progress"),
+        _column("Model", ".status.output.modelName", priority=1),
+        _column("Version", ".status.output.modelVersion"),
+        _column("Eval-Loss", ".status.output.evalLoss", "number", priority=1),
+        _column("Age", ".metadata.creationTimestamp", "date"),
+    ],
+}
+
+
 def crd(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition of ``kind``."""
     plural, singular, short_names = NAMES[kind]
@@ -123,11 +146,7 @@ def crd(kind: str) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
+                    "additionalPrinterColumns": PRINTER_COLUMNS[kind],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import SpecError, parse_resource
-from kubetune.spec.status import TERMINAL_PHASES, Phase
+from kubetune.spec.status import TERMINAL_PHASES, Phase, now
 from kubetune_operator import planner
 from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, Settings
 
@@ -168,8 +168,11 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
         if label in labels:
             name = labels[label]  # from here on, the owner's name
             decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL))
-            if decision.phase == Phase.FAILED:  # only then are the pods worth a request
+            if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
                 decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
+            elif decision.phase == Phase.SUCCEEDED:
+                result = planner.result_of(job_name, _pods_of(namespace, job_name))
+                decision = planner.with_result(kind, decision, result, now())
             current = client.CustomObjectsApi().get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL[kind], name
             )
@@ -191,3 +194,42 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
                 post = kopf.warn if decision.phase == Phase.FAILED else kopf.info
                 post(current, reason=decision.reason, message=decision.message)
             return
+
+
+def _running(status: dict[str, Any], **_: Any) -> bool:
+    return status.get("phase") == Phase.RUNNING and bool(status.get("jobName"))
+
+
+def _progress(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Copy the last progress record in the running pod's log into status.progress and status.progressDetail.
+
+    The pods have no API access (no token), so they cannot write status themselves; their log, read through
+    the API's ``pods/log``, is the channel (DESIGN.md, "Progress in status")."""
+    job_name = status["jobName"]
+    pod = planner.running_pod(job_name, _pods_of(namespace, job_name))
+    if pod is None:
+        return
+    try:
+        raw = client.CoreV1Api().read_namespaced_pod_log(
+            pod["metadata"]["name"], namespace, tail_lines=PROGRESS_TAIL_LINES, _preload_content=False
+        )
+    except ApiException as exc:
+        if exc.status in (400, 404):  # the container has not started, or the pod just went: look next time
+            return
+        raise
+    patch = planner.progress_patch(kind, status, raw.data.decode(errors="replace"), now())
+    if patch is not None:
+        _patch_status(kind, namespace, name, patch)
+
+
+PROGRESS_TAIL_LINES = 200  # a trainer logs a few lines between two records; vLLM at start-up many more
+
+
+@kopf.timer(GROUP, VERSION, PLURAL[DATASET_BUILD], id="progress", interval=SETTINGS.progress_seconds, when=_running)
+def dataset_build_progress(namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
+    _progress(DATASET_BUILD, namespace, name, status)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="progress", interval=SETTINGS.progress_seconds, when=_running)
+def fine_tune_job_progress(namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
+    _progress(FINE_TUNE_JOB, namespace, name, status)

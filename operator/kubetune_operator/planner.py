@@ -5,13 +5,15 @@ No API calls here; the handlers apply what these functions return, and unit test
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubetune.progress import last_record
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.resources import FieldError, Resource
 from kubetune.spec.status import Condition, ConditionType, Phase, now, set_condition
-from kubetune_operator import builders
+from kubetune_operator import builders, reporting
 from kubetune_operator.constants import Settings
 
 
@@ -26,6 +28,7 @@ class Decision:
     retry_after: float | None = None  # look again later (waiting on a dependency)
     permanent: bool = False  # retrying cannot help: the spec must change
     output: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)  # status.progress and status.progressDetail
 
 
 def invalid_spec(errors: list[FieldError]) -> Decision:
@@ -166,25 +169,64 @@ def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
     the log when the process wrote none; the services end a failure with one line saying why (``trainer
     failed: ...``). Pods are matched by their ``job-name`` label here too, whatever the list was filtered by.
     """
-    ended = []
-    for pod in pods:
-        if (pod.get("metadata", {}).get("labels") or {}).get("job-name") != job_name:
-            continue
-        for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (container.get("state") or {}).get("terminated") or {}
-            if terminated.get("exitCode") and terminated.get("message"):
-                ended.append((terminated.get("finishedAt") or "", terminated["message"]))
+    ended = _terminated(job_name, pods, succeeded=False)
     if not ended:
         return None
     lines = [line.strip() for line in max(ended)[1].splitlines() if line.strip()]
     return lines[-1][:512] if lines else None
 
 
+def _terminated(job_name: str, pods: list[dict[str, Any]], succeeded: bool) -> list[tuple[str, str]]:
+    """(finishedAt, termination message) of each container of the Job's pods that ended as asked."""
+    ended = []
+    for pod in pods:
+        if (pod.get("metadata", {}).get("labels") or {}).get("job-name") != job_name:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated.get("message") and (terminated.get("exitCode") == 0) == succeeded:
+                ended.append((terminated.get("finishedAt") or "", terminated["message"]))
+    return ended
+
+
+def result_of(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a succeeded pod reported (kubetune.progress.finish): its termination message, a JSON object; None
+    when no pod wrote one (an older image) or it is not JSON."""
+    ended = _terminated(job_name, pods, succeeded=True)
+    if not ended:
+        return None
+    try:
+        result = json.loads(max(ended)[1])
+    except ValueError:
+        return None
+    return result if isinstance(result, dict) else None
+
+
+_OUTPUT_KEYS = {"digest": str, "rows": dict, "evalLoss": (int, float), "modelName": str, "modelVersion": str}
+
+
+def with_result(kind: str, decision: Decision, result: dict[str, Any] | None, updated: str) -> Decision:
+    """A succeeded Job's decision with what its pod reported: status.output's digest, rows, eval loss, model
+    name and version, and the last progress record as status.progress."""
+    if result is None or decision.phase != Phase.SUCCEEDED:
+        return decision
+    output = dict(decision.output)
+    for key, kind_of in _OUTPUT_KEYS.items():
+        value = result.get(key)
+        if isinstance(value, kind_of) and not isinstance(value, bool):
+            output[key] = value
+    if isinstance(output.get("rows"), dict):
+        output["rows"] = {k: v for k, v in output["rows"].items() if isinstance(v, int) and not isinstance(v, bool)}
+    record = result.get("progress")
+    progress = reporting.status_fields(kind, record, updated) if isinstance(record, dict) else decision.progress
+    return replace(decision, output=output, progress=progress)
+
+
 def with_cause(decision: Decision, cause: str | None) -> Decision:
     """A failed Job's decision with its pods' reason appended to the message (the Job says only "backoff limit")."""
     if cause is None or decision.phase != Phase.FAILED:
         return decision
-    return Decision(decision.phase, decision.reason, f"{decision.message}: {cause}", permanent=decision.permanent)
+    return replace(decision, message=f"{decision.message}: {cause}")
 
 
 # A resource's phase only moves forward: Pending/Waiting -> Running -> Succeeded/Failed.
@@ -246,4 +288,31 @@ def status_patch(decision: Decision, current: dict[str, Any] | None, generation:
         patch["completionTime"] = now()
     if decision.output:
         patch["output"] = decision.output
+    patch.update(decision.progress)
     return {"status": patch}
+
+
+def running_pod(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Job's newest running pod (a retried Job has failed ones beside it), whose log tells its progress."""
+    running = [
+        p
+        for p in pods
+        if (p.get("metadata", {}).get("labels") or {}).get("job-name") == job_name
+        and (p.get("status") or {}).get("phase") == "Running"
+    ]
+    return max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def progress_patch(kind: str, current: dict[str, Any] | None, log: str, updated: str) -> dict[str, Any] | None:
+    """The status patch for the last progress record in the end of a running pod's log; None when the log
+    holds none, or the same record as the status already shows (no write for nothing)."""
+    record = last_record(log)
+    if record is None:
+        return None
+    fields = reporting.status_fields(kind, record, updated)
+    shown = dict((current or {}).get("progressDetail") or {})
+    shown.pop("updated", None)
+    fields_detail = {k: v for k, v in fields["progressDetail"].items() if k != "updated"}
+    if shown == fields_detail and (current or {}).get("progress") == fields["progress"]:
+        return None
+    return {"status": fields}

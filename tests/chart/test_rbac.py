@@ -55,6 +55,7 @@ def test_rules_are_least_privilege() -> None:
     assert "create" in verbs("", "configmaps")
     assert {"create", "list", "watch"} <= verbs("batch", "jobs")
     assert "create" in verbs("", "events")
+    assert verbs("", "pods/log") == {"get"}
     assert verbs("", "secrets") == set()
 
 

@@ -88,14 +88,17 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
         ):
             for doc in yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()):
                 await cluster.apply(doc)
+            seen: dict[str, list] = {"DatasetBuild": [], "FineTuneJob": []}
+            watcher = asyncio.create_task(_progress_seen(cluster, seen))
             build = await cluster.wait_for("DatasetBuild", "quickstart", {"Succeeded", "Failed"}, timeout=1200)
             assert build["status"]["phase"] == "Succeeded", _logs(kubelet)
             job = await cluster.wait_for("FineTuneJob", "quickstart-lora", {"Succeeded", "Failed"}, timeout=1200)
             assert job["status"]["phase"] == "Succeeded", _logs(kubelet)
+            watcher.cancel()
             assert cluster.api.denied == []
-            return build, job
+            return build, job, seen
 
-    build, job = asyncio.run(scenario())
+    build, job, seen = asyncio.run(scenario())
     assert build["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/quickstart"
     manifest = check_dataset(storage / "datasets" / "default" / "quickstart")
     ready = {c["type"]: c["status"] for c in job["status"]["conditions"]}
@@ -103,6 +106,27 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     (version,) = registered_versions(storage / "mlflow.db")
     assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]
     assert version.tags["kubetune.dev/finetunejob"] == "quickstart-lora"
+    # What the pods reported through the kubelet: the result as their termination message, progress as log lines.
+    assert build["status"]["output"]["digest"] == manifest["digest"]
+    assert build["status"]["output"]["rows"]["train"] == manifest["files"]["train.parquet"]["rows"]
+    output = job["status"]["output"]
+    assert (output["modelName"], output["modelVersion"]) == (MODEL_NAME, version.version)
+    assert output["digest"] == version.tags["kubetune.dev/adapter-digest"]
+    assert job["status"]["progress"].startswith("step 12/12 (100%)")
+    assert any("stages done; " in line for line in seen["DatasetBuild"]), seen
+    steps = [d["step"] for d in seen["FineTuneJob"] if isinstance(d, dict) and "step" in d]
+    assert any(0 < step < 12 for step in steps), seen  # read while training, not only at the end
+
+
+async def _progress_seen(cluster: Cluster, seen: dict[str, list]) -> None:
+    """Every distinct status.progress (DatasetBuild) and progressDetail (FineTuneJob) while the resources run."""
+    while True:
+        for kind, name, key in (("DatasetBuild", "quickstart", "progress"), ("FineTuneJob", "quickstart-lora",
+                                                                              "progressDetail")):  # fmt: skip
+            status = (await cluster.get(kind, name)).get("status") or {}
+            if status.get("phase") == "Running" and status.get(key) and status[key] not in seen[kind]:
+                seen[kind].append(status[key])
+        await asyncio.sleep(0.5)
 
 
 def _logs(kubelet: TestKubelet) -> str:

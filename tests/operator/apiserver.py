@@ -20,7 +20,11 @@ What it adds to kmock, as a kube-apiserver does it:
 - RBAC: a user given grants (:class:`Grant`: rules of a ClusterRole, or of a Role in one namespace) is refused
   with 403 whatever they do not allow, as the server's RBAC authorizer does; discovery is open to all;
 - built-in kinds (Jobs, Pods, ConfigMaps, Events) are checked on create against Kubernetes' own OpenAPI schema
-  (kubernetes-validate, strict: unknown fields refused).
+  (kubernetes-validate, strict: unknown fields refused);
+- ``pods/log`` serves a pod's output (with ``tailLines``) from the file the test kubelet registers in
+  :attr:`StrictApiServer.pod_logs`, 400 before its container started;
+- a list or get of custom resources asked for ``as=Table`` (``kubectl get``) is answered with the CRD's
+  printer columns, as the server's table convertor does.
 
 What it still does not do: a strategic merge patch is applied as a JSON merge patch (lists replaced, not
 merged by key); ``fieldValidation`` is always Strict (a real server's default for a client that sends none
@@ -160,6 +164,7 @@ class CrdSchema:
         self.openapi = version["schema"]["openAPIV3Schema"]
         self.validator = jsonschema.Draft7Validator(as_json_schema(self.openapi))
         self.status_subresource = "status" in (version.get("subresources") or {})
+        self.printer_columns = version.get("additionalPrinterColumns") or []
         self._programs: dict[str, Any] = {}
 
     def _program(self, rule: str) -> Any:
@@ -273,6 +278,60 @@ class StrictApiServer(KubernetesEmulator):
                 f'resource "{record.resource}{sub}" in API group "{record.group}" {where}',
             )
 
+    # (namespace, pod name) -> the file holding the pod's log, which GET .../pods/NAME/log serves (the test
+    # kubelet registers the output of the processes it runs).
+    pod_logs: dict[tuple[str, str], Path] = attrs.field(factory=dict)
+
+    def _pod_log(self, request: Request) -> aiohttp.web.StreamResponse:
+        """``pods/log`` as the kubelet answers through the API server: the container's output as text/plain,
+        its last ``tailLines`` lines when asked; 400 while the container has not started."""
+        if self._stored(request) is None:
+            raise ApiError(status=404, reason="NotFound", message=f'pods "{request.name}" not found')
+        path = self.pod_logs.get((request.namespace, request.name))
+        if path is None or not path.exists():
+            raise ApiError(
+                status=400,
+                reason="BadRequest",
+                message=f'container in pod "{request.name}" is waiting to start: ContainerCreating',
+            )
+        text = path.read_bytes().decode(errors="replace")
+        tail = request.params.get("tailLines")
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(tail) :]) if int(tail) > 0 else ""
+        return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    def _table(self, request: Request, crd: CrdSchema) -> aiohttp.web.StreamResponse:
+        """A list or get of custom resources as the meta.k8s.io/v1 Table that ``kubectl get`` asks for: the
+        CRD's additionalPrinterColumns (priority 1 only with ``-o wide``: kubectl hides them), a date as an age."""
+        rows = []
+        for (resource, namespace, name), obj in sorted(self.objects.items(), key=lambda kv: str(kv[0])):
+            if resource != request.resource or obj.deleted:
+                continue
+            if (request.namespace and namespace != request.namespace) or (request.name and name != request.name):
+                continue
+            raw = obj.raw
+            cells = [raw["metadata"]["name"]]
+            for column in crd.printer_columns:
+                value = _json_path(raw, column["jsonPath"])
+                if value is not None and column["type"] == "date":
+                    value = _age(value)
+                cells.append(value)
+            metadata = {k: raw["metadata"].get(k) for k in ("name", "namespace", "uid", "creationTimestamp")}
+            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                    "metadata": metadata}})  # fmt: skip
+        if request.name and not rows:
+            raise ApiError(status=404, reason="NotFound", message=f'"{request.name}" not found')
+        name_column = {"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}
+        columns = [name_column] + [
+            {"name": c["name"], "type": c["type"], "format": "", "description": c.get("description", ""),
+             "priority": c.get("priority", 0)}
+            for c in crd.printer_columns
+        ]  # fmt: skip
+        table = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"},
+                 "columnDefinitions": columns, "rows": rows}  # fmt: skip
+        return aiohttp.web.json_response(table)
+
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
 
@@ -383,6 +442,16 @@ class StrictApiServer(KubernetesEmulator):
     async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
         try:
             self._authorize(self._record(request))
+            if request.resource is not None and request.resource.plural == "pods" and request.subresource == "log":
+                return self._pod_log(request)
+            crd = self.crds.get(self._key(request)) if request.resource and request.resource.plural else None
+            if (
+                crd is not None
+                and request.action in (action.LIST, action.FETCH)
+                and not request.subresource
+                and "as=Table" in (request.headers.get("Accept") or "")
+            ):
+                return self._table(request, crd)
             if (
                 request.resource is None
                 or not request.resource.plural
@@ -416,6 +485,24 @@ def _check_builtin(obj: dict[str, Any]) -> None:
         raise ApiError(
             message=f'{obj.get("kind")} "{obj.get("metadata", {}).get("name")}" is invalid: {where}: {first}'
         ) from None
+
+
+def _json_path(obj: dict[str, Any], path: str) -> Any:
+    """A printer column's simple JSONPath (``.status.phase``) in ``obj``; None where a step is missing."""
+    value: Any = obj
+    for step in path.strip(".").split("."):
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def _age(timestamp: str) -> str:
+    """An RFC 3339 time as the server prints a date column: the age, e.g. ``42s``, ``5m``, ``3h``."""
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _replace_data(request: Request, data: Any) -> None:

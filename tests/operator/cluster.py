@@ -104,7 +104,8 @@ class Cluster:
         admin.write_text(yaml.safe_dump(kubeconfig(url, ADMIN)))
         operator.write_text(yaml.safe_dump(kubeconfig(url, OPERATOR)))
         config.load_kube_config(str(admin))
-        env = {**os.environ, **self.operator_env, "KUBECONFIG": str(operator)}
+        # Progress read from pod logs every second, not every 15: tests wait for it.
+        env = {**os.environ, "KUBETUNE_PROGRESS_SECONDS": "1", **self.operator_env, "KUBECONFIG": str(operator)}
         self._log = self.operator_log.open("wb")
         if not self.start_operator:
             self.operator = None
@@ -233,6 +234,21 @@ class Cluster:
         )
         return json.loads(raw.data)
 
+    async def start_pod(self, pod: dict[str, Any], log: Path) -> None:
+        """The kubelet started the pod's container: phase Running, its output (``log``) served as pods/log."""
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        status = {
+            "phase": "Running",
+            "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                   "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}],
+        }  # fmt: skip
+        self.api.pod_logs[(meta["namespace"], meta["name"])] = log
+        await asyncio.to_thread(
+            client.CoreV1Api().patch_namespaced_pod_status, meta["name"], meta["namespace"], {"status": status}
+        )
+
     async def end_pod(self, pod: dict[str, Any], exit_code: int, message: str) -> None:
         """The kubelet's last word on a pod: its container terminated, with its termination message."""
         meta = pod["metadata"]
@@ -333,19 +349,31 @@ class TestKubelet:
         env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env", [])}}
         env.pop("KUBECONFIG", None)  # the pods get no API access
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the image's python is ours
+        # The container's terminationMessagePath, as a file of ours (the kubelet mounts one there in a real pod;
+        # the pod builder tells the process where it is through $KUBETUNE_TERMINATION_LOG).
+        termination = self.cluster.workdir / f"{job['metadata']['name']}.termination-log"
+        termination.write_text("")
+        if "KUBETUNE_TERMINATION_LOG" in env:
+            assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"]
+            env["KUBETUNE_TERMINATION_LOG"] = str(termination)
         log = self.cluster.workdir / f"{job['metadata']['name']}.log"
         self.logs[job["metadata"]["name"]] = log
         pod = await self.cluster.add_pod(job)
         await self.cluster.set_job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
+        log.write_bytes(b"")
+        await self.cluster.start_pod(pod, log)
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 "unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh",
                 *container["command"], cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
             rc = await proc.wait()
-        # terminationMessagePolicy FallbackToLogsOnError: the end of the log (2 KiB at most) when it failed.
-        tail = log.read_bytes()[-2048:].decode(errors="replace") if rc else ""
-        await self.cluster.end_pod(pod, rc, tail)
+        # The file's content (4 KiB at most); with FallbackToLogsOnError and none written, the end of the log
+        # (2 KiB at most) when it failed.
+        message = termination.read_bytes()[:4096].decode(errors="replace")
+        if not message and rc:
+            message = log.read_bytes()[-2048:].decode(errors="replace")
+        await self.cluster.end_pod(pod, rc, message)
         await self.cluster.finish_job(job, succeeded=rc == 0, message=f"the container exited with {rc}")
 
 

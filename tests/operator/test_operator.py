@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.operator.cluster import Cluster, kubelet_running
+from tests.operator.cluster import ROOT, Cluster, kubelet_running
 
 DSB = {
     "apiVersion": "kubetune.dev/v1alpha1",
@@ -65,6 +65,17 @@ async def _event_reasons(cluster: Cluster, name: str, until: str) -> list[str]:
     return sorted(e["reason"] for e in events)
 
 
+async def _status_when(cluster: Cluster, kind: str, name: str, holds, timeout: float = 15) -> dict:
+    """Poll until ``holds(status)`` is true; the status then."""
+    status: dict = {}
+    for _ in range(int(timeout * 4)):
+        status = (await cluster.get(kind, name)).get("status") or {}
+        if holds(status):
+            return status
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{kind}/{name}: status never held; last {status}\n{cluster.log()[-3000:]}")
+
+
 async def full_flow(cluster: Cluster) -> None:
     """GitOps order (the job first), a build that succeeds, a training Job that fails."""
     await cluster.apply(copy.deepcopy(FTJ))
@@ -86,9 +97,27 @@ async def full_flow(cluster: Cluster) -> None:
 
     await cluster.set_job_status(job, {"active": 1})
     await cluster.wait_for("DatasetBuild", "docs", {"Running"}, timeout=10)
+    # Progress: the last record in the end of the running pod's log, read through pods/log.
+    pod = await cluster.add_pod(job)
+    log = cluster.workdir / "docs-pod.log"
+    record = {"stage": "generate", "done": 3, "total": 9, "part": 2, "parts": 4}
+    log.write_text(f"[4/9] generate ...\nkubetune-progress: {json.dumps(record)}\nINFO vLLM: 12 prompts\n")
+    await cluster.start_pod(pod, log)
+    running = await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("progress"))
+    assert running["progress"] == "3/9 stages done; generate part 2/4"
+    assert {k: v for k, v in running["progressDetail"].items() if k != "updated"} == record
+    # What the pod made: its termination message, written by the service at the end.
+    result = {"digest": "sha256:0f1e", "rows": {"train": 16, "test": 2}, "progress": {"stage": "done", "done": 9,
+              "total": 9}}  # fmt: skip
+    await cluster.end_pod(pod, 0, json.dumps(result))
     await cluster.finish_job(job, succeeded=True)
     done = await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=10)
-    assert done["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/docs"
+    assert done["status"]["output"] == {
+        "path": "/var/lib/kubetune/datasets/default/docs",
+        "digest": "sha256:0f1e",
+        "rows": {"train": 16, "test": 2},
+    }
+    assert done["status"]["progress"] == "9/9 stages done"
     ready = next(c for c in done["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
     assert done["metadata"]["generation"] == 1  # status writes never bump it
@@ -221,5 +250,54 @@ def test_a_job_with_a_queue_waits_suspended_for_kueue(run_in_cluster):
         await cluster.set_job_status(job, {"conditions": [resumed], "active": 1})
         await cluster.wait_for("FineTuneJob", "tune", {"Running"}, timeout=10)
         assert await _event_reasons(cluster, "tune", until="JobRunning") == ["JobRunning", "Queued"]
+
+    run_in_cluster(scenario)
+
+
+KUBECTL = ROOT / ".cache" / "tools" / "bin" / "kubectl"
+
+
+@pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl is installed by `make setup` (charts/fetch-helm.sh)")
+def test_kubectl_get_shows_phase_progress_and_the_registered_version(run_in_cluster):
+    """What a person sees with `kubectl get` (the real kubectl) while a FineTuneJob trains, and after."""
+    job_spec = copy.deepcopy(FTJ)
+    job_spec["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+
+    async def kubectl_get(cluster: Cluster, *args: str) -> list[list[str]]:
+        proc = await asyncio.create_subprocess_exec(
+            str(KUBECTL), "--kubeconfig", str(cluster.workdir / "kubeconfig-admin"), "get", "finetunejobs", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return [line.split("  ") for line in out.decode().splitlines()]
+
+    def columns(rows: list[list[str]]) -> list[list[str]]:
+        return [[cell.strip() for cell in row if cell.strip()] for row in rows]
+
+    async def scenario(cluster: Cluster) -> None:
+        await cluster.apply(job_spec)
+        job = await _job_of(cluster, "tune-train")
+        await cluster.set_job_status(job, {"active": 1})
+        pod = await cluster.add_pod(job)
+        log = cluster.workdir / "tune-pod.log"
+        record = {"step": 6, "maxSteps": 12, "loss": 1.93, "tokensPerSecond": 410.2, "etaSeconds": 80, "phase": "train"}
+        log.write_text("{'loss': 1.93}\nkubetune-progress: " + json.dumps(record) + "\n")
+        await cluster.start_pod(pod, log)
+        await _status_when(cluster, "FineTuneJob", "tune", lambda s: s.get("progress"))
+        header, row = columns(await kubectl_get(cluster))
+        assert header == ["NAME", "PHASE", "PROGRESS", "VERSION", "AGE"]
+        assert row[:3] == ["tune", "Running", "step 6/12 (50%), loss 1.93, 410 tokens/s, ETA 1m20s"]
+        assert row[3].endswith("s")  # an age, and no version yet
+
+        result = {"digest": "sha256:ab", "evalLoss": 1.5, "modelName": "docs-lora", "modelVersion": "3",
+                  "progress": {**record, "step": 12, "etaSeconds": 0, "phase": "done"}}  # fmt: skip
+        await cluster.end_pod(pod, 0, json.dumps(result))
+        await cluster.finish_job(job, succeeded=True)
+        await cluster.wait_for("FineTuneJob", "tune", {"Succeeded"}, timeout=10)
+        header, row = columns(await kubectl_get(cluster, "-o", "wide"))
+        assert header == ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "EVAL-LOSS", "AGE"]
+        assert row[:6] == ["tune", "Succeeded", "step 12/12 (100%), done, loss 1.93, 410 tokens/s", "docs-lora", "3",
+                           "1.5"]  # fmt: skip
 
     run_in_cluster(scenario)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from kubetune.spec import load_resources
 from kubetune.spec.status import Phase
-from kubetune_operator import builders, local, progress
+from kubetune_operator import builders, local, progress, reporting
 from kubetune_operator.cli import app
 
 RESOURCES = """
@@ -223,7 +223,7 @@ LINES = {
 
 @pytest.mark.parametrize(("kind", "found", "line"), LINES.values(), ids=list(LINES))
 def test_plain_lines(kind, found, line):
-    assert progress.report(kind, found).line == line
+    assert reporting.report(kind, found).line == line
 
 
 def test_the_tail_shows_each_line_as_last_redrawn(tmp_path):

@@ -438,3 +438,119 @@ def test_with_cause_appends_only_to_failures():
     assert planner.with_cause(failed, None) is failed
     running = planner.Decision(Phase.RUNNING, "JobRunning", "running")
     assert planner.with_cause(running, "x") is running
+
+
+RESULT = {"digest": "sha256:ab", "evalLoss": 1.5, "modelName": "docs-lora", "modelVersion": "3"}
+
+
+@pytest.mark.parametrize(
+    ("pods", "result"),
+    [
+        pytest.param([], None, id="no-pods"),
+        pytest.param([_pod("tune-train", 0, json.dumps(RESULT))], RESULT, id="json-object"),
+        pytest.param([_pod("tune-train", 0, "done\n")], None, id="not-json: an older image"),
+        pytest.param([_pod("tune-train", 0, "[1, 2]")], None, id="json-but-no-object"),
+        pytest.param([_pod("tune-train", 1, json.dumps(RESULT))], None, id="failed-pod"),
+        pytest.param([_pod("other-train", 0, json.dumps(RESULT))], None, id="another-jobs-pod"),
+        pytest.param(
+            [
+                _pod("tune-train", 0, json.dumps({"digest": "old"}), "2026-01-01T00:00:01Z"),
+                _pod("tune-train", 0, json.dumps(RESULT), "2026-01-01T00:00:09Z"),
+            ],
+            RESULT,
+            id="newest-pod",
+        ),
+    ],
+)
+def test_result_of(pods, result):
+    assert planner.result_of("tune-train", pods) == result
+
+
+def test_with_result_fills_output_and_progress_of_a_success_only():
+    done = planner.job_outcome("FineTuneJob", "team", "tune", {"conditions": [{"type": "Complete", "status": "True"}]},
+                               SETTINGS)  # fmt: skip
+    result = {**RESULT, "rows": {"train": 4, "bad": "x"}, "modelVersion": 3, "progress": {"step": 12, "maxSteps": 12}}
+    filled = planner.with_result("FineTuneJob", done, result, "2026-01-01T00:00:00Z")
+    # Values of the wrong type are left out (modelVersion is a string; rows count integers).
+    assert filled.output == {"path": "/data/finetunes/team/tune", "digest": "sha256:ab", "evalLoss": 1.5,
+                             "modelName": "docs-lora", "rows": {"train": 4}}  # fmt: skip
+    assert filled.progress == {
+        "progress": "step 12/12 (100%)",
+        "progressDetail": {"step": 12, "maxSteps": 12, "updated": "2026-01-01T00:00:00Z"},
+    }
+    patch = planner.status_patch(filled, {}, 1)["status"]
+    assert patch["output"]["digest"] == "sha256:ab" and patch["progress"] == "step 12/12 (100%)"
+    running = planner.Decision(Phase.RUNNING, "JobRunning", "running")
+    assert planner.with_result("FineTuneJob", running, result, "t") is running
+    assert planner.with_result("FineTuneJob", done, None, "t") is done
+
+
+@pytest.mark.parametrize(
+    ("log", "current", "expected"),
+    [
+        pytest.param("", {}, None, id="empty-log"),
+        pytest.param("loading\nstep 3\n", {}, None, id="no-record"),
+        pytest.param(
+            'kubetune-progress: {"step": 2, "maxSteps": 8}\nkubetune-progress: {"step": 4, "maxSteps": 8, '
+            '"loss": 2.5, "tokensPerSecond": 410.0, "etaSeconds": 80, "phase": "train"}\n{"noise": 1}\n',
+            {},
+            {
+                "progress": "step 4/8 (50%), loss 2.5, 410 tokens/s, ETA 1m20s",
+                "progressDetail": {
+                    "step": 4,
+                    "maxSteps": 8,
+                    "loss": 2.5,
+                    "tokensPerSecond": 410.0,
+                    "etaSeconds": 80,
+                    "phase": "train",
+                    "updated": "now",
+                },
+            },
+            id="last-record-wins",
+        ),
+        pytest.param(
+            'kubetune-progress: {"step": 4, "maxSteps": 8}\nkubetune-progress: {"step": 5, "maxS',
+            {},
+            {"progress": "step 4/8 (50%)", "progressDetail": {"step": 4, "maxSteps": 8, "updated": "now"}},
+            id="a-line-cut-short-is-skipped",
+        ),
+        pytest.param(
+            'kubetune-progress: {"step": "4", "maxSteps": 8, "loss": true}\n',
+            {},
+            {"progress": "step 0/8 (0%)", "progressDetail": {"maxSteps": 8, "updated": "now"}},
+            id="wrong-types-left-out",
+        ),
+        pytest.param(
+            'kubetune-progress: {"step": 4, "maxSteps": 8}\n',
+            {"progress": "step 4/8 (50%)", "progressDetail": {"step": 4, "maxSteps": 8, "updated": "earlier"}},
+            None,
+            id="unchanged: no write",
+        ),
+    ],
+)
+def test_progress_patch(log, current, expected):
+    patch = planner.progress_patch("FineTuneJob", current, log, "now")
+    assert patch == (None if expected is None else {"status": expected})
+
+
+def test_running_pod_is_the_newest_running_one_of_the_job():
+    def pod(name: str, job: str, phase: str, created: str) -> dict:
+        meta = {"name": name, "labels": {"job-name": job}, "creationTimestamp": created}
+        return {"metadata": meta, "status": {"phase": phase}}
+
+    pods = [
+        pod("a", "tune-train", "Failed", "2026-01-01T00:00:09Z"),
+        pod("b", "tune-train", "Running", "2026-01-01T00:00:01Z"),
+        pod("c", "tune-train", "Running", "2026-01-01T00:00:05Z"),
+        pod("d", "other-train", "Running", "2026-01-01T00:00:08Z"),
+    ]
+    assert planner.running_pod("tune-train", pods)["metadata"]["name"] == "c"
+    assert planner.running_pod("tune-train", pods[:1]) is None
+
+
+def test_job_pods_report_through_the_kubelet():
+    container = builders.job(FTJ, SETTINGS, dataset="/data/d")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBETUNE_PROGRESS_LOG"] == "1"
+    assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -161,10 +161,16 @@ The operator's permissions, one rule per (API group, resources), rendered both i
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "list", "watch", "patch"]
-# When a Job fails, the operator reads its pods' termination messages (why it failed) into the status.
+# When a Job ends, the operator reads its pods' termination messages (why it failed, or what it made:
+# the dataset digest, the registered model version) into the status.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# While a Job runs, the operator reads the end of its pod's log for the last progress record (the pods
+# have no API token, so they cannot write status themselves).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # kopf posts Events (core/v1) about handler progress and phase changes.
 - apiGroups: [""]
   resources: ["events"]

@@ -17,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+from kubetune import progress as reporting
 from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
 from kubetune.spec import DATASET_BUILD, SpecError, parse_spec
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
     if manifest is not None:
-        print(json.dumps({"digest": manifest["digest"], "files": manifest["files"]}))
+        rows = {name.removesuffix(".parquet"): f["rows"] for name, f in manifest["files"].items() if "rows" in f}
+        result = {"digest": manifest["digest"], "files": manifest["files"]}
+        reporting.finish(result, {"digest": manifest["digest"], "rows": rows})
     return 0
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune import progress as reporting
 from kubetune.datagen import card, documents, formatting, generate, quality
 from kubetune.datagen.stages import StageStore
 from kubetune.llm import judge
@@ -96,7 +97,7 @@ class Funnel:
     def progress(self, stage: str, **extra: Any) -> None:
         if self.output is not None:
             progress = {"stage": stage, "done": len(self.stages), "total": len(self.planned), **extra}
-            (self.output / "progress.json").write_text(json.dumps(progress))
+            reporting.write(self.output, progress)
 
     def done(self, report: StageReport, resumed: bool = False) -> StageReport:
         if not resumed:
@@ -550,9 +551,7 @@ def build(
     from kubetune import plots
 
     plots.funnel(manifest["stages"], output / "funnel.png", f"DatasetBuild {name}: items kept per stage")
-    (output / "progress.json").write_text(
-        json.dumps({"stage": "done", "done": len(b.funnel.stages), "total": len(b.funnel.planned)})
-    )
+    reporting.write(output, {"stage": "done", "done": len(b.funnel.stages), "total": len(b.funnel.planned)})
     return manifest
 
 

@@ -67,16 +67,41 @@ class OutputStatus(SpecModel):
     """Where a finished resource put what it made."""
 
     path: str | None = Field(None, description="Folder holding the dataset or the adapter.")
-    digest: str | None = Field(None, description="sha256 over the output's files, from its manifest.")
+    digest: str | None = Field(
+        None, description="sha256 over the output's files: the dataset's (its manifest's), or the adapter's."
+    )
+    rows: dict[str, int] | None = Field(None, description="DatasetBuild: rows per split.")
+    eval_loss: float | None = Field(None, description="FineTuneJob: the final evaluation loss on the test split.")
     model_name: str | None = Field(None, description="Registered model name (FineTuneJob).")
     model_version: str | None = Field(None, description="Registered model version (FineTuneJob).")
+
+
+class ProgressDetail(SpecModel):
+    """The last progress record the running pod logged (a DatasetBuild's stage, a FineTuneJob's step)."""
+
+    stage: str | None = Field(None, description="DatasetBuild: the stage running now.")
+    done: int | None = Field(None, description="DatasetBuild: stages done.")
+    total: int | None = Field(None, description="DatasetBuild: stages planned.")
+    part: int | None = Field(None, description="DatasetBuild: the part of an LLM stage running now.")
+    parts: int | None = Field(None, description="DatasetBuild: parts of that stage.")
+    step: int | None = Field(None, description="FineTuneJob: optimizer steps done.")
+    max_steps: int | None = Field(None, description="FineTuneJob: optimizer steps planned.")
+    loss: float | None = Field(None, description="FineTuneJob: the last logged training loss.")
+    tokens_per_second: float | None = Field(None, description="FineTuneJob: training tokens per second so far.")
+    eta_seconds: float | None = Field(None, description="FineTuneJob: seconds of training left, at that rate.")
+    epoch: float | None = Field(None, description="FineTuneJob: epochs done (a fraction within one).")
+    phase: str | None = Field(None, description="FineTuneJob: train, evaluate, save or done.")
+    updated: str | None = Field(None, description="When the operator read this record from the pod.")
 
 
 class ResourceStatus(SpecModel):
     """The status subresource of a DatasetBuild or a FineTuneJob."""
 
     phase: Phase = Field(Phase.PENDING, strict=False)  # read back from the API as a string
-    progress: str | None = Field(None, description="Human-readable progress, e.g. 'generate 3/12'.")
+    progress: str | None = Field(
+        None, description="Progress in one line, e.g. 'step 6/12 (50%), loss 1.93, 410 tokens/s, ETA 1m20s'."
+    )
+    progress_detail: ProgressDetail | None = Field(None, description="The figures of that line, as numbers.")
     message: str | None = None
     observed_generation: int | None = None
     start_time: str | None = None

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune import progress as reporting
 from kubetune.registry import publish
 from kubetune.registry.lineage import tree_digest
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         (args.output / "registration.json").write_text(json.dumps(version, indent=2))
         result["registered"] = version
-    print(json.dumps(result))
+    summary = {"digest": tree_digest(Path(metrics["output"])), "evalLoss": metrics.get("eval_loss")}
+    if "registered" in result:
+        summary |= {"modelName": result["registered"]["name"], "modelVersion": str(result["registered"]["version"])}
+    reporting.finish(result, summary)
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune import plots
+from kubetune import progress as reporting
 from kubetune.spec.finetunejob import FineTuneJobSpec
 
 # Where the result goes in the output folder: an adapter (lora, qlora) or the whole model (full).
@@ -272,7 +273,7 @@ class Progress:
     observer, the CLI or the operator."""
 
     def __init__(self, output: Path):
-        self.file = output / "progress.json"
+        self.output = output
         self.loss: float | None = None
         self.started: float | None = None
         self.ended: float | None = None  # after training, the rate and ETA stay those of the training
@@ -289,9 +290,7 @@ class Progress:
             eta = round(elapsed / (step - self.first_step) * max(total - step, 0), 1)
         progress = {"step": step, "maxSteps": total, "loss": self.loss, "tokensPerSecond": rate}
         progress |= {"etaSeconds": eta, "epoch": state.epoch, "phase": phase}
-        partial = self.file.with_suffix(".partial")
-        partial.write_text(json.dumps(progress))
-        partial.replace(self.file)  # an observer never reads half a file
+        reporting.write(self.output, progress)
 
     def callback(self):
         from transformers import TrainerCallback
