@@ -145,7 +145,7 @@ def job(
     Its pod passes Pod Security "restricted": non-root, no privilege escalation, every capability dropped,
     seccomp RuntimeDefault, a read-only root filesystem with /tmp as scratch space, and no API token (the
     pods never call the API), whichever ServiceAccount they run as. With ``spec.queueName`` the Job is created
-    suspended and labelled for Kueue.
+    suspended and labelled for Kueue; with ``spec.suspend`` it is created suspended.
     """
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     component = COMPONENT_OF[kind]
@@ -215,6 +215,8 @@ def job(
     if spec.queue_name:
         job_labels[QUEUE_LABEL] = spec.queue_name
         job_spec["suspend"] = True  # Kueue starts it (unsuspends it) once the queue admits it
+    elif spec.suspend:
+        job_spec["suspend"] = True  # the operator unsuspends it when spec.suspend is set to false
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

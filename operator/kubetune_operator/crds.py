@@ -20,6 +20,7 @@ from pydantic_core import core_schema
 
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import NAME_RULE, SPEC_MODELS
+from kubetune.spec.scheduling import SchedulingSpec
 from kubetune.spec.status import ResourceStatus
 
 _KEEP = {
@@ -90,11 +91,24 @@ def openapi_schema(model: type) -> dict[str, Any]:
 
 
 # The operator acts on a spec once: an edit would be silently ignored while generation moved on, so the API
-# server refuses it (a transition rule: checked on updates only) and says what to do instead.
-IMMUTABLE_SPEC = {
-    "rule": "self == oldSelf",
-    "message": "spec is immutable once created: delete the resource and apply it again, or apply it under a new name",
-}
+# server refuses it (a transition rule: checked on updates only) and says what to do instead. ``suspend`` is the
+# exception: the operator acts on every change of it.
+MUTABLE = SchedulingSpec.RUN_CONTROL
+IMMUTABLE_MESSAGE = (
+    "spec is immutable once created, except suspend: delete the resource and apply it again, or apply it under a "
+    "new name"
+)
+
+
+def immutable_spec(properties: dict[str, Any]) -> dict[str, str]:
+    """The transition rule that refuses a change to any field but :data:`MUTABLE`: each field is present in
+    both or neither, and equal where present (CEL's ``==`` on objects and lists is deep)."""
+    terms = [
+        f"(has(self.{name}) ? has(oldSelf.{name}) && self.{name} == oldSelf.{name} : !has(oldSelf.{name}))"
+        for name in sorted(properties)
+        if name not in MUTABLE
+    ]
+    return {"rule": " && ".join(terms), "message": IMMUTABLE_MESSAGE}
 
 
 def _column(name: str, path: str, kind: str = "string", priority: int = 0) -> dict[str, Any]:
@@ -124,7 +138,7 @@ def crd(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition of ``kind``."""
     plural, singular, short_names = NAMES[kind]
     spec = openapi_schema(SPEC_MODELS[kind])
-    spec["x-kubernetes-validations"] = [*spec.get("x-kubernetes-validations", []), IMMUTABLE_SPEC]
+    spec["x-kubernetes-validations"] = [*spec.get("x-kubernetes-validations", []), immutable_spec(spec["properties"])]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -167,15 +167,18 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
     for kind, label in OWNER_LABEL.items():
         if label in labels:
             name = labels[label]  # from here on, the owner's name
-            decision = planner.job_outcome(kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL))
+            current = client.CustomObjectsApi().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL[kind], name
+            )
+            suspend = bool((current.get("spec") or {}).get("suspend"))
+            decision = planner.job_outcome(
+                kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL), suspend=suspend
+            )
             if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
                 decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
             elif decision.phase == Phase.SUCCEEDED:
                 result = planner.result_of(job_name, _pods_of(namespace, job_name))
                 decision = planner.with_result(kind, decision, result, now())
-            current = client.CustomObjectsApi().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL[kind], name
-            )
             phase = (current.get("status") or {}).get("phase")
             if not planner.moves_forward(phase, decision.phase):
                 log.debug(
@@ -194,6 +197,37 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
                 post = kopf.warn if decision.phase == Phase.FAILED else kopf.info
                 post(current, reason=decision.reason, message=decision.message)
             return
+
+
+def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
+    """spec.suspend changed: stop or start the resource's Job, and say so in status (observedGeneration too)."""
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    if status.get("phase") in TERMINAL_PHASES:
+        return
+    job_patch, decision = planner.suspension(bool(new), status.get("jobName"))
+    if job_patch is not None:
+        client.BatchV1Api().patch_namespaced_job(
+            status["jobName"], meta["namespace"], job_patch, field_manager=FIELD_MANAGER
+        )
+    generation = meta.get("generation")
+    if decision is None:  # no Job yet: it is created as the field says; only the generation is now observed
+        _patch_status(kind, meta["namespace"], meta["name"], {"status": {"observedGeneration": generation}})
+        return
+    log.info("%s %s/%s: %s (%s)", kind, meta["namespace"], meta["name"], decision.phase, decision.reason)
+    _patch_status(kind, meta["namespace"], meta["name"], planner.status_patch(decision, status, generation))
+    kopf.info(body, reason=decision.reason, message=decision.message)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL[DATASET_BUILD], field="spec.suspend", id="suspend")
+def dataset_build_suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    if old is not None:  # a change, not the creation (the create handler made the Job as the field says)
+        _suspend(DATASET_BUILD, body, new)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], field="spec.suspend", id="suspend")
+def fine_tune_job_suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    if old is not None:
+        _suspend(FINE_TUNE_JOB, body, new)
 
 
 def _running(status: dict[str, Any], **_: Any) -> bool:

@@ -126,7 +126,7 @@ RUN_FILE = ".kubetune-run.json"  # in an output folder: what the run was made fr
 def _fingerprint(resource: Resource, dataset: str | None, start_from: str | None = None) -> str:
     """The spec, the digest of the dataset a FineTuneJob reads and the fingerprint of the job it starts from:
     equal fingerprints, same result."""
-    parts = [json.dumps(resource.spec.to_wire(), sort_keys=True)]
+    parts = [json.dumps(resource.spec.result_wire(), sort_keys=True)]
     if dataset and (Path(dataset) / "manifest.json").exists():
         parts.append(json.loads((Path(dataset) / "manifest.json").read_text()).get("digest", ""))
     if start_from and (Path(start_from) / RUN_FILE).exists():
@@ -252,6 +252,11 @@ def run(
     outcomes = []
     for resource in order(resources, workdir):
         observer.start(resource)
+        if resource.spec.suspend:  # not run, and neither is what follows (it may depend on it)
+            outcome = Outcome(resource, Phase.SUSPENDED, "", 0.0, {"notRun": "spec.suspend is true"})
+            observer.finish(outcome)
+            outcomes.append(outcome)
+            break
         outcome = run_one(resource, workdir, force=force, observer=observer)
         observer.finish(outcome)
         outcomes.append(outcome)

@@ -12,7 +12,7 @@ from typing import Any
 from kubetune.progress import last_record
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.resources import FieldError, Resource
-from kubetune.spec.status import Condition, ConditionType, Phase, now, set_condition
+from kubetune.spec.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
 from kubetune_operator import builders, reporting
 from kubetune_operator.constants import Settings
 
@@ -76,7 +76,22 @@ def _started(resource: Resource, children: list[dict[str, Any]], work: str) -> D
     queue = resource.spec.queue_name
     if queue:
         return Decision(Phase.PENDING, "Queued", _queued_message(queue), children=children)
+    if resource.spec.suspend:
+        return Decision(Phase.SUSPENDED, "Suspended", SUSPENDED_MESSAGE, children=children)
     return Decision(Phase.RUNNING, "JobCreated", work, children=children)
+
+
+SUSPENDED_MESSAGE = "suspended (spec.suspend); set it to false to go on"
+
+
+def suspension(suspend: bool, job_name: str | None) -> tuple[dict[str, Any] | None, Decision | None]:
+    """What a change of ``spec.suspend`` does: the patch of the resource's Job, if it has one yet, and the
+    resource's new state. A resource without a Job keeps its state: its Job is created as the field says."""
+    if job_name is None:
+        return None, None
+    if suspend:
+        return {"spec": {"suspend": True}}, Decision(Phase.SUSPENDED, "Suspended", SUSPENDED_MESSAGE)
+    return {"spec": {"suspend": False}}, Decision(Phase.PENDING, "Resumed", "resumed; waiting for the pod to start")
 
 
 def _queued_message(queue: str) -> str:
@@ -119,7 +134,13 @@ def plan(
 
 
 def job_outcome(
-    kind: str, namespace: str, name: str, job_status: dict[str, Any], settings: Settings, queue: str | None = None
+    kind: str,
+    namespace: str,
+    name: str,
+    job_status: dict[str, Any],
+    settings: Settings,
+    queue: str | None = None,
+    suspend: bool = False,
 ) -> Decision:
     """The resource's phase read off its Job's status (batch/v1 JobStatus), as the Job controller defines it.
 
@@ -130,6 +151,7 @@ def job_outcome(
 
     ``queue`` is the Kueue queue the Job is labelled with, if any. Such a Job is created suspended: the
     controller writes ``Suspended`` True (and ``False`` once Kueue unsuspends it); until then it is Queued.
+    ``suspend`` is the resource's ``spec.suspend``: its unfinished Job is Suspended, not waiting or running.
     """
     every = {c.get("type"): c for c in job_status.get("conditions") or []}
     conditions = {t: c for t, c in every.items() if c.get("status") == "True"}
@@ -141,6 +163,8 @@ def job_outcome(
         return Decision(
             Phase.FAILED, cond.get("reason") or "JobFailed", cond.get("message") or "the Job failed", permanent=True
         )
+    if suspend:  # stopped, or its pod still stopping: either way it stays stopped until the field is false
+        return Decision(Phase.SUSPENDED, "Suspended", SUSPENDED_MESSAGE)
     if "Suspended" in conditions:
         if queue:
             return Decision(Phase.PENDING, "Queued", _queued_message(queue))
@@ -229,13 +253,16 @@ def with_cause(decision: Decision, cause: str | None) -> Decision:
     return replace(decision, message=f"{decision.message}: {cause}")
 
 
-# A resource's phase only moves forward: Pending/Waiting -> Running -> Succeeded/Failed.
+# A resource's phase only moves forward: Pending/Waiting -> Running -> Succeeded/Failed; Suspended is entered
+# and left only when spec.suspend changes, from and to any phase but the last two.
 _RANK = {Phase.PENDING: 0, Phase.WAITING: 0, Phase.RUNNING: 1, Phase.SUCCEEDED: 2, Phase.FAILED: 2}
 
 
 def moves_forward(current: str | None, new: Phase) -> bool:
     """Whether ``new`` may replace the phase ``current`` (a Job status read late must not undo a later one)."""
-    if current is None or current not in _RANK:
+    if current in TERMINAL_PHASES:
+        return new == current
+    if current is None or current not in _RANK or Phase.SUSPENDED in (current, new):
         return True
     return _RANK[new] > _RANK[Phase(current)] or (_RANK[new] == _RANK[Phase(current)] and new == current)
 

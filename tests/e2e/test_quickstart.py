@@ -110,7 +110,7 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     assert build["status"]["output"]["digest"] == manifest["digest"]
     assert build["status"]["output"]["rows"]["train"] == manifest["files"]["train.parquet"]["rows"]
     output = job["status"]["output"]
-    assert (output["modelName"], output["modelVersion"]) == (MODEL_NAME, version.version)
+    assert (output["modelName"], output["modelVersion"]) == (MODEL_NAME, str(version.version))
     assert output["digest"] == version.tags["kubetune.dev/adapter-digest"]
     assert job["status"]["progress"].startswith("step 12/12 (100%)")
     assert any("stages done; " in line for line in seen["DatasetBuild"]), seen

@@ -350,21 +350,23 @@ class TestKubelet:
         env.pop("KUBECONFIG", None)  # the pods get no API access
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the image's python is ours
         # The container's terminationMessagePath, as a file of ours (the kubelet mounts one there in a real pod;
-        # the pod builder tells the process where it is through $KUBETUNE_TERMINATION_LOG).
+        # the pod builder tells the process where it is through $KUBETUNE_TERMINATION_LOG). The file is opened
+        # as fd 3 before the mounts, which may hide its folder (an emptyDir on /tmp), and named by that fd.
         termination = self.cluster.workdir / f"{job['metadata']['name']}.termination-log"
         termination.write_text("")
         if "KUBETUNE_TERMINATION_LOG" in env:
             assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"]
-            env["KUBETUNE_TERMINATION_LOG"] = str(termination)
+            env["KUBETUNE_TERMINATION_LOG"] = "/proc/self/fd/3"
         log = self.cluster.workdir / f"{job['metadata']['name']}.log"
         self.logs[job["metadata"]["name"]] = log
         pod = await self.cluster.add_pod(job)
         await self.cluster.set_job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
         log.write_bytes(b"")
         await self.cluster.start_pod(pod, log)
+        opened = f"exec 3<>{shlex.quote(str(termination))}"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                "unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh",
+                "unshare", "-m", "--propagation", "private", "sh", "-c", f'{opened} && {mounts} && exec "$@"', "sh",
                 *container["command"], cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
             rc = await proc.wait()

@@ -86,6 +86,13 @@ def test_defaults_generation_and_the_status_subresource(api):
         message = json.loads(info.value.body)["message"]
         assert info.value.status == 422
         assert "minChars must not exceed maxChars" in message and "spec is immutable once created" in message
+        # ... all of it but suspend: adding or removing an optional field is a change too.
+        for edit in ({"queueName": "team-a"}, {"nodeSelector": {"gpu": "a100"}}, {"split": {"seed": 7}}):
+            with pytest.raises(ApiException) as info:
+                await cluster.patch("DatasetBuild", "docs", {"spec": edit})
+            assert "spec is immutable once created, except suspend" in json.loads(info.value.body)["message"], edit
+        suspended = await cluster.patch("DatasetBuild", "docs", {"spec": {"suspend": True}})
+        assert suspended["spec"]["suspend"] is True and suspended["metadata"]["generation"] == 2
 
         # A spec change bumps the generation (a Job's spec may change: suspend).
         job = {

@@ -301,3 +301,44 @@ def test_kubectl_get_shows_phase_progress_and_the_registered_version(run_in_clus
                            "1.5"]  # fmt: skip
 
     run_in_cluster(scenario)
+
+
+def test_suspend_stops_the_job_and_resume_starts_it_again(run_in_cluster):
+    """spec.suspend, the one field that may change: the Job is suspended and unsuspended, the status says so
+    and observes the new generation; any other edit is refused by the API server."""
+    job_spec = copy.deepcopy(FTJ)
+    job_spec["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+
+    async def scenario(cluster: Cluster) -> None:
+        await cluster.apply(job_spec)
+        job = await _job_of(cluster, "tune-train")
+        assert "suspend" not in job["spec"]
+        await cluster.set_job_status(job, {"active": 1})
+        await cluster.wait_for("FineTuneJob", "tune", {"Running"}, timeout=10)
+
+        await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": True}})
+        status = await _status_when(cluster, "FineTuneJob", "tune", lambda s: s.get("phase") == "Suspended")
+        assert status["observedGeneration"] == 2
+        assert (await _job_of(cluster, "tune-train"))["spec"]["suspend"] is True
+        # The Job controller stops the pod and says so; a status read late (still active) changes nothing.
+        suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended"}
+        await cluster.set_job_status(job, {"active": 0, "conditions": [suspended]})
+        await asyncio.sleep(1.5)
+        assert (await cluster.get("FineTuneJob", "tune"))["status"]["phase"] == "Suspended"
+
+        with pytest.raises(Exception, match="spec is immutable once created, except suspend"):
+            await cluster.patch("FineTuneJob", "tune", {"spec": {"training": {"learningRate": 0.001}}})
+
+        await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": False}})
+        status = await _status_when(cluster, "FineTuneJob", "tune", lambda s: s.get("observedGeneration") == 3)
+        assert (status["phase"], status["conditions"][-1]["reason"]) == ("Pending", "Resumed")
+        assert (await _job_of(cluster, "tune-train"))["spec"]["suspend"] is False
+        resumed = {**suspended, "status": "False", "reason": "JobResumed"}
+        await cluster.set_job_status(job, {"active": 1, "conditions": [resumed]})
+        await cluster.wait_for("FineTuneJob", "tune", {"Running"}, timeout=10)
+        await cluster.finish_job(job, succeeded=True)
+        await cluster.wait_for("FineTuneJob", "tune", {"Succeeded"}, timeout=10)
+        reasons = await _event_reasons(cluster, "tune", until="JobSucceeded")
+        assert reasons == sorted(["JobCreated", "Suspended", "Resumed", "JobRunning", "JobSucceeded"]), reasons
+
+    run_in_cluster(scenario)

@@ -219,3 +219,18 @@ spec:
     result = CliRunner().invoke(app, ["plan", "-f", str(bad)])
     assert result.exit_code == 1
     assert "DatasetBuild/bad: spec.curation.decontamination.evalSets[0].path: no such file" in result.stderr
+
+
+def test_run_leaves_a_suspended_resource_and_what_follows_it(tmp_path):
+    manifest = tmp_path / "suspended.yaml"
+    manifest.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: docs}\n"
+        "spec: {source: {paths: [corpus]}, generation: {model: /models/m}, suspend: true}\n---\n"
+        "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: tune}\n"
+        "spec: {baseModel: /models/m, dataset: {datasetBuildRef: {name: docs}}}\n"
+    )
+    result = CliRunner().invoke(app, ["run", "-f", str(manifest), "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 1
+    assert "Suspended" in result.output and "spec.suspend is true" in result.output
+    assert "FineTuneJob/tune" not in result.output.split("kubetune run:")[-1]  # not run, not in the table
+    assert not (tmp_path / "work" / "datasets").exists()

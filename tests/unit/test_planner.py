@@ -554,3 +554,53 @@ def test_job_pods_report_through_the_kubelet():
     assert env["KUBETUNE_PROGRESS_LOG"] == "1"
     assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"] == "/dev/termination-log"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.parametrize(
+    ("job_status", "phase"),
+    [
+        pytest.param({"active": 1}, Phase.SUSPENDED, id="pod-still-stopping"),
+        pytest.param({"conditions": [SUSPENDED]}, Phase.SUSPENDED, id="stopped"),
+        pytest.param({"conditions": [RESUMED], "active": 1}, Phase.SUSPENDED, id="a-stale-status-before-the-stop"),
+        pytest.param(
+            {"succeeded": 1, "conditions": [SUCCESS_CRITERIA_MET, {"type": "Complete", "status": "True"}]},
+            Phase.SUCCEEDED,
+            id="finished-before-the-stop",
+        ),
+    ],
+)
+def test_job_outcome_of_a_suspended_resource(job_status, phase):
+    decision = planner.job_outcome("FineTuneJob", "team", "tune", job_status, SETTINGS, suspend=True)
+    assert decision.phase == phase
+
+
+def test_suspension_patches_the_job_and_only_a_job_that_exists():
+    assert planner.suspension(True, None) == (None, None)
+    patch, decision = planner.suspension(True, "tune-train")
+    assert patch == {"spec": {"suspend": True}} and decision.phase == Phase.SUSPENDED
+    patch, decision = planner.suspension(False, "tune-train")
+    assert patch == {"spec": {"suspend": False}} and (decision.phase, decision.reason) == (Phase.PENDING, "Resumed")
+
+
+def test_a_suspended_resource_gets_a_suspended_job():
+    suspended = FTJ.model_copy(update={"spec": FTJ.spec.model_copy(update={"suspend": True})})
+    built = {"status": {"phase": "Succeeded", "output": {"path": "/data/datasets/team/docs"}}}
+    decision = planner.plan(suspended, SETTINGS, dependency=built)
+    assert decision.phase == Phase.SUSPENDED
+    assert decision.children[1]["spec"]["suspend"] is True
+    assert "suspend" not in planner.plan(DSB, SETTINGS).children[1]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "allowed"),
+    [
+        pytest.param("Running", Phase.SUSPENDED, True, id="running-to-suspended"),
+        pytest.param("Suspended", Phase.PENDING, True, id="resumed"),
+        pytest.param("Suspended", Phase.RUNNING, True, id="resumed-running"),
+        pytest.param("Succeeded", Phase.SUSPENDED, False, id="never-after-the-end"),
+        pytest.param("Running", Phase.PENDING, False, id="never-backwards-otherwise"),
+        pytest.param("Failed", Phase.FAILED, True, id="same-end"),
+    ],
+)
+def test_moves_forward_with_suspension(current, new, allowed):
+    assert planner.moves_forward(current, new) is allowed

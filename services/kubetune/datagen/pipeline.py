@@ -126,7 +126,7 @@ class Build:
         shard: tuple[int, int] | None = None,
     ):
         self.spec, self.output, self.log, self.shard = spec, output, log, shard
-        self.store = StageStore(output / "stages" if output else None, spec.to_wire())
+        self.store = StageStore(output / "stages" if output else None, spec.result_wire())
         self.funnel = Funnel(output, planned_stages(spec), log)
         self._engine_factory = engine_factory
         self._engines: dict[str | None, ChatEngine] = {}

@@ -284,6 +284,7 @@ class DatasetBuildSpec(SchedulingSpec):
     card: CardSpec = Field(default_factory=CardSpec)
 
     cel_rules: ClassVar = (
+        *SchedulingSpec.cel_rules,
         CelRule(
             "self.type != 'preference' || self.preference.method != 'judged' || self.curation.judge.enabled",
             "preference.method judged needs curation.judge.enabled: true (the judge ranks the answers)",

@@ -113,3 +113,25 @@ class SchedulingSpec(SpecModel):
         description="A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label, "
         "and the resource stays Pending (reason Queued) until Kueue admits it.",
     )
+    suspend: bool = Field(
+        False,
+        description="true stops the resource's Job (its pod is deleted; the work done so far stays on the volume) "
+        "or creates it stopped; false starts it again, from the last checkpoint (FineTuneJob) or the last finished "
+        "part (DatasetBuild). The one field that may change after the resource is created.",
+    )
+
+    # Fields that say whether the work runs now, not what it makes: not part of what a result is pinned to.
+    RUN_CONTROL: ClassVar = ("suspend",)
+
+    def result_wire(self) -> dict:
+        """The wire form without :attr:`RUN_CONTROL`: what an output folder and a resumed run are pinned to."""
+        return {k: v for k, v in self.to_wire().items() if k not in self.RUN_CONTROL}
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "!self.suspend || !has(self.queueName)",
+            "suspend must be false with a queueName: a resource in a Kueue queue is stopped through Kueue (its "
+            "Workload's spec.active: false)",
+            lambda s: not s.suspend or s.queue_name is None,
+        ),
+    )

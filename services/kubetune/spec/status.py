@@ -14,6 +14,7 @@ class Phase(StrEnum):
     PENDING = "Pending"  # accepted, nothing started yet
     WAITING = "Waiting"  # waits on another resource (a FineTuneJob on its DatasetBuild)
     RUNNING = "Running"
+    SUSPENDED = "Suspended"  # spec.suspend: its Job is stopped until the field is false again
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
