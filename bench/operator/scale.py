@@ -80,12 +80,16 @@ async def count_phases(cluster: Cluster) -> collections.Counter:
     return phases
 
 
-async def one(n: int, wait_seconds: float, timeout: float) -> dict:
+async def one(n: int, wait_seconds: float, timeout: float, keep: Path | None = None) -> dict:
     settings, _ = chart_operator()
-    settings["operator_env"] = {**settings["operator_env"], "KUBETUNE_WAIT_SECONDS": str(wait_seconds)}
+    # The operator's defaults, not the test cluster's (which reads progress every second).
+    settings["operator_env"] = {**settings["operator_env"], "KUBETUNE_WAIT_SECONDS": str(wait_seconds),
+                                "KUBETUNE_PROGRESS_SECONDS": "30"}  # fmt: skip
     settings["operator_args"] = [*settings["operator_args"], "--log-format", "plain"]
     with tempfile.TemporaryDirectory() as tmp:
-        async with Cluster(Path(tmp), **settings) as cluster:
+        workdir = keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        async with Cluster(workdir, **settings) as cluster:
             await asyncio.sleep(3)  # the operator has started and listed the (empty) resources
             cpu0, _ = proc_stats(cluster.operator.pid)
             audit0 = len(cluster.operator_requests())
@@ -143,7 +147,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 300, 1000], help="FineTuneJobs (and builds)")
-    parser.add_argument("--wait-seconds", type=float, default=10, help="KUBETUNE_WAIT_SECONDS (the chart's: 10)")
+    parser.add_argument("--wait-seconds", type=float, default=60, help="KUBETUNE_WAIT_SECONDS (the chart's: 60)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--tag", default="cpu")
     args = parser.parse_args()

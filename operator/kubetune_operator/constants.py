@@ -75,10 +75,14 @@ class Settings:
     python: str = field(default_factory=lambda: _env("KUBETUNE_PYTHON", "python"))
     # MLFLOW_TRACKING_URI: passed to training pods; default a sqlite store on the shared volume.
     tracking_uri: str = field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", ""))
-    # KUBETUNE_WAIT_SECONDS: how often a FineTuneJob looks again at the DatasetBuild it waits for.
-    wait_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_WAIT_SECONDS", "10")))
-    # KUBETUNE_PROGRESS_SECONDS: how often the operator reads a running pod's progress from its log.
-    progress_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_PROGRESS_SECONDS", "15")))
+    # KUBETUNE_WAIT_SECONDS: how often a waiting FineTuneJob looks again at what it waits for; a safety net, as
+    # the operator starts it when that resource finishes (handlers._wake).
+    wait_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_WAIT_SECONDS", "60")))
+    # KUBETUNE_PROGRESS_SECONDS: how often the operator reads a running pod's progress from its log (one request
+    # per running resource each time; 0: never).
+    progress_seconds: float = field(default_factory=lambda: float(_env("KUBETUNE_PROGRESS_SECONDS", "30")))
+    # KUBETUNE_WORKERS: threads running the (synchronous, API-bound) handlers.
+    workers: int = field(default_factory=lambda: int(_env("KUBETUNE_WORKERS", "16")))
     # KUBETUNE_BACKOFF_LIMIT: pod retries of a Job before it fails (a retried trainer resumes).
     backoff_limit: int = field(default_factory=lambda: int(_env("KUBETUNE_BACKOFF_LIMIT", "2")))
     # KUBETUNE_POD_DEFAULTS: JSON applied to the pods of every Job: {"imagePullSecrets": [{"name": ...}],

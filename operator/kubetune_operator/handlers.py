@@ -6,6 +6,7 @@ client, configured once at start-up from the in-cluster service account or the k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No watching of CRDs or Namespaces: the CRDs are installed before the operator (the chart does it) and
     # the namespaces are named exactly, so the operator needs no cluster-wide read access for either.
     settings.scanning.disabled = True
+    # The handlers are synchronous and wait on the API, not the CPU: more threads than kopf's default (the CPU
+    # count + 4), so that a thousand resources starting at once do not queue behind each other's requests.
+    settings.execution.max_workers = SETTINGS.workers
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -53,6 +57,29 @@ def _patch_status(kind: str, namespace: str, name: str, patch: dict[str, Any]) -
     client.CustomObjectsApi().patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL[kind], name, patch
     )
+
+
+class PhaseChanged(kopf.TemporaryError):
+    """The phase changed between reading it and writing the next one: look again."""
+
+
+def _patch_status_from(kind: str, namespace: str, name: str, phase: str | None, patch: dict[str, Any]) -> None:
+    """Write ``patch`` only if the phase is still ``phase`` (None: no status yet), atomically: a JSON patch whose
+    ``test`` operation the API server checks before it applies the rest. Two handlers that read the same phase
+    (a Job's status event and a spec.suspend change) cannot both move it; the loser is retried."""
+    if phase is None:  # nothing to test against (the create handler writes a phase first, so this is rare)
+        _patch_status(kind, namespace, name, patch)
+        return
+    operations = [{"op": "test", "path": "/status/phase", "value": phase}]
+    operations += [{"op": "add", "path": f"/status/{key}", "value": value} for key, value in patch["status"].items()]
+    try:
+        client.CustomObjectsApi().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL[kind], name, operations
+        )
+    except ApiException as exc:
+        if exc.status == 422:  # the test failed
+            raise PhaseChanged(f"{kind} {namespace}/{name} left phase {phase} meanwhile", delay=0.5) from None
+        raise
 
 
 def _create(child: dict[str, Any]) -> None:
@@ -160,8 +187,40 @@ def _get(kind: str, namespace: str, name: str | None) -> dict[str, Any] | None:
         return None
 
 
+@kopf.index(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="dependents")
+def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
+    """Which FineTuneJobs wait on which resource: (namespace, kind, name) -> the FineTuneJob's name."""
+    found = {}
+    dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
+    if dataset:
+        found[(namespace, DATASET_BUILD, dataset)] = name
+    previous = (((spec.get("startFrom") or {}).get("fineTuneJobRef")) or {}).get("name")
+    if previous:
+        found[(namespace, FINE_TUNE_JOB, previous)] = name
+    return found
+
+
+def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
+    """A resource finished: reconcile now the FineTuneJobs that wait on it, rather than at their next retry
+    (KUBETUNE_WAIT_SECONDS is the safety net, not the clock). A job already started is left alone."""
+    for waiting in index.get((namespace, kind, name), []):
+        try:
+            body = client.CustomObjectsApi().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL[FINE_TUNE_JOB], waiting
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise
+        # Still waiting (on its other dependency), or failed: its status says so already.
+        with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
+            reconcile_fine_tune_job(body, body.get("spec") or {}, namespace)
+
+
 @kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")
-def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str, Any] | None, **_: Any) -> None:
+def job_status(
+    labels: dict[str, str], namespace: str, name: str, new: dict[str, Any] | None, dependents: kopf.Index, **_: Any
+) -> None:
     """A Job moved: copy its outcome into the status of the resource that owns it."""
     job_name = name
     for kind, label in OWNER_LABEL.items():
@@ -185,10 +244,11 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
                     "%s %s/%s: Job says %s after %s; kept %s", kind, namespace, name, decision.phase, phase, phase
                 )
                 return
-            _patch_status(
+            _patch_status_from(
                 kind,
                 namespace,
                 name,
+                phase,
                 planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
             )
             if phase != decision.phase:
@@ -196,6 +256,8 @@ def job_status(labels: dict[str, str], namespace: str, name: str, new: dict[str,
                          decision.message)  # fmt: skip
                 post = kopf.warn if decision.phase == Phase.FAILED else kopf.info
                 post(current, reason=decision.reason, message=decision.message)
+                if decision.phase in TERMINAL_PHASES:
+                    _wake(kind, namespace, name, dependents)
             return
 
 
@@ -214,56 +276,77 @@ def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
         _patch_status(kind, meta["namespace"], meta["name"], {"status": {"observedGeneration": generation}})
         return
     log.info("%s %s/%s: %s (%s)", kind, meta["namespace"], meta["name"], decision.phase, decision.reason)
-    _patch_status(kind, meta["namespace"], meta["name"], planner.status_patch(decision, status, generation))
+    _patch_status_from(
+        kind, meta["namespace"], meta["name"], status.get("phase"), planner.status_patch(decision, status, generation)
+    )
     kopf.info(body, reason=decision.reason, message=decision.message)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL[DATASET_BUILD], field="spec.suspend", id="suspend")
-def dataset_build_suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
-    if old is not None:  # a change, not the creation (the create handler made the Job as the field says)
-        _suspend(DATASET_BUILD, body, new)
+# On updates only: at creation the create handler makes the Job as the field says.
+@kopf.on.update(GROUP, VERSION, PLURAL[DATASET_BUILD], field="spec.suspend", id="suspend")
+def dataset_build_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
+    _suspend(DATASET_BUILD, body, new)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], field="spec.suspend", id="suspend")
-def fine_tune_job_suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
-    if old is not None:
-        _suspend(FINE_TUNE_JOB, body, new)
+@kopf.on.update(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], field="spec.suspend", id="suspend")
+def fine_tune_job_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
+    _suspend(FINE_TUNE_JOB, body, new)
 
 
 def _running(status: dict[str, Any], **_: Any) -> bool:
     return status.get("phase") == Phase.RUNNING and bool(status.get("jobName"))
 
 
-def _progress(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo) -> None:
     """Copy the last progress record in the running pod's log into status.progress and status.progressDetail.
 
     The pods have no API access (no token), so they cannot write status themselves; their log, read through
-    the API's ``pods/log``, is the channel (DESIGN.md, "Progress in status")."""
+    the API's ``pods/log``, is the channel (DESIGN.md, "Progress in status"). The pod's name is remembered
+    (kopf's per-resource memo), so a look costs one request, two when the pod changed."""
     job_name = status["jobName"]
-    pod = planner.running_pod(job_name, _pods_of(namespace, job_name))
-    if pod is None:
+    for attempt in range(2):
+        pod_name = memo.get("pod") if attempt == 0 else None
+        if pod_name is None:
+            pod = planner.running_pod(job_name, _pods_of(namespace, job_name))
+            if pod is None:
+                return
+            pod_name = memo["pod"] = pod["metadata"]["name"]
+        try:
+            raw = client.CoreV1Api().read_namespaced_pod_log(
+                pod_name, namespace, tail_lines=PROGRESS_TAIL_LINES, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status not in (400, 404):
+                raise
+            memo.pop("pod", None)  # gone (a retried pod), or not started: find the running one
+            continue
+        patch = planner.progress_patch(kind, status, raw.data.decode(errors="replace"), now())
+        if patch is not None:
+            _patch_status(kind, namespace, name, patch)
         return
-    try:
-        raw = client.CoreV1Api().read_namespaced_pod_log(
-            pod["metadata"]["name"], namespace, tail_lines=PROGRESS_TAIL_LINES, _preload_content=False
-        )
-    except ApiException as exc:
-        if exc.status in (400, 404):  # the container has not started, or the pod just went: look next time
-            return
-        raise
-    patch = planner.progress_patch(kind, status, raw.data.decode(errors="replace"), now())
-    if patch is not None:
-        _patch_status(kind, namespace, name, patch)
 
 
 PROGRESS_TAIL_LINES = 200  # a trainer logs a few lines between two records; vLLM at start-up many more
 
 
-@kopf.timer(GROUP, VERSION, PLURAL[DATASET_BUILD], id="progress", interval=SETTINGS.progress_seconds, when=_running)
-def dataset_build_progress(namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
-    _progress(DATASET_BUILD, namespace, name, status)
+def _progress_timer(kind: str):
+    """Every ``KUBETUNE_PROGRESS_SECONDS`` (0: never) while a resource of ``kind`` runs, starting that long after."""
+
+    def decorate(fn):
+        if SETTINGS.progress_seconds <= 0:
+            return fn
+        interval = SETTINGS.progress_seconds
+        return kopf.timer(GROUP, VERSION, PLURAL[kind], id="progress", interval=interval, initial_delay=interval,
+                          when=_running)(fn)  # fmt: skip
+
+    return decorate
 
 
-@kopf.timer(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="progress", interval=SETTINGS.progress_seconds, when=_running)
-def fine_tune_job_progress(namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
-    _progress(FINE_TUNE_JOB, namespace, name, status)
+@_progress_timer(DATASET_BUILD)
+def dataset_build_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    _progress(DATASET_BUILD, namespace, name, status, memo)
+
+
+@_progress_timer(FINE_TUNE_JOB)
+def fine_tune_job_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    _progress(FINE_TUNE_JOB, namespace, name, status, memo)

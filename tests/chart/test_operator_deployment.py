@@ -17,6 +17,7 @@ SETTINGS = [
     "KUBETUNE_TRAINER_IMAGE",
     "KUBETUNE_PYTHON",
     "KUBETUNE_WAIT_SECONDS",
+    "KUBETUNE_PROGRESS_SECONDS",
     "KUBETUNE_BACKOFF_LIMIT",
     "KUBETUNE_POD_DEFAULTS",
 ]
@@ -67,7 +68,8 @@ def test_default_settings_match_the_operator_defaults() -> None:
     assert env["KUBETUNE_DATAGEN_IMAGE"] == "ghcr.io/kubetune/datagen:0.1.0"
     assert env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.1.0"
     assert env["KUBETUNE_PYTHON"] == "python"
-    assert env["KUBETUNE_WAIT_SECONDS"] == "10"
+    assert env["KUBETUNE_WAIT_SECONDS"] == "60"
+    assert env["KUBETUNE_PROGRESS_SECONDS"] == "30"
     assert env["KUBETUNE_BACKOFF_LIMIT"] == "2"
     assert "MLFLOW_TRACKING_URI" not in env  # the operator's default: sqlite on the volume
     assert not {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & env.keys()

@@ -470,6 +470,17 @@ class StrictApiServer(KubernetesEmulator):
         except KubernetesError as exc:
             # Answered as a real server answers, not collected as a server-side failure of the test.
             return await self._render_error(exc)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: Request) -> None:
+        """Let a served request go. kmock keeps every request for its assertions and matches each new one by
+        walking them all, which makes a thousand resources' requests quadratic; this server's record is
+        :attr:`audit`. A request still being served (a watch) stays."""
+        for index, kept in enumerate(self._requests):
+            if kept is request:
+                del self._requests[index]
+                return
 
 
 KUBERNETES_VERSION = "1.35.0"  # the kubectl that charts/fetch-helm.sh installs is v1.35
