@@ -391,6 +391,7 @@ def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any]
     port = free_port()
     args = [a.replace(":8080/", f":{port}/") if a.startswith("--liveness=") else a for a in container["args"]]
     env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+    env["KUBETUNE_PROGRESS_SECONDS"] = "1"  # not the chart's 30: tests wait for progress
     namespaces = [d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and "operator" in str(d["metadata"])]
     rules = operator_rules(docs)
     grants = [Grant(rule, ns) for rule in rules for ns in (namespaces or [None])]
