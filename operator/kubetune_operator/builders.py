@@ -137,6 +137,76 @@ def _placement(resource: Resource, defaults: dict[str, Any], pod_defaults: dict[
     return {key: value for key, value in placement.items() if value}
 
 
+def _pod_security() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The container's and the pod's securityContext: Pod Security "restricted"."""
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": POD_USER,
+        "runAsGroup": POD_USER,
+        "fsGroup": POD_USER,
+        # Re-own the shared volume only when its root is not ours yet, not at every pod start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return container, pod
+
+
+# Removes an output folder; a folder already gone is not an error (a retried clean-up pod).
+_REMOVE = "import os, shutil, sys; os.path.exists(sys.argv[1]) and shutil.rmtree(sys.argv[1])"
+CLEANUP_TTL_SECONDS = 600  # a finished clean-up Job (it has no owner left to go with) is deleted by Kubernetes
+
+
+def cleanup_name(kind: str, name: str) -> str:
+    """The clean-up Job's name: NAME-cleanup, cut as :func:`child_name` cuts."""
+    if len(name) + len("-cleanup") <= 63:
+        return f"{name}-cleanup"
+    digest = hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()[:8]
+    return f"{name[: 63 - len('cleanup') - len(digest) - 2].rstrip('-')}-{digest}-cleanup"
+
+
+def cleanup_job(kind: str, namespace: str, name: str, settings: Settings) -> dict[str, Any]:
+    """The Job that removes a deleted resource's output folder from the shared volume (``deletionPolicy:
+    Delete``): the operator does not mount the volume. It has no owner (the resource is going) and a TTL."""
+    component = COMPONENT_OF[kind]
+    output = output_path(settings.storage_root, kind, namespace, name)
+    container_security, pod_security = _pod_security()
+    container = {
+        "name": "cleanup",
+        "image": settings.datagen_image if kind == DATASET_BUILD else settings.trainer_image,
+        "command": [settings.python, "-c", _REMOVE, output],
+        "volumeMounts": [{"name": "storage", "mountPath": settings.storage_root}],
+        "securityContext": container_security,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": settings.storage_claim}}],
+    }
+    defaults = settings.pod_defaults
+    pod.update({k: v for k in ("imagePullSecrets", "serviceAccountName") if (v := defaults.get(k))})
+    job_labels = {MANAGED_BY: "kubetune", COMPONENT: f"{component}-cleanup"}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": cleanup_name(kind, name), "namespace": namespace, "labels": job_labels},
+        "spec": {
+            "backoffLimit": settings.backoff_limit,
+            "ttlSecondsAfterFinished": CLEANUP_TTL_SECONDS,
+            "template": {"metadata": {"labels": job_labels}, "spec": pod},
+        },
+    }
+
+
 def job(
     resource: Resource, settings: Settings, dataset: str | None = None, start_from: str | None = None
 ) -> dict[str, Any]:
@@ -172,18 +242,14 @@ def job(
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
     gpus = spec.resources.gpus or None  # 0, the field's default, leaves the operator's default in place
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
+    container_security, pod_security = _pod_security()
     container: dict[str, Any] = {
         "name": component,
         "image": settings.datagen_image if kind == DATASET_BUILD else settings.trainer_image,
         "command": command,
         "env": env,
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -194,15 +260,7 @@ def job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": POD_USER,
-            "runAsGroup": POD_USER,
-            "fsGroup": POD_USER,
-            # Re-own the shared volume only when its root is not ours yet, not at every pod start.
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security,
         "containers": [container],
         "volumes": volumes,
     }

@@ -91,12 +91,12 @@ def openapi_schema(model: type) -> dict[str, Any]:
 
 
 # The operator acts on a spec once: an edit would be silently ignored while generation moved on, so the API
-# server refuses it (a transition rule: checked on updates only) and says what to do instead. ``suspend`` is the
-# exception: the operator acts on every change of it.
+# server refuses it (a transition rule: checked on updates only) and says what to do instead. ``suspend`` and
+# ``deletionPolicy`` are the exceptions: the operator acts on every change of them.
 MUTABLE = SchedulingSpec.RUN_CONTROL
 IMMUTABLE_MESSAGE = (
-    "spec is immutable once created, except suspend: delete the resource and apply it again, or apply it under a "
-    "new name"
+    "spec is immutable once created, except suspend and deletionPolicy: delete the resource and apply it again, or "
+    "apply it under a new name"
 )
 
 

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import SpecError, parse_resource
 from kubetune.spec.status import TERMINAL_PHASES, Phase, now
-from kubetune_operator import planner
+from kubetune_operator import builders, planner
 from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, Settings
 
 SETTINGS = Settings()
@@ -350,3 +350,55 @@ def dataset_build_progress(namespace: str, name: str, status: dict[str, Any], me
 @_progress_timer(FINE_TUNE_JOB)
 def fine_tune_job_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _progress(FINE_TUNE_JOB, namespace, name, status, memo)
+
+
+def _read_job(namespace: str, name: str | None) -> dict[str, Any] | None:
+    if not name:
+        return None
+    try:
+        raw = client.BatchV1Api().read_namespaced_job(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return json.loads(raw.data)
+
+
+CLEANUP_POLL_SECONDS = 2.0
+
+
+def _clean_up(kind: str, body: kopf.Body, namespace: str, name: str) -> None:
+    """deletionPolicy Delete: hold the resource (kopf's finalizer) until its output folder is gone."""
+    status = body.get("status") or {}
+    work = _read_job(namespace, status.get("jobName"))
+    cleanup = _read_job(namespace, builders.cleanup_name(kind, name))
+    step, message = planner.deletion(work, cleanup)
+    log.info("%s %s/%s: deleting: %s", kind, namespace, name, message)
+    if step == "stop":
+        client.BatchV1Api().patch_namespaced_job(
+            status["jobName"], namespace, {"spec": {"suspend": True}}, field_manager=FIELD_MANAGER
+        )
+    elif step == "clean":
+        _create(builders.cleanup_job(kind, namespace, name, SETTINGS))
+        kopf.info(body, reason="DeletingOutput", message=message)
+    elif step == "failed":
+        kopf.warn(body, reason="CleanupFailed", message=message)
+        raise kopf.PermanentError(message)
+    elif step == "done":
+        kopf.info(body, reason="OutputDeleted", message=message)
+        return
+    raise kopf.TemporaryError(message, delay=CLEANUP_POLL_SECONDS)
+
+
+def _deletes_output(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("deletionPolicy") == "Delete"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL[DATASET_BUILD], id="clean-up", when=_deletes_output)
+def dataset_build_clean_up(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    _clean_up(DATASET_BUILD, body, namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="clean-up", when=_deletes_output)
+def fine_tune_job_clean_up(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    _clean_up(FINE_TUNE_JOB, body, namespace, name)

@@ -343,3 +343,30 @@ def progress_patch(kind: str, current: dict[str, Any] | None, log: str, updated:
     if shown == fields_detail and (current or {}).get("progress") == fields["progress"]:
         return None
     return {"status": fields}
+
+
+def _finished(job: dict[str, Any]) -> str | None:
+    """ "Complete" or "Failed" when a Job has ended, else None."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition["type"]
+    return None
+
+
+def deletion(work: dict[str, Any] | None, cleanup: dict[str, Any] | None) -> tuple[str, str]:
+    """The next step in deleting a resource whose ``deletionPolicy`` is Delete, from its Job (``work``) and its
+    clean-up Job as read now (None: absent): ``stop`` the Job still running (its pod would write on), ``wait``,
+    ``clean`` (create the clean-up Job), ``done`` or ``failed``; with a message for the Event or the log."""
+    if cleanup is None:
+        if work is not None and _finished(work) is None:
+            if not (work.get("spec") or {}).get("suspend"):
+                return "stop", "stopping the Job before the output is removed"
+            if (work.get("status") or {}).get("active"):
+                return "wait", "waiting for the Job's pod to stop"
+        return "clean", "removing the output folder"
+    ended = _finished(cleanup)
+    if ended == "Complete":
+        return "done", "the output folder was removed"
+    if ended == "Failed":
+        return "failed", "the clean-up Job failed; the output folder may remain"
+    return "wait", "waiting for the clean-up Job"

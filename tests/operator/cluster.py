@@ -166,18 +166,18 @@ class Cluster:
 
     async def jobs(self) -> list[dict[str, Any]]:
         listing = await asyncio.to_thread(client.BatchV1Api().list_job_for_all_namespaces, _preload_content=False)
-        return yaml.safe_load(listing.data)["items"]
+        return json.loads(listing.data)["items"]
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         """The Events about object ``name`` so far (kopf posts them in batches: poll)."""
         listing = await asyncio.to_thread(client.CoreV1Api().list_event_for_all_namespaces, _preload_content=False)
-        return [e for e in yaml.safe_load(listing.data)["items"] if e.get("involvedObject", {}).get("name") == name]
+        return [e for e in json.loads(listing.data)["items"] if e.get("involvedObject", {}).get("name") == name]
 
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
         raw = await asyncio.to_thread(
             client.CoreV1Api().read_namespaced_config_map, name, namespace, _preload_content=False
         )
-        return yaml.safe_load(raw.data)
+        return json.loads(raw.data)
 
     async def set_job_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]

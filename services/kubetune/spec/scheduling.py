@@ -117,11 +117,18 @@ class SchedulingSpec(SpecModel):
         False,
         description="true stops the resource's Job (its pod is deleted; the work done so far stays on the volume) "
         "or creates it stopped; false starts it again, from the last checkpoint (FineTuneJob) or the last finished "
-        "part (DatasetBuild). The one field that may change after the resource is created.",
+        "part (DatasetBuild). May change after the resource is created.",
+    )
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        "Retain",
+        description="What deleting the resource does to its output folder on the shared volume (the dataset, or "
+        "the adapter and checkpoints): Retain keeps it; Delete removes it (a clean-up Job) before the resource "
+        "goes. Its Job and ConfigMap go either way. May change after the resource is created.",
     )
 
-    # Fields that say whether the work runs now, not what it makes: not part of what a result is pinned to.
-    RUN_CONTROL: ClassVar = ("suspend",)
+    # Fields that say when the work runs and what happens after, not what it makes: they may change after the
+    # resource is created, and are not part of what a result is pinned to.
+    RUN_CONTROL: ClassVar = ("suspend", "deletionPolicy")
 
     def result_wire(self) -> dict:
         """The wire form without :attr:`RUN_CONTROL`: what an output folder and a resumed run are pinned to."""
