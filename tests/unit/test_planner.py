@@ -604,3 +604,43 @@ def test_a_suspended_resource_gets_a_suspended_job():
 )
 def test_moves_forward_with_suspension(current, new, allowed):
     assert planner.moves_forward(current, new) is allowed
+
+
+def test_cleanup_job_removes_only_the_output_folder_and_passes_pod_security():
+    from tests.pod_security import restricted_violations
+
+    job = builders.cleanup_job("FineTuneJob", "team", "a" * 60, SETTINGS)
+    assert len(job["metadata"]["name"]) <= 63 and job["metadata"]["name"].endswith("-cleanup")
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == [] and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert (
+        container["command"][:2] == ["python", "-c"] and container["command"][-1] == f"/data/finetunes/team/{'a' * 60}"
+    )
+    assert container["volumeMounts"] == [{"name": "storage", "mountPath": "/data"}]
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer-cleanup"
+    assert "kubetune.dev/finetunejob" not in job["metadata"]["labels"]  # not a child: no owner status to write
+
+
+def _job(conditions=(), suspend=None, active=0) -> dict:
+    spec = {} if suspend is None else {"suspend": suspend}
+    status = {"conditions": [{"type": c, "status": "True"} for c in conditions], "active": active}
+    return {"spec": spec, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("work", "cleanup", "step"),
+    [
+        pytest.param(None, None, "clean", id="never-started"),
+        pytest.param(_job(["Complete"]), None, "clean", id="finished"),
+        pytest.param(_job(["Failed"]), None, "clean", id="failed"),
+        pytest.param(_job(active=1), None, "stop", id="running: stop it first"),
+        pytest.param(_job(suspend=True, active=1), None, "wait", id="pod-still-stopping"),
+        pytest.param(_job(suspend=True), None, "clean", id="stopped"),
+        pytest.param(_job(["Complete"]), _job(active=1), "wait", id="cleaning"),
+        pytest.param(_job(["Complete"]), _job(["Complete"]), "done", id="cleaned"),
+        pytest.param(_job(["Complete"]), _job(["Failed"]), "failed", id="cleanup-failed"),
+    ],
+)
+def test_deletion_steps(work, cleanup, step):
+    assert planner.deletion(work, cleanup)[0] == step
