@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from enum import StrEnum
@@ -113,6 +114,15 @@ def operator(
     liveness: str | None = typer.Option(
         None, help="Serve a liveness probe at this URL, e.g. http://0.0.0.0:8080/healthz."
     ),
+    leader_election: bool = typer.Option(
+        False,
+        "--leader-election",
+        help="Act only while holding the Lease kubetune-operator (one active replica among several; the others "
+        "wait as standbys).",
+    ),
+    leader_election_namespace: str = typer.Option(
+        "", help="Namespace of that Lease. Default: $POD_NAMESPACE (the chart sets it to the release's)."
+    ),
     log_format: LogFormat = typer.Option(LogFormat.full, help="Log lines as plain text, with time and level, or JSON."),
     verbose: bool = typer.Option(False, "--verbose", help="Log at DEBUG level."),
     debug: bool = typer.Option(False, "--debug", help="Log at DEBUG level, asyncio and HTTP included."),
@@ -131,12 +141,37 @@ def operator(
             raise typer.Exit(2)
     # kopf's own CLI sets up logging; kopf.run() alone does not, and the log would stay empty.
     kopf.configure(debug=debug, verbose=verbose, log_format=kopf.LogFormat[log_format.name.upper()])
+    if leader_election:
+        _lead(leader_election_namespace or os.environ.get("POD_NAMESPACE", ""), liveness)
     kopf.run(
         clusterwide=not namespace,
         namespaces=namespace,
         standalone=True,
         liveness_endpoint=liveness,
     )
+
+
+def _lead(namespace: str, liveness: str | None) -> None:
+    """Block until this replica holds the Lease, answering the liveness probe meanwhile (a standby is alive),
+    then keep renewing it in a thread."""
+    from kubernetes import config
+
+    from kubetune_operator import leader
+
+    if not NAME_RULE.holds(namespace):
+        err_console.print(
+            "[red]error[/red] --leader-election needs the Lease's namespace: --leader-election-namespace or "
+            "$POD_NAMESPACE"
+        )
+        raise typer.Exit(2)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    election = leader.LeaderElection(namespace, leader.identity())
+    with leader.standby_probe(liveness):
+        election.acquire()
+    election.keep()
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -33,17 +33,25 @@ def pod_defaults(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return json.loads(env_of(operator_container(docs))["KUBETUNE_POD_DEFAULTS"]["value"])
 
 
-def test_one_replica_recreated_never_two() -> None:
+def test_one_active_replica_by_leader_election_or_by_recreate() -> None:
     spec = one(rendered("defaults"), "Deployment", "kubetune-operator")["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "RollingUpdate"}  # the standby waits for the Lease
+    assert "--leader-election" in spec["template"]["spec"]["containers"][0]["args"]
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    two = one(render({"operator": {"replicas": 2}}), "Deployment", "kubetune-operator")["spec"]
+    assert two["replicas"] == 2
+    # Without leader election: one replica, never two at once (replaced, not rolled).
+    alone = one(render({"operator": {"leaderElection": False, "replicas": 3}}), "Deployment", "kubetune-operator")
+    assert alone["spec"]["replicas"] == 1 and alone["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-election" not in alone["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_command_line_and_liveness_probe() -> None:
     c = operator_container(rendered("defaults"))
     assert c["command"] == ["kubetune", "operator"]
-    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--log-format=plain"]
+    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--log-format=plain", "--leader-election"]
+    pod_namespace = next(e for e in c["env"] if e["name"] == "POD_NAMESPACE")
+    assert pod_namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
 
@@ -53,6 +61,7 @@ def test_watch_namespaces_become_namespace_flags() -> None:
     assert c["args"] == [
         "--liveness=http://0.0.0.0:8080/healthz",
         "--log-format=json",
+        "--leader-election",
         "--verbose",
         "--debug",
         "--namespace=team-a",

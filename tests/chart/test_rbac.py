@@ -9,7 +9,11 @@ from tests.chart.render import by_kind, operator_rules, render
 def test_cluster_wide_mode_has_a_cluster_role_and_no_role() -> None:
     docs = rendered("defaults")
     assert [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")] == ["kubetune-operator"]
-    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    # The one Role: the leader election's, in the release namespace.
+    assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in by_kind(docs, "Role")] == [
+        ("kubetune-leader-election", NAMESPACE)
+    ]
+    assert [b["roleRef"]["name"] for b in by_kind(docs, "RoleBinding")] == ["kubetune-leader-election"]
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -22,8 +26,14 @@ def test_cluster_wide_mode_has_a_cluster_role_and_no_role() -> None:
 def test_namespaced_mode_has_a_role_in_each_namespace_and_no_cluster_role() -> None:
     docs = rendered("namespaced")
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
-    roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in by_kind(docs, "RoleBinding")}
+    roles = {
+        r["metadata"]["namespace"]: r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-operator")
+    }
+    bindings = {
+        b["metadata"]["namespace"]: b
+        for b in by_kind(docs, "RoleBinding")
+        if b["metadata"]["name"].endswith("-operator")
+    }
     assert roles.keys() == bindings.keys() == {"team-a", "team-b"}
     for ns, binding in bindings.items():
         assert binding["roleRef"]["kind"] == "Role"
@@ -53,7 +63,7 @@ def test_rules_are_least_privilege() -> None:
     assert "patch" in verbs("kubetune.dev", "datasetbuilds/status")
     assert "patch" in verbs("kubetune.dev", "finetunejobs/status")
     assert "create" in verbs("", "configmaps")
-    assert {"create", "list", "watch"} <= verbs("batch", "jobs")
+    assert {"create", "get", "list", "watch", "patch"} <= verbs("batch", "jobs")
     assert "create" in verbs("", "events")
     assert verbs("", "pods/log") == {"get"}
     assert verbs("", "secrets") == set()
@@ -71,3 +81,11 @@ def test_no_rbac_objects_when_rbac_create_is_false() -> None:
 def test_operator_rules_reads_the_role_for_any_namespace_argument() -> None:
     rules = operator_rules(render({"operator": {"watchNamespaces": ["ml"]}}, namespace="ops"))
     assert rules == operator_rules(rendered("defaults"))
+
+
+def test_leader_election_role_grants_the_lease_only() -> None:
+    (role,) = [r for r in by_kind(rendered("defaults"), "Role") if r["metadata"]["name"] == "kubetune-leader-election"]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "get", "patch"]}
+    ]
+    assert not [r for r in by_kind(render({"operator": {"leaderElection": False}}), "Role")]

@@ -24,7 +24,7 @@ SCHEMA_REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
         {"operator": {"resources": {"requests": {"memory": -5}}}},
         "/operator/resources/requests/memory",
     ),
-    "unknown-key": ({"operator": {"replicas": 2}}, "'replicas' not allowed"),
+    "unknown-key": ({"operator": {"replica": 2}}, "'replica' not allowed"),
     "unknown-top-level-key": ({"mlfow": {"enabled": True}}, "'mlfow' not allowed"),
     "unknown-resources-key": ({"mlflow": {"resources": {"limit": {"cpu": 1}}}}, "'limit' not allowed"),
     "root-user": ({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser"),

@@ -68,6 +68,7 @@ BUILTIN_RESOURCES = {
     "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
     "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/pods": ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}, verbs=VERBS),
+    "coordination.k8s.io/v1/leases": ResourceInfo(kind="Lease", namespaced=True, verbs=VERBS),
 }
 
 

@@ -87,6 +87,8 @@ class Cluster:
         self.operator_args = operator_args or ["operator"]
         self.operator_env = operator_env or {}
         self.operator_log = workdir / "operator.log"
+        self.replicas: list[asyncio.subprocess.Process] = []
+        self._replica_logs: list[Any] = []
 
     async def __aenter__(self) -> Cluster:
         schemas, infos = load_crds(ROOT / "crds")
@@ -117,9 +119,28 @@ class Cluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop_operator()
+        for replica in self.replicas:
+            if replica.returncode is None:
+                replica.kill()
+                await replica.wait()
+        for log in self._replica_logs:
+            log.close()
         self._log.close()
         await self.server.__aexit__(None, None, None)
         await self.api.__aexit__(None, None, None)
+
+    async def start_replica(self, token: str, args: list[str]) -> asyncio.subprocess.Process:
+        """Another operator process, as another replica of the Deployment: its own user (``token``) and log."""
+        path = self.workdir / f"kubeconfig-{token}"
+        path.write_text(yaml.safe_dump(kubeconfig(str(self.api.url).rstrip("/"), token)))
+        env = {**os.environ, "KUBETUNE_PROGRESS_SECONDS": "1", **self.operator_env, "KUBECONFIG": str(path)}
+        log = (self.workdir / f"operator-{token}.log").open("wb")
+        self._replica_logs.append(log)
+        replica = await asyncio.create_subprocess_exec(
+            str(KUBETUNE), *args, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+        )
+        self.replicas.append(replica)
+        return replica
 
     async def stop_operator(self) -> int | None:
         """SIGTERM, as Kubernetes stops a pod; kill if it has not stopped in 20 s. Returns the exit code."""
@@ -158,6 +179,24 @@ class Cluster:
             GROUP, VERSION, namespace, NAMES[kind][0], name, patch, _preload_content=False,
         )  # fmt: skip
         return json.loads(raw.data)
+
+    async def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        await asyncio.to_thread(
+            client.CustomObjectsApi().delete_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name
+        )
+
+    async def gone(self, kind: str, name: str, timeout: float, namespace: str = "default") -> None:
+        """Poll until the resource no longer exists (its finalizers removed)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                obj = await self.get(kind, name, namespace)
+            except client.exceptions.ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"{kind}/{name} still exists: {obj.get('metadata')}\n{self.log()[-3000:]}")
 
     async def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
         return await asyncio.to_thread(
@@ -392,9 +431,14 @@ def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any]
     args = [a.replace(":8080/", f":{port}/") if a.startswith("--liveness=") else a for a in container["args"]]
     env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
     env["KUBETUNE_PROGRESS_SECONDS"] = "1"  # not the chart's 30: tests wait for progress
-    namespaces = [d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and "operator" in str(d["metadata"])]
+    env["POD_NAMESPACE"] = deployment["metadata"]["namespace"]  # the downward API's value
+    namespaces = [
+        d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-operator")
+    ]
     rules = operator_rules(docs)
     grants = [Grant(rule, ns) for rule in rules for ns in (namespaces or [None])]
+    for role in (d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")):
+        grants += [Grant(rule, role["metadata"]["namespace"]) for rule in role["rules"]]
     settings = {"operator_args": [*container["command"][1:], *args], "operator_env": env, "operator_grants": grants}
     return settings, f"http://127.0.0.1:{port}/healthz"
 

@@ -8,9 +8,11 @@ tests/e2e runs them for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
+import urllib.request
 
 import pytest
 
@@ -76,6 +78,15 @@ async def _status_when(cluster: Cluster, kind: str, name: str, holds, timeout: f
     raise AssertionError(f"{kind}/{name}: status never held; last {status}\n{cluster.log()[-3000:]}")
 
 
+async def _metadata_when(cluster: Cluster, kind: str, name: str, holds, timeout: float = 15) -> dict:
+    for _ in range(int(timeout * 4)):
+        meta = (await cluster.get(kind, name))["metadata"]
+        if holds(meta):
+            return meta
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{kind}/{name}: metadata never held; last {meta}\n{cluster.log()[-3000:]}")
+
+
 async def full_flow(cluster: Cluster) -> None:
     """GitOps order (the job first), a build that succeeds, a training Job that fails."""
     await cluster.apply(copy.deepcopy(FTJ))
@@ -136,6 +147,25 @@ async def full_flow(cluster: Cluster) -> None:
     await _event_reasons(cluster, "tune", until="BackoffLimitExceeded")
     events = await cluster.events("tune")
     assert {e["type"] for e in events if e["reason"] == "BackoffLimitExceeded"} == {"Warning"}
+
+    # Deletion: with the default policy (Retain) nothing holds the resource; with Delete, a finalizer holds it
+    # until a clean-up Job has removed the output folder.
+    assert not (await cluster.get("DatasetBuild", "docs"))["metadata"].get("finalizers")
+    await cluster.patch("DatasetBuild", "docs", {"spec": {"deletionPolicy": "Delete"}})
+    held = await _metadata_when(cluster, "DatasetBuild", "docs", lambda m: m.get("finalizers"))
+    assert held["finalizers"] == ["kubetune.dev/finalizer"]
+    await cluster.delete("DatasetBuild", "docs")
+    cleanup = await _job_of(cluster, "docs-cleanup")
+    assert (
+        cleanup["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "/var/lib/kubetune/datasets/default/docs"
+    )
+    assert "ownerReferences" not in cleanup["metadata"] and cleanup["spec"]["ttlSecondsAfterFinished"] > 0
+    assert (await cluster.get("DatasetBuild", "docs"))["metadata"]["deletionTimestamp"]  # still held
+    await cluster.finish_job(cleanup, succeeded=True)
+    await cluster.gone("DatasetBuild", "docs", timeout=15)
+    assert "OutputDeleted" in {e["reason"] for e in await cluster.events("docs")}
+    await cluster.delete("FineTuneJob", "tune")  # Retain: goes at once
+    await cluster.gone("FineTuneJob", "tune", timeout=5)
 
 
 def test_kubetune_operator_cluster_wide(run_in_cluster):
@@ -342,3 +372,62 @@ def test_suspend_stops_the_job_and_resume_starts_it_again(run_in_cluster):
         assert reasons == sorted(["JobCreated", "Suspended", "Resumed", "JobRunning", "JobSucceeded"]), reasons
 
     run_in_cluster(scenario)
+
+
+def test_two_replicas_one_leader(tmp_path):
+    """Two `kubetune operator --leader-election` replicas at once: only the Lease's holder touches resources,
+    the standby answers its liveness probe meanwhile, and takes over once the leader dies (SIGKILL: no release)."""
+    from tests.operator.cluster import free_port
+
+    def args(port: int) -> list[str]:
+        return ["operator", "--leader-election", "--leader-election-namespace", "kubetune",
+                f"--liveness=http://127.0.0.1:{port}/healthz"]  # fmt: skip
+
+    first, second = free_port(), free_port()
+
+    async def lease(cluster: Cluster) -> dict:
+        from kubernetes import client
+
+        raw = await asyncio.to_thread(
+            client.CoordinationV1Api().read_namespaced_lease, "kubetune-operator", "kubetune", _preload_content=False
+        )
+        return json.loads(raw.data)["spec"]
+
+    async def wait_for_holder(cluster: Cluster, process, timeout: float) -> dict:
+        for _ in range(int(timeout * 4)):
+            with contextlib.suppress(Exception):
+                spec = await lease(cluster)
+                if spec["holderIdentity"].endswith(f"_{process.pid}"):
+                    return spec
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"pid {process.pid} never held the Lease\n{cluster.log()[-2000:]}")
+
+    def touched_resources(cluster: Cluster, user: str) -> list:
+        return [r for r in cluster.api.audit if r.user == user and r.resource not in ("leases",)
+                and not r.resource.startswith("/")]  # fmt: skip
+
+    async def main():
+        async with Cluster(
+            tmp_path, operator_args=args(first), operator_env={"KUBETUNE_LEASE_SECONDS": "4"}
+        ) as cluster:
+            held = await wait_for_holder(cluster, cluster.operator, timeout=20)
+            standby = await cluster.start_replica("operator-2", args(second))
+            await cluster.apply(copy.deepcopy(DSB))
+            await _job_of(cluster, "docs-datagen")
+            await asyncio.sleep(2)  # the standby has had time to act, were it to
+            assert touched_resources(cluster, "operator-2") == []
+            assert (await lease(cluster))["holderIdentity"] == held["holderIdentity"]
+            probe = await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{second}/healthz", timeout=5)
+            assert probe.status == 200
+
+            cluster.operator.kill()  # no chance to hand over: the Lease must expire
+            await cluster.operator.wait()
+            taken = await wait_for_holder(cluster, standby, timeout=30)
+            assert taken["leaseTransitions"] == 1
+            await cluster.apply({**copy.deepcopy(DSB), "metadata": {"name": "docs-2"}})
+            await _job_of(cluster, "docs-2-datagen")
+            # Each Job created by the replica leading then: docs-datagen by the first, docs-2-datagen by the second.
+            creators = [r.user for r in cluster.api.audit if r.verb == "create" and r.resource == "jobs"]
+            assert creators == ["operator", "operator-2"]
+
+    asyncio.run(asyncio.wait_for(main(), timeout=90))

@@ -9,6 +9,7 @@ import asyncio
 import copy
 import urllib.request
 
+from tests.chart.conftest import NAMESPACE
 from tests.chart.render import render
 from tests.operator.cluster import Cluster, chart_operator
 from tests.operator.test_operator import DSB, _job_of, full_flow
@@ -41,6 +42,7 @@ def _used(records) -> set[tuple[str, str, str]]:
 
 def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
     settings, liveness = chart_operator()
+    settings["operator_env"]["KUBETUNE_LEASE_SECONDS"] = "3"  # renewed every second: the flow uses every verb
 
     async def main():
         async with Cluster(tmp_path, **settings) as cluster:
@@ -52,7 +54,8 @@ def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
     cluster = asyncio.run(asyncio.wait_for(main(), timeout=90))
     assert cluster.api.denied == [], cluster.log()[-3000:]
     assert settings["operator_grants"]  # the chart rendered a ClusterRole
-    assert all(g.namespace is None for g in settings["operator_grants"])
+    # ... and the leader election's Role in the release namespace, the only namespaced grant.
+    assert {g.namespace for g in settings["operator_grants"] if "leases" not in g.rule["resources"]} == {None}
     used = _used(cluster.operator_requests())
     rules = _granted([g.rule for g in settings["operator_grants"]])
     assert used <= rules
@@ -64,7 +67,7 @@ def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
 
 def test_namespaced_operator_works_with_roles_in_its_namespaces_only(tmp_path):
     settings, _ = chart_operator({"operator": {"watchNamespaces": ["team"]}})
-    assert {g.namespace for g in settings["operator_grants"]} == {"team"}
+    assert {g.namespace for g in settings["operator_grants"] if "leases" not in g.rule["resources"]} == {"team"}
     assert not [d for d in render({"operator": {"watchNamespaces": ["team"]}}) if d["kind"] == "ClusterRole"]
 
     async def scenario(cluster: Cluster):
@@ -82,4 +85,6 @@ def test_namespaced_operator_works_with_roles_in_its_namespaces_only(tmp_path):
 
     cluster = asyncio.run(asyncio.wait_for(main(), timeout=60))
     assert cluster.api.denied == [], cluster.log()[-3000:]
-    assert {r.namespace for r in cluster.operator_requests() if not r.resource.startswith("/")} == {"team"}
+    touched = {r.namespace for r in cluster.operator_requests() if not r.resource.startswith("/")}
+    assert touched == {"team", NAMESPACE}  # NAMESPACE: the release's, for the Lease only
+    assert {r.resource for r in cluster.operator_requests() if r.namespace == NAMESPACE} == {"leases"}

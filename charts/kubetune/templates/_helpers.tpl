@@ -157,10 +157,12 @@ The operator's permissions, one rule per (API group, resources), rendered both i
   resources: ["configmaps"]
   verbs: ["create"]
 # One Job per resource runs datagen or trainer; the operator watches Jobs to copy their outcome into
-# the resource's status, and kopf records the last-handled state of a Job in its annotations (patch).
+# the resource's status, and kopf records the last-handled state of a Job in its annotations (patch);
+# spec.suspend is set through patch too. With deletionPolicy Delete, a clean-up Job removes the output
+# folder, and the operator reads it and the resource's Job (get) until it is done.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "list", "watch", "patch"]
+  verbs: ["create", "get", "list", "watch", "patch"]
 # When a Job ends, the operator reads its pods' termination messages (why it failed, or what it made:
 # the dataset digest, the registered model version) into the status.
 - apiGroups: [""]
