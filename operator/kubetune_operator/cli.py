@@ -123,6 +123,9 @@ def operator(
     leader_election_namespace: str = typer.Option(
         "", help="Namespace of that Lease. Default: $POD_NAMESPACE (the chart sets it to the release's)."
     ),
+    metrics: str | None = typer.Option(
+        None, help="Serve Prometheus metrics at this HOST:PORT (path /metrics), e.g. 0.0.0.0:9090."
+    ),
     log_format: LogFormat = typer.Option(LogFormat.full, help="Log lines as plain text, with time and level, or JSON."),
     verbose: bool = typer.Option(False, "--verbose", help="Log at DEBUG level."),
     debug: bool = typer.Option(False, "--debug", help="Log at DEBUG level, asyncio and HTTP included."),
@@ -141,6 +144,10 @@ def operator(
             raise typer.Exit(2)
     # kopf's own CLI sets up logging; kopf.run() alone does not, and the log would stay empty.
     kopf.configure(debug=debug, verbose=verbose, log_format=kopf.LogFormat[log_format.name.upper()])
+    if metrics:
+        from kubetune_operator import metrics as served
+
+        served.serve(metrics)
     if leader_election:
         _lead(leader_election_namespace or os.environ.get("POD_NAMESPACE", ""), liveness)
     kopf.run(

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import SpecError, parse_resource
 from kubetune.spec.status import TERMINAL_PHASES, Phase, now
-from kubetune_operator import builders, planner
+from kubetune_operator import builders, metrics, planner
 from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, Settings
 
 SETTINGS = Settings()
@@ -151,6 +151,7 @@ def _reconcile(
     if job_name and not decision.permanent:
         patch["status"]["jobName"] = job_name
     _patch_status(kind, meta["namespace"], meta["name"], patch)
+    metrics.RECONCILES.labels(kind, decision.reason).inc()
     if decision.permanent:
         kopf.warn(body, reason=decision.reason, message=decision.message)
     elif decision.children:
@@ -163,12 +164,14 @@ def _reconcile(
 
 @kopf.on.resume(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
+@metrics.counted(DATASET_BUILD, "reconcile")
 def reconcile_dataset_build(body: kopf.Body, **_: Any) -> None:
     _reconcile(body)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
+@metrics.counted(FINE_TUNE_JOB, "reconcile")
 def reconcile_fine_tune_job(body: kopf.Body, spec: kopf.Spec, namespace: str, **_: Any) -> None:
     dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
     previous = (((spec.get("startFrom") or {}).get("fineTuneJobRef")) or {}).get("name")
@@ -218,6 +221,7 @@ def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
 
 
 @kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")
+@metrics.counted("Job", "job-status")
 def job_status(
     labels: dict[str, str], namespace: str, name: str, new: dict[str, Any] | None, dependents: kopf.Index, **_: Any
 ) -> None:
@@ -251,6 +255,7 @@ def job_status(
                 phase,
                 planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
             )
+            metrics.RECONCILES.labels(kind, decision.reason).inc()
             if phase != decision.phase:
                 log.info("%s %s/%s: %s -> %s (%s) %s", kind, namespace, name, phase, decision.phase, decision.reason,
                          decision.message)  # fmt: skip
@@ -279,16 +284,19 @@ def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
     _patch_status_from(
         kind, meta["namespace"], meta["name"], status.get("phase"), planner.status_patch(decision, status, generation)
     )
+    metrics.RECONCILES.labels(kind, decision.reason).inc()
     kopf.info(body, reason=decision.reason, message=decision.message)
 
 
 # On updates only: at creation the create handler makes the Job as the field says.
 @kopf.on.update(GROUP, VERSION, PLURAL[DATASET_BUILD], field="spec.suspend", id="suspend")
+@metrics.counted(DATASET_BUILD, "suspend")
 def dataset_build_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
     _suspend(DATASET_BUILD, body, new)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], field="spec.suspend", id="suspend")
+@metrics.counted(FINE_TUNE_JOB, "suspend")
 def fine_tune_job_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
     _suspend(FINE_TUNE_JOB, body, new)
 
@@ -343,11 +351,13 @@ def _progress_timer(kind: str):
 
 
 @_progress_timer(DATASET_BUILD)
+@metrics.counted(DATASET_BUILD, "progress")
 def dataset_build_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _progress(DATASET_BUILD, namespace, name, status, memo)
 
 
 @_progress_timer(FINE_TUNE_JOB)
+@metrics.counted(FINE_TUNE_JOB, "progress")
 def fine_tune_job_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _progress(FINE_TUNE_JOB, namespace, name, status, memo)
 
@@ -395,10 +405,22 @@ def _deletes_output(spec: kopf.Spec, **_: Any) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL[DATASET_BUILD], id="clean-up", when=_deletes_output)
+@metrics.counted(DATASET_BUILD, "clean-up")
 def dataset_build_clean_up(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
     _clean_up(DATASET_BUILD, body, namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="clean-up", when=_deletes_output)
+@metrics.counted(FINE_TUNE_JOB, "clean-up")
 def fine_tune_job_clean_up(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
     _clean_up(FINE_TUNE_JOB, body, namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL[DATASET_BUILD], id="metrics")
+def dataset_build_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
+    metrics.PHASES.observe(DATASET_BUILD, namespace, name, status.get("phase"), deleted=type == "DELETED")
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="metrics")
+def fine_tune_job_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
+    metrics.PHASES.observe(FINE_TUNE_JOB, namespace, name, status.get("phase"), deleted=type == "DELETED")

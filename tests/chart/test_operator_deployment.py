@@ -49,7 +49,15 @@ def test_one_active_replica_by_leader_election_or_by_recreate() -> None:
 def test_command_line_and_liveness_probe() -> None:
     c = operator_container(rendered("defaults"))
     assert c["command"] == ["kubetune", "operator"]
-    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--log-format=plain", "--leader-election"]
+    assert c["args"] == [
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--log-format=plain",
+        "--leader-election",
+        "--metrics=0.0.0.0:9090",
+    ]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    annotations = one(rendered("defaults"), "Deployment", "kubetune-operator")["spec"]["template"]["metadata"]
+    assert annotations["annotations"]["prometheus.io/port"] == "9090"
     pod_namespace = next(e for e in c["env"] if e["name"] == "POD_NAMESPACE")
     assert pod_namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -62,6 +70,7 @@ def test_watch_namespaces_become_namespace_flags() -> None:
         "--liveness=http://0.0.0.0:8080/healthz",
         "--log-format=json",
         "--leader-election",
+        "--metrics=0.0.0.0:9090",
         "--verbose",
         "--debug",
         "--namespace=team-a",

@@ -429,6 +429,7 @@ def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     port = free_port()
     args = [a.replace(":8080/", f":{port}/") if a.startswith("--liveness=") else a for a in container["args"]]
+    args = [f"--metrics=127.0.0.1:{free_port()}" if a.startswith("--metrics=") else a for a in args]
     env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
     env["KUBETUNE_PROGRESS_SECONDS"] = "1"  # not the chart's 30: tests wait for progress
     env["POD_NAMESPACE"] = deployment["metadata"]["namespace"]  # the downward API's value
@@ -441,6 +442,12 @@ def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any]
         grants += [Grant(rule, role["metadata"]["namespace"]) for rule in role["rules"]]
     settings = {"operator_args": [*container["command"][1:], *args], "operator_env": env, "operator_grants": grants}
     return settings, f"http://127.0.0.1:{port}/healthz"
+
+
+def metrics_url(settings: dict[str, Any]) -> str:
+    """Where the operator started with ``settings`` serves its Prometheus metrics."""
+    (address,) = [a.removeprefix("--metrics=") for a in settings["operator_args"] if a.startswith("--metrics=")]
+    return f"http://{address}/metrics"
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ import urllib.request
 
 from tests.chart.conftest import NAMESPACE
 from tests.chart.render import render
-from tests.operator.cluster import Cluster, chart_operator
+from tests.operator.cluster import Cluster, chart_operator, metrics_url
 from tests.operator.test_operator import DSB, _job_of, full_flow
 
 # Granted though no request uses it: kopf.adopt sets blockOwnerDeletion on the children, which clusters with
@@ -49,6 +49,8 @@ def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
             await full_flow(cluster)
             with urllib.request.urlopen(liveness, timeout=5) as probe:  # the Deployment's liveness probe
                 assert probe.status == 200
+            with urllib.request.urlopen(metrics_url(settings), timeout=5) as scrape:  # what Prometheus reads
+                cluster.metrics = scrape.read().decode()
             return cluster
 
     cluster = asyncio.run(asyncio.wait_for(main(), timeout=90))
@@ -63,6 +65,15 @@ def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
         f"granted but never used: {sorted(rules - used - GRANTED_FOR_ADMISSION)}"
     )
     assert "Not enough permissions" not in cluster.log()
+    # The flow's decisions, counted; a DatasetBuild that succeeded and a FineTuneJob that failed, then deleted.
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in cluster.metrics.splitlines() if line and not line.startswith("#")}  # fmt: skip
+    assert samples['kubetune_reconciles_total{kind="DatasetBuild",reason="JobSucceeded"}'] == 1
+    assert samples['kubetune_reconciles_total{kind="FineTuneJob",reason="BackoffLimitExceeded"}'] == 1
+    assert samples['kubetune_reconciles_total{kind="FineTuneJob",reason="DatasetBuildNotFound"}'] >= 1
+    assert not [k for k in samples if k.startswith("kubetune_resources{")]  # both deleted by the end
+    assert samples['kubetune_phase_duration_seconds_count{kind="DatasetBuild",phase="Succeeded"}'] == 1
+    assert not [k for k, v in samples.items() if k.startswith("kubetune_reconcile_errors_total") and v > 0]
 
 
 def test_namespaced_operator_works_with_roles_in_its_namespaces_only(tmp_path):
