@@ -61,6 +61,13 @@ def kubeconfig(server: str, token: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+async def _body(call: Any, *args: Any) -> Any:
+    """An API call's JSON answer, the call and the reading of its body both off the event loop: the test API
+    server runs on this loop, and a large body read from the loop's thread would wait for the server, which
+    waits for the loop."""
+    return json.loads(await asyncio.to_thread(lambda: call(*args, _preload_content=False).data))
+
+
 class Cluster:
     """The API server and the operator process, entered with ``async with``.
 
@@ -167,18 +174,16 @@ class Cluster:
 
     async def apply(self, resource: dict[str, Any]) -> dict[str, Any]:
         namespace = resource["metadata"].get("namespace", "default")
-        raw = await asyncio.to_thread(
+        return await _body(
             client.CustomObjectsApi().create_namespaced_custom_object,
-            GROUP, VERSION, namespace, NAMES[resource["kind"]][0], resource, _preload_content=False,
+            GROUP, VERSION, namespace, NAMES[resource["kind"]][0], resource,
         )  # fmt: skip
-        return json.loads(raw.data)
 
     async def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default") -> dict:
-        raw = await asyncio.to_thread(
-            client.CustomObjectsApi().patch_namespaced_custom_object,
-            GROUP, VERSION, namespace, NAMES[kind][0], name, patch, _preload_content=False,
+        return await _body(
+            client.CustomObjectsApi().patch_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name,
+            patch,
         )  # fmt: skip
-        return json.loads(raw.data)
 
     async def delete(self, kind: str, name: str, namespace: str = "default") -> None:
         await asyncio.to_thread(
@@ -204,19 +209,15 @@ class Cluster:
         )
 
     async def jobs(self) -> list[dict[str, Any]]:
-        listing = await asyncio.to_thread(client.BatchV1Api().list_job_for_all_namespaces, _preload_content=False)
-        return json.loads(listing.data)["items"]
+        return (await _body(client.BatchV1Api().list_job_for_all_namespaces))["items"]
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         """The Events about object ``name`` so far (kopf posts them in batches: poll)."""
-        listing = await asyncio.to_thread(client.CoreV1Api().list_event_for_all_namespaces, _preload_content=False)
-        return [e for e in json.loads(listing.data)["items"] if e.get("involvedObject", {}).get("name") == name]
+        listing = await _body(client.CoreV1Api().list_event_for_all_namespaces)
+        return [e for e in listing["items"] if e.get("involvedObject", {}).get("name") == name]
 
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
-        raw = await asyncio.to_thread(
-            client.CoreV1Api().read_namespaced_config_map, name, namespace, _preload_content=False
-        )
-        return json.loads(raw.data)
+        return await _body(client.CoreV1Api().read_namespaced_config_map, name, namespace)
 
     async def set_job_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -268,10 +269,7 @@ class Cluster:
             },
             "spec": template["spec"],
         }
-        raw = await asyncio.to_thread(
-            client.CoreV1Api().create_namespaced_pod, meta["namespace"], pod, _preload_content=False
-        )
-        return json.loads(raw.data)
+        return await _body(client.CoreV1Api().create_namespaced_pod, meta["namespace"], pod)
 
     async def start_pod(self, pod: dict[str, Any], log: Path) -> None:
         """The kubelet started the pod's container: phase Running, its output (``log``) served as pods/log."""
