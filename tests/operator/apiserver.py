@@ -285,6 +285,8 @@ class StrictApiServer(KubernetesEmulator):
                 f'resource "{record.resource}{sub}" in API group "{record.group}" {where}',
             )
 
+    # Called with each Job this server stores on create: a stand-in controller reacts without listing them all.
+    on_job_created: Any = None
     # (namespace, pod name) -> the file holding the pod's log, which GET .../pods/NAME/log serves (the test
     # kubelet registers the output of the processes it runs).
     pod_logs: dict[tuple[str, str], Path] = attrs.field(factory=dict)
@@ -468,6 +470,8 @@ class StrictApiServer(KubernetesEmulator):
             async with self._write_lock:  # admission reads the stored object: one write at a time
                 if request.action == action.CREATE:
                     self._admit_create(request)
+                    if self.on_job_created is not None and self._key(request) == "batch/v1/jobs":
+                        self.on_job_created(copy.deepcopy(request.data))
                 else:
                     old = self._stored(request)
                     if old is None:
