@@ -162,13 +162,14 @@ def main() -> None:
     parser.add_argument("--tag", default="cpu")
     args = parser.parse_args()
     rows = []
+    RESULTS.mkdir(exist_ok=True)
     for n in args.counts:
         row = asyncio.run(one(n, args.wait_seconds, args.timeout))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"scale-{args.tag}.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / f"scale-{args.tag}.md").write_text(table(rows) + "\n")
+        # Written after each count: a run stopped at a larger one keeps the smaller ones.
+        (RESULTS / f"scale-{args.tag}.json").write_text(json.dumps(rows, indent=2))
+        (RESULTS / f"scale-{args.tag}.md").write_text(table(rows) + "\n")
     print(table(rows))
     print(yaml.safe_dump(rows[-1]["requests"]))
 
