@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import sys
 import tempfile
 import time
@@ -50,7 +51,7 @@ def resources(n: int) -> list[dict]:
 def proc_stats(pid: int) -> tuple[float, int]:
     """CPU seconds (user + system) and peak resident set (bytes) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = 100  # os.sysconf("SC_CLK_TCK") on Linux
+    ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
     hwm = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
     return cpu, int(hwm.split()[1]) * 1024

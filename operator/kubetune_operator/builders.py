@@ -58,12 +58,17 @@ def service_command(
     return command
 
 
+_SUFFIX = {DATASET_BUILD: "datagen", FINE_TUNE_JOB: "train"}
+
+
 def child_name(resource: Resource) -> str:
-    """Name of the ConfigMap and Job of a resource: NAME-datagen or NAME-train, at most 63 characters (a Job's
-    name becomes a label value). A longer one is cut and given a hash of the whole name, so two long names
-    that share a prefix never share a Job."""
-    suffix = "datagen" if resource.kind == DATASET_BUILD else "train"
-    name = resource.metadata.name
+    """Name of the ConfigMap and Job of a resource: NAME-datagen or NAME-train."""
+    return _suffixed(resource.metadata.name, _SUFFIX[resource.kind])
+
+
+def _suffixed(name: str, suffix: str) -> str:
+    """NAME-SUFFIX in at most 63 characters (a Job's name becomes a label value). A longer one is cut and given a
+    hash of the whole name, so two long names that share a prefix never share a Job."""
     if len(name) + 1 + len(suffix) <= 63:
         return f"{name}-{suffix}"
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -163,11 +168,9 @@ CLEANUP_TTL_SECONDS = 600  # a finished clean-up Job (it has no owner left to go
 
 
 def cleanup_name(kind: str, name: str) -> str:
-    """The clean-up Job's name: NAME-cleanup, cut as :func:`child_name` cuts."""
-    if len(name) + len("-cleanup") <= 63:
-        return f"{name}-cleanup"
-    digest = hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()[:8]
-    return f"{name[: 63 - len('cleanup') - len(digest) - 2].rstrip('-')}-{digest}-cleanup"
+    """The clean-up Job's name: NAME-datagen-cleanup or NAME-train-cleanup (a DatasetBuild and a FineTuneJob of
+    one name each get their own)."""
+    return _suffixed(name, f"{_SUFFIX[kind]}-cleanup")
 
 
 def cleanup_job(kind: str, namespace: str, name: str, settings: Settings) -> dict[str, Any]:

@@ -248,13 +248,10 @@ def job_status(
                     "%s %s/%s: Job says %s after %s; kept %s", kind, namespace, name, decision.phase, phase, phase
                 )
                 return
-            _patch_status_from(
-                kind,
-                namespace,
-                name,
-                phase,
-                planner.status_patch(decision, current.get("status"), current["metadata"].get("generation")),
-            )
+            patch = planner.status_patch(decision, current.get("status"), current["metadata"].get("generation"))
+            if not planner.changes(patch, current.get("status")):
+                return  # a Job event that changes nothing the status shows (e.g. its pod became ready)
+            _patch_status_from(kind, namespace, name, phase, patch)
             metrics.RECONCILES.labels(kind, decision.reason).inc()
             if phase != decision.phase:
                 log.info("%s %s/%s: %s -> %s (%s) %s", kind, namespace, name, phase, decision.phase, decision.reason,
@@ -277,7 +274,9 @@ def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
             status["jobName"], meta["namespace"], job_patch, field_manager=FIELD_MANAGER
         )
     generation = meta.get("generation")
-    if decision is None:  # no Job yet: it is created as the field says; only the generation is now observed
+    if decision is None or status.get("phase") == decision.phase:
+        # No Job yet (it is created as the field says), or the Job's own status got there first (and said so):
+        # only the generation is now observed.
         _patch_status(kind, meta["namespace"], meta["name"], {"status": {"observedGeneration": generation}})
         return
     log.info("%s %s/%s: %s (%s)", kind, meta["namespace"], meta["name"], decision.phase, decision.reason)

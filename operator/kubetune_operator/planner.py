@@ -319,6 +319,13 @@ def status_patch(decision: Decision, current: dict[str, Any] | None, generation:
     return {"status": patch}
 
 
+def changes(patch: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Whether a status patch would change anything in ``current`` (conditions keep their transition times when
+    their status holds, so an unchanged decision patches to equal values)."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in patch["status"].items())
+
+
 def running_pod(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The Job's newest running pod (a retried Job has failed ones beside it), whose log tells its progress."""
     running = [

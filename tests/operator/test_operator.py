@@ -155,7 +155,7 @@ async def full_flow(cluster: Cluster) -> None:
     held = await _metadata_when(cluster, "DatasetBuild", "docs", lambda m: m.get("finalizers"))
     assert held["finalizers"] == ["kubetune.dev/finalizer"]
     await cluster.delete("DatasetBuild", "docs")
-    cleanup = await _job_of(cluster, "docs-cleanup")
+    cleanup = await _job_of(cluster, "docs-datagen-cleanup")
     assert (
         cleanup["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "/var/lib/kubetune/datasets/default/docs"
     )

@@ -256,6 +256,11 @@ def test_phase_never_moves_backwards_through_a_controller_sequence(name):
         pytest.param("Waiting", Phase.RUNNING, True, id="waiting-to-running"),
         pytest.param("Running", Phase.RUNNING, True, id="same"),
         pytest.param("Pending", Phase.PENDING, True, id="queued-to-admitted"),
+        pytest.param("Running", Phase.SUSPENDED, True, id="running-to-suspended"),
+        pytest.param("Suspended", Phase.PENDING, True, id="resumed"),
+        pytest.param("Suspended", Phase.RUNNING, True, id="resumed-running"),
+        pytest.param("Succeeded", Phase.SUSPENDED, False, id="never-suspended-after-the-end"),
+        pytest.param("Failed", Phase.FAILED, True, id="same-end"),
     ],
 )
 def test_moves_forward(current, new, allowed):
@@ -591,26 +596,12 @@ def test_a_suspended_resource_gets_a_suspended_job():
     assert "suspend" not in planner.plan(DSB, SETTINGS).children[1]["spec"]
 
 
-@pytest.mark.parametrize(
-    ("current", "new", "allowed"),
-    [
-        pytest.param("Running", Phase.SUSPENDED, True, id="running-to-suspended"),
-        pytest.param("Suspended", Phase.PENDING, True, id="resumed"),
-        pytest.param("Suspended", Phase.RUNNING, True, id="resumed-running"),
-        pytest.param("Succeeded", Phase.SUSPENDED, False, id="never-after-the-end"),
-        pytest.param("Running", Phase.PENDING, False, id="never-backwards-otherwise"),
-        pytest.param("Failed", Phase.FAILED, True, id="same-end"),
-    ],
-)
-def test_moves_forward_with_suspension(current, new, allowed):
-    assert planner.moves_forward(current, new) is allowed
-
-
 def test_cleanup_job_removes_only_the_output_folder_and_passes_pod_security():
     from tests.pod_security import restricted_violations
 
     job = builders.cleanup_job("FineTuneJob", "team", "a" * 60, SETTINGS)
-    assert len(job["metadata"]["name"]) <= 63 and job["metadata"]["name"].endswith("-cleanup")
+    assert len(job["metadata"]["name"]) <= 63 and job["metadata"]["name"].endswith("-train-cleanup")
+    assert builders.cleanup_name("DatasetBuild", "x") != builders.cleanup_name("FineTuneJob", "x")
     pod = job["spec"]["template"]["spec"]
     assert restricted_violations(pod) == [] and pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
@@ -644,3 +635,12 @@ def _job(conditions=(), suspend=None, active=0) -> dict:
 )
 def test_deletion_steps(work, cleanup, step):
     assert planner.deletion(work, cleanup)[0] == step
+
+
+def test_a_decision_written_again_changes_nothing():
+    running = planner.Decision(Phase.RUNNING, "JobRunning", "the pod is running")
+    current = planner.status_patch(running, None, 1)["status"]
+    assert not planner.changes(planner.status_patch(running, current, 1), current)
+    assert planner.changes(planner.status_patch(running, current, 2), current)  # a new generation observed
+    done = planner.Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output={"path": "/p"})
+    assert planner.changes(planner.status_patch(done, current, 1), current)
