@@ -23,8 +23,10 @@ from kubetune_operator.constants import (
     REPORT_ENV,
     SCRATCH,
     SCRATCH_ENV,
+    SHARDS_STEP,
     SPEC_FILE,
     SPEC_MOUNT,
+    STEP_LABEL,
     TERMINATION_LOG,
     Settings,
 )
@@ -243,7 +245,10 @@ def job(
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
-    gpus = spec.resources.gpus or None  # 0, the field's default, leaves the operator's default in place
+    # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs.
+    gpus = spec.resources.gpus or None
+    if kind == DATASET_BUILD and gpus is None and spec.generation.tensor_parallel_size > 1:
+        gpus = spec.generation.tensor_parallel_size
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container_security, pod_security = _pod_security()
     container: dict[str, Any] = {
@@ -284,3 +289,25 @@ def job(
         "metadata": {"name": child_name(resource), "namespace": ns, "labels": job_labels},
         "spec": job_spec,
     }
+
+
+def shard_job_name(resource: Resource) -> str:
+    return _suffixed(resource.metadata.name, f"{_SUFFIX[resource.kind]}-{SHARDS_STEP}")
+
+
+def shard_job(resource: Resource, settings: Settings) -> dict[str, Any]:
+    """A DatasetBuild's ``generation.shards`` pods: an Indexed Job whose pod I computes the parts I, I+N, ... of
+    the LLM stages (``--shard index/N``), each with its own engine, at once. The merge, which finds those parts
+    done and finishes the build, is the resource's ordinary :func:`job`, created when this one completes. Each
+    pod may fail ``backoffLimit`` times on average (the limit counts the pods of all indexes)."""
+    shards = resource.spec.generation.shards
+    built = job(resource, settings)
+    built["metadata"]["name"] = shard_job_name(resource)
+    for meta in (built["metadata"], built["spec"]["template"]["metadata"]):
+        meta["labels"][STEP_LABEL] = SHARDS_STEP
+    built["spec"].update(
+        completionMode="Indexed", completions=shards, parallelism=shards, backoffLimit=settings.backoff_limit * shards
+    )
+    container = built["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = [*container["command"], "--shard", f"index/{shards}"]
+    return built

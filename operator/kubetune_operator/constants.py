@@ -14,6 +14,10 @@ COMPONENT = "app.kubernetes.io/component"  # datagen | trainer
 # Which resource a child belongs to: kubetune.dev/datasetbuild=NAME or kubetune.dev/finetunejob=NAME.
 OWNER_LABEL = {DATASET_BUILD: f"{GROUP}/datasetbuild", FINE_TUNE_JOB: f"{GROUP}/finetunejob"}
 COMPONENT_OF = {DATASET_BUILD: "datagen", FINE_TUNE_JOB: "trainer"}
+# Which step of a resource's work a Job does, when it takes more than one Job: "shards" (a DatasetBuild's Indexed
+# Job of generation.shards pods, before the merge: its ordinary Job, which has no step label).
+STEP_LABEL = f"{GROUP}/step"
+SHARDS_STEP = "shards"
 # The Kueue LocalQueue a Job waits in (a resource's spec.queueName); Kueue admits such a Job by unsuspending it.
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 

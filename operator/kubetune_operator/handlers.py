@@ -21,7 +21,7 @@ from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, 
 from kubetune.spec.resources import SpecError, parse_resource
 from kubetune.spec.status import TERMINAL_PHASES, Phase, now
 from kubetune_operator import builders, metrics, planner
-from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, Settings
+from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, STEP_LABEL, Settings
 
 SETTINGS = Settings()
 PLURAL = {kind: names[0] for kind, names in NAMES.items()}
@@ -113,6 +113,32 @@ def _api_message(exc: Exception) -> str:
         return " ".join(str(getattr(exc, "reason", None) or exc).split())
 
 
+def _create_children(
+    body: kopf.Body | dict[str, Any], decision: planner.Decision
+) -> tuple[planner.Decision, str | None]:
+    """Create the decision's children, owned by ``body``: the decision (a child the server refuses makes it the
+    resource's failure) and the name of the Job created."""
+    kind, meta = body["kind"], body["metadata"]
+    job_name = None
+    for child in decision.children:
+        kopf.adopt(child, owner=body)
+        try:
+            _create(child)
+        except (ApiException, pydantic.ValidationError) as exc:
+            if isinstance(exc, ApiException) and exc.status not in (400, 422):
+                raise  # the API is unwell: kopf retries
+            # The server (or the client's own schema check) refuses what the operator built from this spec and its
+            # settings (e.g. a default limit below a request): retrying cannot help, so it becomes the
+            # resource's status, not a retry loop.
+            return planner.child_refused(child, _api_message(exc)), None
+        log.info(
+            "%s %s/%s: created %s %s", kind, meta["namespace"], meta["name"], child["kind"], child["metadata"]["name"]
+        )
+        if child["kind"] == "Job":
+            job_name = child["metadata"]["name"]
+    return decision, job_name
+
+
 def _reconcile(
     body: kopf.Body, dependency: dict[str, Any] | None = None, start_from: dict[str, Any] | None = None
 ) -> None:
@@ -126,24 +152,7 @@ def _reconcile(
         decision = planner.invalid_spec(exc.errors)
     else:
         decision = planner.plan(resource, SETTINGS, dependency, start_from)
-    job_name = None
-    for child in decision.children:
-        kopf.adopt(child, owner=body)
-        try:
-            _create(child)
-        except (ApiException, pydantic.ValidationError) as exc:
-            if isinstance(exc, ApiException) and exc.status not in (400, 422):
-                raise  # the API is unwell: kopf retries
-            # The server (or the client's own schema check) refuses what the operator built from this spec and its
-            # settings (e.g. a default limit below a request): retrying cannot help, so it becomes the
-            # resource's status, not a retry loop.
-            decision = planner.child_refused(child, _api_message(exc))
-            break
-        log.info(
-            "%s %s/%s: created %s %s", kind, meta["namespace"], meta["name"], child["kind"], child["metadata"]["name"]
-        )
-        if child["kind"] == "Job":
-            job_name = child["metadata"]["name"]
+    decision, job_name = _create_children(body, decision)
     log.info(
         "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
     )
@@ -233,15 +242,22 @@ def job_status(
             current = client.CustomObjectsApi().get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL[kind], name
             )
+            current_job = (current.get("status") or {}).get("jobName")
+            if current_job and current_job != job_name:
+                return  # a step done with (the shards' Job, after the merge Job took over)
             suspend = bool((current.get("spec") or {}).get("suspend"))
             decision = planner.job_outcome(
                 kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL), suspend=suspend
             )
+            step = labels.get(STEP_LABEL)
             if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
                 decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
-            elif decision.phase == Phase.SUCCEEDED:
+            elif decision.phase == Phase.SUCCEEDED and step is None:
                 result = planner.result_of(job_name, _pods_of(namespace, job_name))
                 decision = planner.with_result(kind, decision, result, now())
+            if step is not None:
+                decision = planner.next_step(parse_resource(dict(current)), step, decision, SETTINGS)
+            decision, next_job = _create_children(current, decision)
             phase = (current.get("status") or {}).get("phase")
             if not planner.moves_forward(phase, decision.phase):
                 log.debug(
@@ -249,11 +265,13 @@ def job_status(
                 )
                 return
             patch = planner.status_patch(decision, current.get("status"), current["metadata"].get("generation"))
+            if next_job:
+                patch["status"]["jobName"] = next_job
             if not planner.changes(patch, current.get("status")):
                 return  # a Job event that changes nothing the status shows (e.g. its pod became ready)
             _patch_status_from(kind, namespace, name, phase, patch)
             metrics.RECONCILES.labels(kind, decision.reason).inc()
-            if phase != decision.phase:
+            if phase != decision.phase or next_job:  # a new phase, or the next step's Job
                 log.info("%s %s/%s: %s -> %s (%s) %s", kind, namespace, name, phase, decision.phase, decision.reason,
                          decision.message)  # fmt: skip
                 post = kopf.warn if decision.phase == Phase.FAILED else kopf.info

@@ -14,7 +14,7 @@ from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.resources import FieldError, Resource
 from kubetune.spec.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
 from kubetune_operator import builders, reporting
-from kubetune_operator.constants import Settings
+from kubetune_operator.constants import SHARDS_STEP, Settings
 
 
 @dataclass
@@ -71,14 +71,14 @@ def _wait_for(
     )
 
 
-def _started(resource: Resource, children: list[dict[str, Any]], work: str) -> Decision:
+def _started(resource: Resource, children: list[dict[str, Any]], work: str, reason: str = "JobCreated") -> Decision:
     """The Decision that creates a resource's children: Running, or Pending while Kueue holds its Job."""
     queue = resource.spec.queue_name
     if queue:
         return Decision(Phase.PENDING, "Queued", _queued_message(queue), children=children)
     if resource.spec.suspend:
         return Decision(Phase.SUSPENDED, "Suspended", SUSPENDED_MESSAGE, children=children)
-    return Decision(Phase.RUNNING, "JobCreated", work, children=children)
+    return Decision(Phase.RUNNING, reason, work, children=children)
 
 
 SUSPENDED_MESSAGE = "suspended (spec.suspend); set it to false to go on"
@@ -111,6 +111,10 @@ def plan(
     resources applied together by GitOps may arrive in any order.
     """
     if resource.kind == DATASET_BUILD:
+        shards = resource.spec.generation.shards
+        if shards > 1:
+            work = f"generating the dataset in {shards} shards"
+            return _started(resource, [builders.config_map(resource), builders.shard_job(resource, settings)], work)
         return _started(
             resource, [builders.config_map(resource), builders.job(resource, settings)], "generating the dataset"
         )
@@ -184,6 +188,23 @@ def job_outcome(
     if queue and "Suspended" not in every:  # created suspended; the controller has not said so yet
         return Decision(Phase.PENDING, "Queued", _queued_message(queue))
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
+
+
+def next_step(resource: Resource, step: str | None, outcome: Decision, settings: Settings) -> Decision:
+    """What a Job's outcome means when the Job is one step of several (its ``kubetune.dev/step`` label): the
+    shards' Indexed Job complete starts the merge Job (the resource stays Running); a shard's failure fails the
+    resource, saying so. A Job without a step is the last one: its outcome is the resource's."""
+    if step != SHARDS_STEP:
+        return outcome
+    shards = resource.spec.generation.shards
+    if outcome.phase == Phase.SUCCEEDED:
+        work = f"the {shards} shards are done; merging their parts and finishing the build"
+        return _started(resource, [builders.job(resource, settings)], work, reason="ShardsSucceeded")
+    if outcome.phase == Phase.FAILED:
+        return replace(outcome, message=f"a shard failed: {outcome.message}")
+    if outcome.reason == "JobRunning":
+        return replace(outcome, message=f"{shards} shards generating")
+    return outcome
 
 
 def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:

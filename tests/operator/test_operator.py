@@ -257,6 +257,42 @@ def test_a_failed_pod_says_why_in_the_resource_status(run_in_cluster, tmp_path, 
     run_in_cluster(scenario)
 
 
+def test_a_sharded_build_runs_its_shards_then_one_merge(run_in_cluster):
+    """generation.shards: an Indexed Job of one pod per shard, then, when it completes, the merge Job; the
+    resource stays Running across the two and ends with the merge."""
+
+    async def scenario(cluster: Cluster):
+        sharded = copy.deepcopy(DSB)
+        sharded["spec"]["generation"]["shards"] = 3
+        await cluster.apply(sharded)
+        shards = await _job_of(cluster, "docs-datagen-shards")
+        assert {k: shards["spec"][k] for k in ("completionMode", "completions", "parallelism")} == {
+            "completionMode": "Indexed",
+            "completions": 3,
+            "parallelism": 3,
+        }
+        await cluster.set_job_status(shards, {"active": 3})
+        await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("message") == "3 shards generating")
+        await cluster.finish_job(shards, succeeded=True)
+        merging = await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("jobName") == "docs-datagen")
+        assert merging["phase"] == "Running"
+        assert merging["message"] == "the 3 shards are done; merging their parts and finishing the build"
+        merge = await _job_of(cluster, "docs-datagen")
+        build = await cluster.get("DatasetBuild", "docs")
+        assert merge["metadata"]["ownerReferences"][0]["uid"] == build["metadata"]["uid"]
+        assert "--shard" not in merge["spec"]["template"]["spec"]["containers"][0]["command"]
+        # A late event of the shards' Job (done with) moves nothing.
+        await cluster.set_job_status(shards, {"ready": 0})
+        await cluster.finish_job(merge, succeeded=True)
+        done = await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=10)
+        assert done["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/docs"
+        reasons = await _event_reasons(cluster, "docs", until="JobSucceeded")
+        assert reasons == ["JobCreated", "JobSucceeded", "ShardsSucceeded"]
+
+    cluster = run_in_cluster(scenario)
+    assert "DatasetBuild default/docs: Running -> Running (ShardsSucceeded)" in cluster.log()
+
+
 def test_a_job_with_a_queue_waits_suspended_for_kueue(run_in_cluster):
     """spec.queueName: the Job is created suspended with Kueue's label, the resource stays Pending (Queued)
     while the Job controller says Suspended, and runs once Kueue has unsuspended the Job."""

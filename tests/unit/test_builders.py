@@ -122,6 +122,20 @@ def test_spec_scheduling_over_pod_defaults(case):
             id="datagen-gpus-over-the-default",
         ),
         pytest.param(
+            "DatasetBuild",
+            {"generation": {"model": "/models/m", "tensorParallelSize": 4}},
+            {"datagen": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}},
+            {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": "4"}},
+            id="datagen-gpus-as-many-as-the-engine-spans",
+        ),
+        pytest.param(
+            "DatasetBuild",
+            {"generation": {"model": "/models/m", "tensorParallelSize": 2}, "resources": {"gpus": 8}},
+            {},
+            {"requests": {"nvidia.com/gpu": "8"}, "limits": {"nvidia.com/gpu": "8"}},
+            id="datagen-gpus-the-spec-says-over-tensor-parallel",
+        ),
+        pytest.param(
             "FineTuneJob",
             {"resources": {"cpu": "8"}},
             POD_DEFAULTS,
@@ -143,3 +157,25 @@ def test_a_queued_job_is_labelled_for_kueue_and_created_suspended(kind, queue):
     assert job["spec"].get("suspend") is (True if queue else None)
     # Kueue reads the Job's label; the pods keep the operator's own labels only.
     assert QUEUE_LABEL not in job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_sharded_generation_is_an_indexed_job_of_one_pod_per_shard():
+    res = resource("DatasetBuild", generation={"model": "/models/m", "shards": 3}, queueName="team-a")
+    settings = Settings(storage_root="/data", pod_defaults=POD_DEFAULTS)
+    shards, merge = builders.shard_job(res, settings), builders.job(res, settings)
+    assert shards["metadata"]["name"] == "docs-datagen-shards" and merge["metadata"]["name"] == "docs-datagen"
+    assert {k: shards["spec"][k] for k in ("completionMode", "completions", "parallelism")} == {
+        "completionMode": "Indexed",
+        "completions": 3,
+        "parallelism": 3,
+    }
+    assert shards["spec"]["backoffLimit"] == 3 * settings.backoff_limit  # the limit counts every index's pods
+    # Each pod computes the parts of its index ($JOB_COMPLETION_INDEX); the merge runs the same command unsharded.
+    shard_command = shards["spec"]["template"]["spec"]["containers"][0]["command"]
+    merge_command = merge["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert shard_command == [*merge_command, "--shard", "index/3"]
+    assert shards["metadata"]["labels"]["kubetune.dev/step"] == "shards"
+    assert "kubetune.dev/step" not in merge["metadata"]["labels"]
+    # Queued and placed as the resource's one Job would be.
+    assert shards["spec"]["suspend"] is True and shards["metadata"]["labels"][QUEUE_LABEL] == "team-a"
+    assert shards["spec"]["template"]["spec"]["nodeSelector"] == merge["spec"]["template"]["spec"]["nodeSelector"]

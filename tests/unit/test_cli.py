@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,29 @@ def test_run_leaves_a_suspended_resource_and_what_follows_it(tmp_path):
     assert "Suspended" in result.output and "spec.suspend is true" in result.output
     assert "FineTuneJob/tune" not in result.output.split("kubetune run:")[-1]  # not run, not in the table
     assert not (tmp_path / "work" / "datasets").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        pytest.param("1/4", None, (1, 4), id="explicit"),
+        pytest.param("index/4", "3", (3, 4), id="the-indexed-job-pod-index"),
+        pytest.param("index/4", None, "needs $JOB_COMPLETION_INDEX", id="index-without-the-env"),
+        pytest.param("index/4", "4", "0 <= I < N", id="index-out-of-range"),
+        pytest.param("4/4", None, "0 <= I < N", id="explicit-out-of-range"),
+    ],
+)
+def test_datagen_shard_argument(monkeypatch, value, env, expected):
+    import argparse
+
+    from kubetune.datagen.__main__ import shard_arg
+
+    if env is None:
+        monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    else:
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", env)
+    if isinstance(expected, tuple):
+        assert shard_arg(value) == expected
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(expected)):
+            shard_arg(value)

@@ -125,6 +125,18 @@ CASES = {
     "cpu-as-number": (_set(FTJ, "spec.resources.cpu", 4), False, "cpu"),
     "max-steps-below-minus-one": (_set(FTJ, "spec.training.maxSteps", -2), False, "maxSteps"),
     "datagen-gpus": (_set(DSB, "spec.resources", {"gpus": 1, "memory": "24Gi"}), True, None),
+    "gpus-below-tensor-parallel": (
+        lambda docs: (
+            DSB,
+            with_field(_set(DSB, "spec.resources", {"gpus": 1})(docs)[1], "spec.generation.tensorParallelSize", 2),
+        ),
+        False,
+        "resources.gpus must be at least generation.tensorParallelSize",
+    ),
+    "tensor-parallel-gpus-unset": (_set(DSB, "spec.generation.tensorParallelSize", 4), True, None),
+    "dtype-float16": (_set(DSB, "spec.generation.dtype", "float16"), True, None),
+    "dtype-unknown": (_set(DSB, "spec.generation.dtype", "fp8"), False, "dtype"),
+    "shards-65": (_set(DSB, "spec.generation.shards", 65), False, "shards"),
     "toleration-ok": (_set(FTJ, "spec.tolerations", [{"key": "gpu", "operator": "Exists"}]), True, None),
     "toleration-exists-with-value": (
         _set(FTJ, "spec.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}]),

@@ -644,3 +644,52 @@ def test_a_decision_written_again_changes_nothing():
     assert planner.changes(planner.status_patch(running, current, 2), current)  # a new generation observed
     done = planner.Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output={"path": "/p"})
     assert planner.changes(planner.status_patch(done, current, 1), current)
+
+
+SHARDED = load_resources("""
+apiVersion: kubetune.dev/v1alpha1
+kind: DatasetBuild
+metadata: {name: docs, namespace: team}
+spec:
+  source: {paths: [corpus]}
+  generation: {model: /models/m, shards: 4}
+""")[0]
+
+
+def test_a_sharded_build_starts_with_its_shards_job():
+    decision = planner.plan(SHARDED, SETTINGS)
+    _, job = decision.children
+    assert job["metadata"]["name"] == "docs-datagen-shards" and job["spec"]["completions"] == 4
+    assert (decision.phase, decision.message) == (Phase.RUNNING, "generating the dataset in 4 shards")
+
+
+SUCCEEDED = planner.Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output={"path": "/data/datasets/team/docs"})
+
+
+@pytest.mark.parametrize(
+    ("step", "outcome", "phase", "reason", "message", "next_job"),
+    [
+        pytest.param(
+            "shards", SUCCEEDED, Phase.RUNNING, "ShardsSucceeded",
+            "the 4 shards are done; merging their parts and finishing the build", "docs-datagen",
+            id="shards-done-start-the-merge",
+        ),
+        pytest.param(
+            "shards", planner.Decision(Phase.FAILED, "BackoffLimitExceeded", "limit: x", permanent=True),
+            Phase.FAILED, "BackoffLimitExceeded", "a shard failed: limit: x", None,
+            id="a-shard-failed-fails-the-build",
+        ),
+        pytest.param(
+            "shards", planner.Decision(Phase.RUNNING, "JobRunning", "the pod is running"), Phase.RUNNING,
+            "JobRunning", "4 shards generating", None, id="shards-running",
+        ),
+        pytest.param(None, SUCCEEDED, Phase.SUCCEEDED, "JobSucceeded", "done", None, id="the-merge-ends-the-build"),
+    ],
+)  # fmt: skip
+def test_next_step(step, outcome, phase, reason, message, next_job):
+    decision = planner.next_step(SHARDED, step, outcome, SETTINGS)
+    assert (decision.phase, decision.reason, decision.message) == (phase, reason, message)
+    jobs = [c["metadata"]["name"] for c in decision.children if c["kind"] == "Job"]
+    assert jobs == ([next_job] if next_job else [])
+    if next_job:  # the merge: the ordinary Job, unsharded
+        assert "--shard" not in decision.children[0]["spec"]["template"]["spec"]["containers"][0]["command"]

@@ -1,4 +1,4 @@
-"""``python -m kubetune.datagen --spec SPEC.json --output DIR [--shard I/N]``: build one dataset.
+"""``python -m kubetune.datagen --spec SPEC.json --output DIR [--shard I/N | --shard index/N]``: build one dataset.
 
 ``--plan`` (no ``--output``) runs the stages before generation in memory and prints the plan as JSON: what
 ``kubetune plan`` shows for a DatasetBuild.
@@ -22,11 +22,19 @@ from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
 from kubetune.spec import DATASET_BUILD, SpecError, parse_spec
 
+INDEX_ENV = "JOB_COMPLETION_INDEX"  # what the Job controller sets in each pod of an Indexed Job
+
 
 def shard_arg(value: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    """``I/N``, or ``index/N``: I is then this pod's index in its Indexed Job (``$JOB_COMPLETION_INDEX``)."""
+    match = re.fullmatch(r"(\d+|index)/(\d+)", value)
+    if match and match[1] == "index":
+        if not os.environ.get(INDEX_ENV, "").isdigit():
+            raise argparse.ArgumentTypeError(f"--shard index/N needs ${INDEX_ENV} (an Indexed Job's pod sets it)")
+        value = f"{os.environ[INDEX_ENV]}/{match[2]}"
+        match = re.fullmatch(r"(\d+)/(\d+)", value)
     if not match or not 0 <= int(match[1]) < int(match[2]):
-        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, e.g. 0/4; got {value!r}")
+        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, e.g. 0/4, or index/N; got {value!r}")
     return int(match[1]), int(match[2])
 
 
@@ -40,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "--shard",
         type=shard_arg,
         default=None,
-        help="I/N: compute only this shard's parts of the LLM stages (an Indexed Job's index); a run without "
-        "--shard then merges them and finishes the build",
+        help="I/N: compute only this shard's parts of the LLM stages (index/N: I is $JOB_COMPLETION_INDEX, an "
+        "Indexed Job's pod); a run without --shard then merges them and finishes the build",
     )
     args = parser.parse_args(argv)
     if args.output is None and not args.plan:

@@ -23,7 +23,7 @@ class VllmEngine:
 
         self.spec = spec
         on_gpu = torch.cuda.is_available()
-        options: dict = {"tensor_parallel_size": spec.tensor_parallel_size} if on_gpu else {}
+        options: dict = {"tensor_parallel_size": spec.tensor_parallel_size, "dtype": spec.dtype} if on_gpu else {}
         if not on_gpu:
             # Measured on 2 cores (bench/README.md): float32 without graph compilation decodes faster than
             # bfloat16 compiled, and starts in under a minute instead of three.

@@ -120,7 +120,28 @@ class GenerationSpec(SpecModel):
         le=1.0,
         description="vLLM's memory share; on CPU the share of host RAM. Default: 0.9 on GPU, 0.3 on CPU.",
     )
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one vLLM engine spans.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="GPUs one vLLM engine spans (tensor parallelism). In a cluster the pod asks for this many GPUs "
+        "unless resources.gpus says otherwise.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="vLLM's weight and activation dtype on a GPU. auto: the model's own (bfloat16 where the model "
+        "says float32 and the GPU has it, as vLLM decides). On a CPU vLLM runs float32 whatever this says (measured "
+        "faster there, bench/README.md).",
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="In a cluster, pods that share the LLM stages' parts, each with its own engine (an Indexed Job "
+        "of this many pods), before one pod merges them and runs the rest of the build. The samples do not depend "
+        "on the count (a request's seed comes from what it asks, not from which pod asks it), up to the numerics "
+        "of batching. kubetune run builds in one process whatever this says.",
+    )
     malformed_retries: int = Field(
         1, ge=0, le=10, description="An answer that is not valid JSON of the schema is asked again this many times."
     )
@@ -289,5 +310,11 @@ class DatasetBuildSpec(SchedulingSpec):
             "self.type != 'preference' || self.preference.method != 'judged' || self.curation.judge.enabled",
             "preference.method judged needs curation.judge.enabled: true (the judge ranks the answers)",
             lambda s: s.type != "preference" or s.preference.method != "judged" or s.curation.judge.enabled,
+        ),
+        CelRule(
+            "self.resources.gpus == 0 || self.resources.gpus >= self.generation.tensorParallelSize",
+            "resources.gpus must be at least generation.tensorParallelSize (one engine spans that many GPUs), or 0 "
+            "for as many as it spans",
+            lambda s: s.resources.gpus == 0 or s.resources.gpus >= s.generation.tensor_parallel_size,
         ),
     )
