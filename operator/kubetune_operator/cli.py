@@ -123,6 +123,11 @@ def operator(
     leader_election_namespace: str = typer.Option(
         "", help="Namespace of that Lease. Default: $POD_NAMESPACE (the chart sets it to the release's)."
     ),
+    readiness: str | None = typer.Option(
+        None,
+        help="Serve a readiness probe at this URL, e.g. http://0.0.0.0:8081/readyz: 200 once this replica leads "
+        "(or waits as a standby) and reaches the API server, 503 before or when it cannot.",
+    ),
     metrics: str | None = typer.Option(
         None, help="Serve Prometheus metrics at this HOST:PORT (path /metrics), e.g. 0.0.0.0:9090."
     ),
@@ -148,14 +153,17 @@ def operator(
         from kubetune_operator import metrics as served
 
         served.serve(metrics)
-    if leader_election:
-        _lead(leader_election_namespace or os.environ.get("POD_NAMESPACE", ""), liveness)
-    kopf.run(
-        clusterwide=not namespace,
-        namespaces=namespace,
-        standalone=True,
-        liveness_endpoint=liveness,
-    )
+    from kubetune_operator import health
+
+    with health.serving(readiness, health.READINESS.answer):
+        if leader_election:
+            _lead(leader_election_namespace or os.environ.get("POD_NAMESPACE", ""), liveness)
+        kopf.run(
+            clusterwide=not namespace,
+            namespaces=namespace,
+            standalone=True,
+            liveness_endpoint=liveness,
+        )
 
 
 def _lead(namespace: str, liveness: str | None) -> None:
@@ -163,7 +171,7 @@ def _lead(namespace: str, liveness: str | None) -> None:
     then keep renewing it in a thread."""
     from kubernetes import config
 
-    from kubetune_operator import leader
+    from kubetune_operator import health, leader
 
     if not NAME_RULE.holds(namespace):
         err_console.print(
@@ -176,6 +184,7 @@ def _lead(namespace: str, liveness: str | None) -> None:
     except config.ConfigException:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     election = leader.LeaderElection(namespace, leader.identity())
+    health.READINESS.elected, health.READINESS.lease_seconds = True, election.duration
     with leader.standby_probe(liveness):
         election.acquire()
     election.keep()

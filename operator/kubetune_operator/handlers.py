@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
 from kubetune.spec.resources import SpecError, parse_resource
 from kubetune.spec.status import TERMINAL_PHASES, Phase, now
-from kubetune_operator import builders, metrics, planner
+from kubetune_operator import builders, health, metrics, planner
 from kubetune_operator.constants import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, STEP_LABEL, Settings
 
 SETTINGS = Settings()
@@ -41,6 +41,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The handlers are synchronous and wait on the API, not the CPU: more threads than kopf's default (the CPU
     # count + 4), so that a thousand resources starting at once do not queue behind each other's requests.
     settings.execution.max_workers = SETTINGS.workers
+    health.READINESS.contact("leading" if health.READINESS.elected else "running")
     try:
         config.load_incluster_config()
     except config.ConfigException:

@@ -9,8 +9,6 @@ renew time as read), so two replicas that read the same expired Lease cannot bot
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import logging
 import os
@@ -18,12 +16,13 @@ import signal
 import socket
 import threading
 import time
-import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from kubetune_operator import health
 
 log = logging.getLogger("kubetune.operator.leader")
 
@@ -101,13 +100,16 @@ class LeaderElection:
             return True
         current = json.loads(raw.data).get("spec") or {}
         if current.get("holderIdentity") != self.holder and not expired(current, now):
+            health.READINESS.contact("standby")
             return False
         taken_over = current.get("holderIdentity") != self.holder
         spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + taken_over
         # Only if nobody wrote it since it was read: the holder and the renew time as read.
         tests = [{"op": "test", "path": f"/spec/{key}", "value": current[key]}
                  for key in ("holderIdentity", "renewTime") if key in current]  # fmt: skip
-        return self._patch([*tests, {"op": "add", "path": "/spec", "value": {**current, **spec}}])
+        taken = self._patch([*tests, {"op": "add", "path": "/spec", "value": {**current, **spec}}])
+        health.READINESS.contact()
+        return taken
 
     def acquire(self) -> None:
         """Block until this replica holds the Lease."""
@@ -137,6 +139,7 @@ class LeaderElection:
                 try:
                     if self.renew():
                         renewed = time.monotonic()
+                        health.READINESS.contact()
                         continue
                     log.error("lost the Lease %s/%s to another replica; stopping", self.namespace, LEASE_NAME)
                 except Exception as exc:  # the API unreachable: keep trying until the Lease would have expired
@@ -155,28 +158,6 @@ class LeaderElection:
         self._stop.set()
 
 
-@contextlib.contextmanager
 def standby_probe(url: str | None):
     """Answer 200 at the liveness URL's port while this replica waits for the Lease (kopf serves it once leading)."""
-    if not url:
-        yield
-        return
-    parsed = urllib.parse.urlsplit(url)
-
-    class Alive(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"standby")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 80), Alive)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
+    return health.serving(url, lambda: (200, "standby"))

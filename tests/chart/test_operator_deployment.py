@@ -51,6 +51,7 @@ def test_command_line_and_liveness_probe() -> None:
     assert c["command"] == ["kubetune", "operator"]
     assert c["args"] == [
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--readiness=http://0.0.0.0:8081/readyz",
         "--log-format=plain",
         "--leader-election",
         "--metrics=0.0.0.0:9090",
@@ -62,12 +63,15 @@ def test_command_line_and_liveness_probe() -> None:
     assert pod_namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
+    assert {"name": "ready", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
 
 
 def test_watch_namespaces_become_namespace_flags() -> None:
     c = operator_container(rendered("everything"))
     assert c["args"] == [
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--readiness=http://0.0.0.0:8081/readyz",
         "--log-format=json",
         "--leader-election",
         "--metrics=0.0.0.0:9090",

@@ -8,6 +8,7 @@ offline vLLM backend is what the quickstart test runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from tests.operator.cluster import Cluster, chart_operator, kubelet_running
 
 pytestmark = pytest.mark.slow
 
@@ -131,50 +134,49 @@ def test_the_preference_example(tmp_path, root, vllm_server):
     assert_no_secret(vllm_server.api_key, proc, tmp_path / "work")
 
 
-def test_a_killed_build_resumes_to_the_same_digest(tmp_path, root, vllm_server):
-    """``python -m kubetune.datagen`` (the pod's command) killed once its first part is written, started again:
-    it asks only for what is missing and ends with the digest of a build that was never interrupted."""
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name in ("02-lora-and-qlora.md", "04-preference-tuning.md"):
-        (docs / name).write_text((root / "examples" / "data" / name).read_text())
-    spec = {
-        "source": {"paths": [str(docs)]},
+SMALL_SOURCE = ["examples/data/02-lora-and-qlora.md", "examples/data/04-preference-tuning.md"]  # from the root
+
+
+def small_spec(root: Path, server, **generation) -> dict:
+    """Two documents, one request per part: a build of a few parts, quick enough to run several times."""
+    endpoint = {"url": server.base_url, "model": server.model, "apiKeyEnv": KEY_ENV, "concurrency": 1}
+    return {
+        "source": {"paths": SMALL_SOURCE},
         "chunking": {"minChars": 600, "maxChars": 1200},
         "generation": {
             "model": str(root / "models" / "SmolLM2-135M-Instruct"),
             "backend": "endpoint",
-            "endpoint": {
-                "url": vllm_server.base_url,
-                "model": vllm_server.model,
-                "apiKeyEnv": KEY_ENV,
-                "concurrency": 1,
-            },
+            "endpoint": endpoint,
             "pairsPerChunk": 2,
             "maxTokens": 256,
             "batchSize": 1,
+            **generation,
         },
     }
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, KEY_ENV: vllm_server.api_key}
 
-    def datagen(output: Path) -> subprocess.Popen:
-        command = [
-            sys.executable,
-            "-m",
-            "kubetune.datagen",
-            "--spec",
-            str(tmp_path / "spec.json"),
-            "--output",
-            str(output),
-        ]
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    whole = datagen(tmp_path / "whole")
+def datagen(root: Path, spec_file: Path, output: Path, server) -> subprocess.Popen:
+    """The pod's command, ``python -m kubetune.datagen``, run here."""
+    command = [sys.executable, "-m", "kubetune.datagen", "--spec", str(spec_file), "--output", str(output)]
+    env = {**os.environ, KEY_ENV: server.api_key}
+    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def small_build(root, vllm_server, tmp_path_factory) -> dict:
+    """The manifest of the small build, run once without interruption, in one process."""
+    folder = tmp_path_factory.mktemp("whole")
+    (folder / "spec.json").write_text(json.dumps(small_spec(root, vllm_server)))
+    whole = datagen(root, folder / "spec.json", folder / "out", vllm_server)
     assert whole.wait(timeout=600) == 0, whole.stdout.read()
-    expected = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    return json.loads((folder / "out" / "manifest.json").read_text())
 
-    killed = datagen(tmp_path / "out")
+
+def test_a_killed_build_resumes_to_the_same_digest(tmp_path, root, vllm_server, small_build):
+    """``python -m kubetune.datagen`` (the pod's command) killed once its first part is written, started again:
+    it asks only for what is missing and ends with the digest of a build that was never interrupted."""
+    (tmp_path / "spec.json").write_text(json.dumps(small_spec(root, vllm_server)))
+    killed = datagen(root, tmp_path / "spec.json", tmp_path / "out", vllm_server)
     parts = tmp_path / "out" / "stages" / "generate"
     deadline = time.monotonic() + 600
     while not list(parts.glob("*.done.json")):
@@ -184,12 +186,49 @@ def test_a_killed_build_resumes_to_the_same_digest(tmp_path, root, vllm_server):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     done_before = len(list(parts.glob("*.done.json")))
-    n_parts = next(s["input"] for s in expected["stages"] if s["name"] == "generate")
+    n_parts = next(s["input"] for s in small_build["stages"] if s["name"] == "generate")
     assert 1 <= done_before < n_parts, "killed during generation"
 
-    resumed = datagen(tmp_path / "out")
+    resumed = datagen(root, tmp_path / "spec.json", tmp_path / "out", vllm_server)
     log = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, log
     assert f"{done_before} of {n_parts} parts kept from an earlier run" in log
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["digest"] == expected["digest"]
+    assert manifest["digest"] == small_build["digest"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test kubelet bind-mounts volumes, which needs root")
+def test_a_sharded_build_through_the_operator_makes_the_same_dataset(tmp_path, root, vllm_server, small_build,
+                                                                     monkeypatch):  # fmt: skip
+    """``generation.shards: 2`` applied to the operator (as the chart runs it): two pods of an Indexed Job share
+    the generation parts, a merge pod finishes the build, and the dataset is the one a single process made."""
+    monkeypatch.setenv(KEY_ENV, vllm_server.api_key)  # the pods' environment (in a cluster: a Secret's env var)
+    settings, _ = chart_operator()
+    build = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "DatasetBuild",
+        "metadata": {"name": "sharded"},
+        "spec": small_spec(root, vllm_server, shards=2),
+    }
+
+    async def scenario():
+        async with (
+            Cluster(tmp_path, **settings) as cluster,
+            kubelet_running(cluster, cwd=root, storage=tmp_path / "storage") as kubelet,
+        ):
+            await cluster.apply(build)
+            done = await cluster.wait_for("DatasetBuild", "sharded", {"Succeeded", "Failed"}, timeout=900)
+            logs = {name: path.read_text() for name, path in kubelet.logs.items()}
+            assert done["status"]["phase"] == "Succeeded", "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
+            return done, logs, sorted(e["reason"] for e in await cluster.events("sharded"))
+
+    done, logs, reasons = asyncio.run(scenario())
+    assert done["status"]["output"]["digest"] == small_build["digest"]
+    assert sorted(logs) == ["sharded-datagen", "sharded-datagen-shards-0", "sharded-datagen-shards-1"]
+    n_parts = next(s["input"] for s in small_build["stages"] if s["name"] == "generate")
+    for index in (0, 1):  # each pod wrote its own parts (index, index + 2, ...), and only those
+        others = n_parts - len(range(index, n_parts, 2))
+        shard_log = logs[f"sharded-datagen-shards-{index}"]
+        assert f"generate: shard {index}/2 done; {others} parts are other shards'" in shard_log
+    assert f"generate: {n_parts} of {n_parts} parts kept from an earlier run" in logs["sharded-datagen"]
+    assert reasons == ["JobCreated", "JobSucceeded", "ShardsSucceeded"]

@@ -253,12 +253,15 @@ class Cluster:
                 },
             )
 
-    async def add_pod(self, job: dict[str, Any]) -> dict[str, Any]:
-        """A pod of ``job``, as the Job controller creates it (labelled job-name=JOB, the Job's template)."""
+    async def add_pod(self, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        """A pod of ``job``, as the Job controller creates it (labelled job-name=JOB, the Job's template; an
+        Indexed Job's pod labelled with its ``index`` too)."""
         meta = job["metadata"]
         template = job["spec"]["template"]
         labels = {**(template.get("metadata", {}).get("labels") or {}), "job-name": meta["name"],
                   "batch.kubernetes.io/job-name": meta["name"]}  # fmt: skip
+        if index is not None:
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -360,6 +363,16 @@ class TestKubelet:
         return folders
 
     async def _run_job(self, job: dict[str, Any]) -> None:
+        """The Job's pods, as its controller and the kubelet would run them: one, or an Indexed Job's
+        ``completions`` at once (``JOB_COMPLETION_INDEX`` set in each), then the Job's end."""
+        spec = job["spec"]
+        indexes = range(spec.get("completions") or 1) if spec.get("completionMode") == "Indexed" else [None]
+        await self.cluster.set_job_status(job, {"active": len(indexes), "startTime": "2026-01-01T00:00:00Z"})
+        codes = await asyncio.gather(*(self._run_pod(job, index) for index in indexes))
+        failed = next((rc for rc in codes if rc), 0)
+        await self.cluster.finish_job(job, succeeded=not failed, message=f"the container exited with {failed}")
+
+    async def _run_pod(self, job: dict[str, Any], index: int | None) -> int:
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
         folders = await self._volumes(job)
@@ -389,15 +402,17 @@ class TestKubelet:
         # The container's terminationMessagePath, as a file of ours (the kubelet mounts one there in a real pod;
         # the pod builder tells the process where it is through $KUBETUNE_TERMINATION_LOG). The file is opened
         # as fd 3 before the mounts, which may hide its folder (an emptyDir on /tmp), and named by that fd.
-        termination = self.cluster.workdir / f"{job['metadata']['name']}.termination-log"
+        pod_name = job["metadata"]["name"] + ("" if index is None else f"-{index}")
+        termination = self.cluster.workdir / f"{pod_name}.termination-log"
         termination.write_text("")
         if "KUBETUNE_TERMINATION_LOG" in env:
             assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"]
             env["KUBETUNE_TERMINATION_LOG"] = "/proc/self/fd/3"
-        log = self.cluster.workdir / f"{job['metadata']['name']}.log"
-        self.logs[job["metadata"]["name"]] = log
-        pod = await self.cluster.add_pod(job)
-        await self.cluster.set_job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(index)
+        log = self.cluster.workdir / f"{pod_name}.log"
+        self.logs[pod_name] = log
+        pod = await self.cluster.add_pod(job, index)
         log.write_bytes(b"")
         await self.cluster.start_pod(pod, log)
         opened = f"exec 3<>{shlex.quote(str(termination))}"
@@ -413,7 +428,7 @@ class TestKubelet:
         if not message and rc:
             message = log.read_bytes()[-2048:].decode(errors="replace")
         await self.cluster.end_pod(pod, rc, message)
-        await self.cluster.finish_job(job, succeeded=rc == 0, message=f"the container exited with {rc}")
+        return rc
 
 
 def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
@@ -427,6 +442,7 @@ def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     port = free_port()
     args = [a.replace(":8080/", f":{port}/") if a.startswith("--liveness=") else a for a in container["args"]]
+    args = [a.replace(":8081/", f":{free_port()}/") if a.startswith("--readiness=") else a for a in args]
     args = [f"--metrics=127.0.0.1:{free_port()}" if a.startswith("--metrics=") else a for a in args]
     env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
     env["KUBETUNE_PROGRESS_SECONDS"] = "1"  # not the chart's 30: tests wait for progress

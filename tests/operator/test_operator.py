@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import os
+import urllib.error
 import urllib.request
 
 import pytest
@@ -271,6 +272,8 @@ def test_a_sharded_build_runs_its_shards_then_one_merge(run_in_cluster):
             "completions": 3,
             "parallelism": 3,
         }
+        # The Job controller's first word comes after the operator recorded the Job (as in a cluster: pods first).
+        await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("jobName") == "docs-datagen-shards")
         await cluster.set_job_status(shards, {"active": 3})
         await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("message") == "3 shards generating")
         await cluster.finish_job(shards, succeeded=True)
@@ -415,11 +418,23 @@ def test_two_replicas_one_leader(tmp_path):
     the standby answers its liveness probe meanwhile, and takes over once the leader dies (SIGKILL: no release)."""
     from tests.operator.cluster import free_port
 
+    first, second = free_port(), free_port()
+    ready = {port: free_port() for port in (first, second)}
+
     def args(port: int) -> list[str]:
         return ["operator", "--leader-election", "--leader-election-namespace", "kubetune",
-                f"--liveness=http://127.0.0.1:{port}/healthz"]  # fmt: skip
+                f"--liveness=http://127.0.0.1:{port}/healthz",
+                f"--readiness=http://127.0.0.1:{ready[port]}/readyz"]  # fmt: skip
 
-    first, second = free_port(), free_port()
+    async def readiness(port: int) -> tuple[int, str]:
+        def get() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ready[port]}/readyz", timeout=5) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        return await asyncio.to_thread(get)
 
     async def lease(cluster: Cluster) -> dict:
         from kubernetes import client
@@ -455,6 +470,9 @@ def test_two_replicas_one_leader(tmp_path):
             assert (await lease(cluster))["holderIdentity"] == held["holderIdentity"]
             probe = await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{second}/healthz", timeout=5)
             assert probe.status == 200
+            # Both ready: the leader acts, the standby reaches the API server and can take over.
+            assert await readiness(first) == (200, "leading")
+            assert await readiness(second) == (200, "standby")
 
             cluster.operator.kill()  # no chance to hand over: the Lease must expire
             await cluster.operator.wait()
@@ -465,5 +483,6 @@ def test_two_replicas_one_leader(tmp_path):
             # Each Job created by the replica leading then: docs-datagen by the first, docs-2-datagen by the second.
             creators = [r.user for r in cluster.api.audit if r.verb == "create" and r.resource == "jobs"]
             assert creators == ["operator", "operator-2"]
+            assert await readiness(second) == (200, "leading")
 
     asyncio.run(asyncio.wait_for(main(), timeout=90))
