@@ -24,6 +24,7 @@ from kubetune_operator.constants import (
     SCRATCH,
     SCRATCH_ENV,
     SHARDS_STEP,
+    SIZING_STEP,
     SPEC_FILE,
     SPEC_MOUNT,
     STEP_LABEL,
@@ -213,14 +214,19 @@ def cleanup_job(kind: str, namespace: str, name: str, settings: Settings) -> dic
 
 
 def job(
-    resource: Resource, settings: Settings, dataset: str | None = None, start_from: str | None = None
+    resource: Resource,
+    settings: Settings,
+    dataset: str | None = None,
+    start_from: str | None = None,
+    gpus: int | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs the resource's service entrypoint on the shared volume.
 
     Its pod passes Pod Security "restricted": non-root, no privilege escalation, every capability dropped,
     seccomp RuntimeDefault, a read-only root filesystem with /tmp as scratch space, and no API token (the
     pods never call the API), whichever ServiceAccount they run as. With ``spec.queueName`` the Job is created
-    suspended and labelled for Kueue; with ``spec.suspend`` it is created suspended.
+    suspended and labelled for Kueue; with ``spec.suspend`` it is created suspended. ``gpus`` (a count; 0: none)
+    replaces what the spec and the operator's defaults ask for.
     """
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     component = COMPONENT_OF[kind]
@@ -245,10 +251,13 @@ def job(
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
-    # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs.
-    gpus = spec.resources.gpus or None
-    if kind == DATASET_BUILD and gpus is None and spec.generation.tensor_parallel_size > 1:
-        gpus = spec.generation.tensor_parallel_size
+    # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs; a
+    # DatasetBuild's auto is as many as the engine spans, a FineTuneJob's what its sizing step planned (``gpus``).
+    count = spec.resources.count()
+    if gpus is None:
+        gpus = count or None
+        if kind == DATASET_BUILD and (count is None or (count == 0 and spec.generation.tensor_parallel_size > 1)):
+            gpus = spec.generation.tensor_parallel_size
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container_security, pod_security = _pod_security()
     container: dict[str, Any] = {
@@ -291,8 +300,19 @@ def job(
     }
 
 
-def shard_job_name(resource: Resource) -> str:
-    return _suffixed(resource.metadata.name, f"{_SUFFIX[resource.kind]}-{SHARDS_STEP}")
+def step_job_name(resource: Resource, step: str) -> str:
+    return _suffixed(resource.metadata.name, f"{_SUFFIX[resource.kind]}-{step}")
+
+
+def _step(built: dict[str, Any], resource: Resource, step: str, *arguments: str) -> dict[str, Any]:
+    """``built`` (a :func:`job`) as the Job of one step before the resource's last: named and labelled for the
+    step, its command given ``arguments``."""
+    built["metadata"]["name"] = step_job_name(resource, step)
+    for meta in (built["metadata"], built["spec"]["template"]["metadata"]):
+        meta["labels"][STEP_LABEL] = step
+    container = built["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = [*container["command"], *arguments]
+    return built
 
 
 def shard_job(resource: Resource, settings: Settings) -> dict[str, Any]:
@@ -301,13 +321,17 @@ def shard_job(resource: Resource, settings: Settings) -> dict[str, Any]:
     done and finishes the build, is the resource's ordinary :func:`job`, created when this one completes. Each
     pod may fail ``backoffLimit`` times on average (the limit counts the pods of all indexes)."""
     shards = resource.spec.generation.shards
-    built = job(resource, settings)
-    built["metadata"]["name"] = shard_job_name(resource)
-    for meta in (built["metadata"], built["spec"]["template"]["metadata"]):
-        meta["labels"][STEP_LABEL] = SHARDS_STEP
+    built = _step(job(resource, settings), resource, SHARDS_STEP, "--shard", f"index/{shards}")
     built["spec"].update(
         completionMode="Indexed", completions=shards, parallelism=shards, backoffLimit=settings.backoff_limit * shards
     )
-    container = built["spec"]["template"]["spec"]["containers"][0]
-    container["command"] = [*container["command"], "--shard", f"index/{shards}"]
     return built
+
+
+def sizing_job(
+    resource: Resource, settings: Settings, dataset: str | None = None, start_from: str | None = None
+) -> dict[str, Any]:
+    """A FineTuneJob's ``resources.gpus: auto``: the trainer's memory planner, on a CPU (no GPU asked for, the
+    default's dropped), reads the base model's config.json from where the training pod will and reports the GPU
+    count for ``resources.gpuType`` as its result; the training Job is created with it."""
+    return _step(job(resource, settings, dataset, start_from, gpus=0), resource, SIZING_STEP, "--size-gpus")

@@ -242,7 +242,8 @@ def plan(
         None,
         "--gpu",
         help="GPU type to fit: H100-80GB, H200-141GB, A100-40GB, A100-80GB, L40S-48GB, L4-24GB, A10G-24GB, T4-16GB, "
-        "or cpu. Default: cpu when spec.resources.gpus is 0, else a GPU of no named type (no fit check).",
+        "or cpu. Default: cpu when spec.resources.gpus is 0, else spec.resources.gpuType, else a GPU of no named type "
+        "(no fit check).",
     ),
 ) -> None:
     """Before anything runs: a FineTuneJob's peak memory per GPU (or on the CPU) from its base model's config.json

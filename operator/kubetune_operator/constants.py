@@ -15,9 +15,11 @@ COMPONENT = "app.kubernetes.io/component"  # datagen | trainer
 OWNER_LABEL = {DATASET_BUILD: f"{GROUP}/datasetbuild", FINE_TUNE_JOB: f"{GROUP}/finetunejob"}
 COMPONENT_OF = {DATASET_BUILD: "datagen", FINE_TUNE_JOB: "trainer"}
 # Which step of a resource's work a Job does, when it takes more than one Job: "shards" (a DatasetBuild's Indexed
-# Job of generation.shards pods, before the merge: its ordinary Job, which has no step label).
+# Job of generation.shards pods, before the merge), "sizing" (a FineTuneJob's GPU count planned, for gpus: auto).
+# The last Job, the resource's ordinary one, has no step label.
 STEP_LABEL = f"{GROUP}/step"
 SHARDS_STEP = "shards"
+SIZING_STEP = "sizing"
 # The Kueue LocalQueue a Job waits in (a resource's spec.queueName); Kueue admits such a Job by unsuspending it.
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 

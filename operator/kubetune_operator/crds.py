@@ -53,6 +53,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return _structural(merged, defs)
     node = dict(node)
+    if "anyOf" in node and sorted(o.get("type", "") for o in node["anyOf"]) == ["integer", "string"]:
+        return _int_or_string(node)
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
@@ -81,6 +83,25 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if out.get("default") is None:
         out.pop("default", None)
+    return out
+
+
+def _int_or_string(node: dict[str, Any]) -> dict[str, Any]:
+    """A number or a word (``gpus: 2`` or ``gpus: auto``): Kubernetes' int-or-string, whose structural form
+    allows no bounds or enum in its two branches, so they are one CEL rule on the value."""
+    number = next(o for o in node["anyOf"] if o["type"] == "integer")
+    word = next(o for o in node["anyOf"] if o["type"] == "string")
+    words = word.get("enum") or [word["const"]]
+    bounds = [f"self {op} {number[key]}" for key, op in (("minimum", ">="), ("maximum", "<=")) if key in number]
+    rule = f"type(self) == int ? {' && '.join(bounds) or 'true'} : self in {json.dumps(words)}"
+    span = f" from {number['minimum']} to {number['maximum']}" if len(bounds) == 2 else ""
+    message = f"a number{span}, or {' or '.join(words)}"
+    out: dict[str, Any] = {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-validations": [{"rule": rule, "message": message}],
+    }
+    out.update({k: node[k] for k in ("description", "default") if node.get(k) is not None})
     return out
 
 
@@ -204,7 +225,7 @@ def _constraints(node: dict[str, Any]) -> str:
 
 
 def _rows(node: dict[str, Any], path: str, required: bool) -> list[str]:
-    kind = node.get("type", "")
+    kind = "integer or string" if node.get("x-kubernetes-int-or-string") else node.get("type", "")
     if kind == "array":
         kind = f"list of {node['items'].get('type')}"
     default = "" if "default" not in node or kind == "object" else f"`{json.dumps(node['default'])}`"

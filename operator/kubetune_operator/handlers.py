@@ -183,9 +183,15 @@ def reconcile_dataset_build(body: kopf.Body, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @metrics.counted(FINE_TUNE_JOB, "reconcile")
 def reconcile_fine_tune_job(body: kopf.Body, spec: kopf.Spec, namespace: str, **_: Any) -> None:
+    _reconcile(body, *_dependencies(spec, namespace))
+
+
+def _dependencies(spec: Any, namespace: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The DatasetBuild and the startFrom FineTuneJob a FineTuneJob's spec names, as read now (None: it names
+    none, or it does not exist)."""
     dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
     previous = (((spec.get("startFrom") or {}).get("fineTuneJobRef")) or {}).get("name")
-    _reconcile(body, _get(DATASET_BUILD, namespace, dataset), _get(FINE_TUNE_JOB, namespace, previous))
+    return _get(DATASET_BUILD, namespace, dataset), _get(FINE_TUNE_JOB, namespace, previous)
 
 
 def _get(kind: str, namespace: str, name: str | None) -> dict[str, Any] | None:
@@ -250,14 +256,17 @@ def job_status(
             decision = planner.job_outcome(
                 kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL), suspend=suspend
             )
-            step = labels.get(STEP_LABEL)
+            step, result = labels.get(STEP_LABEL), None
             if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
                 decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
-            elif decision.phase == Phase.SUCCEEDED and step is None:
+            elif decision.phase == Phase.SUCCEEDED:
                 result = planner.result_of(job_name, _pods_of(namespace, job_name))
-                decision = planner.with_result(kind, decision, result, now())
+                if step is None:
+                    decision = planner.with_result(kind, decision, result, now())
             if step is not None:
-                decision = planner.next_step(parse_resource(dict(current)), step, decision, SETTINGS)
+                resource = parse_resource(dict(current))
+                waited = _dependencies(current.get("spec") or {}, namespace) if kind == FINE_TUNE_JOB else (None, None)
+                decision = planner.next_step(resource, step, decision, SETTINGS, result, *waited)
             decision, next_job = _create_children(current, decision)
             phase = (current.get("status") or {}).get("phase")
             if not planner.moves_forward(phase, decision.phase):

@@ -14,7 +14,7 @@ from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.spec.resources import FieldError, Resource
 from kubetune.spec.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
 from kubetune_operator import builders, reporting
-from kubetune_operator.constants import SHARDS_STEP, Settings
+from kubetune_operator.constants import SHARDS_STEP, SIZING_STEP, Settings
 
 
 @dataclass
@@ -103,12 +103,14 @@ def plan(
     settings: Settings,
     dependency: dict[str, Any] | None = None,
     start_from: dict[str, Any] | None = None,
+    gpus: int | None = None,
 ) -> Decision:
     """The children a valid resource needs, or why it must wait or fail.
 
     ``dependency`` is the DatasetBuild a FineTuneJob names, ``start_from`` the FineTuneJob its
     ``spec.startFrom`` names (their bodies as read from the API), or None when they do not exist (yet):
-    resources applied together by GitOps may arrive in any order.
+    resources applied together by GitOps may arrive in any order. ``gpus`` is what the sizing step planned for
+    a FineTuneJob whose ``resources.gpus`` is auto; without it, such a job starts with that step.
     """
     if resource.kind == DATASET_BUILD:
         shards = resource.spec.generation.shards
@@ -133,7 +135,11 @@ def plan(
         if isinstance(found, Decision):
             return found
         previous = found
-    job = builders.job(resource, settings, dataset=dataset, start_from=previous)
+    if resource.spec.resources.count() is None and gpus is None:
+        sizing = builders.sizing_job(resource, settings, dataset=dataset, start_from=previous)
+        work = f"sizing the job for {resource.spec.resources.gpu_type} GPUs (resources.gpus auto)"
+        return _started(resource, [builders.config_map(resource), sizing], work)
+    job = builders.job(resource, settings, dataset=dataset, start_from=previous, gpus=gpus)
     return _started(resource, [builders.config_map(resource), job], "training")
 
 
@@ -190,10 +196,22 @@ def job_outcome(
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
 
 
-def next_step(resource: Resource, step: str | None, outcome: Decision, settings: Settings) -> Decision:
+def next_step(
+    resource: Resource,
+    step: str | None,
+    outcome: Decision,
+    settings: Settings,
+    result: dict[str, Any] | None = None,
+    dependency: dict[str, Any] | None = None,
+    start_from: dict[str, Any] | None = None,
+) -> Decision:
     """What a Job's outcome means when the Job is one step of several (its ``kubetune.dev/step`` label): the
-    shards' Indexed Job complete starts the merge Job (the resource stays Running); a shard's failure fails the
-    resource, saying so. A Job without a step is the last one: its outcome is the resource's."""
+    shards' Indexed Job complete starts the merge Job, the sizing Job's ``result`` the training Job with the
+    GPUs planned (the resource stays Running); a step's failure fails the resource, saying which step. A Job
+    without a step is the last one: its outcome is the resource's. ``dependency`` and ``start_from`` as for
+    :func:`plan`."""
+    if step == SIZING_STEP:
+        return _sized(resource, outcome, settings, result, dependency, start_from)
     if step != SHARDS_STEP:
         return outcome
     shards = resource.spec.generation.shards
@@ -205,6 +223,32 @@ def next_step(resource: Resource, step: str | None, outcome: Decision, settings:
     if outcome.reason == "JobRunning":
         return replace(outcome, message=f"{shards} shards generating")
     return outcome
+
+
+def _sized(
+    resource: Resource,
+    outcome: Decision,
+    settings: Settings,
+    result: dict[str, Any] | None,
+    dependency: dict[str, Any] | None,
+    start_from: dict[str, Any] | None,
+) -> Decision:
+    if outcome.phase == Phase.FAILED:
+        return replace(outcome, message=f"sizing the job failed: {outcome.message}")
+    if outcome.phase != Phase.SUCCEEDED:
+        return outcome
+    gpus = (result or {}).get("gpus")
+    verdict = (result or {}).get("verdict") or "the sizing pod reported no plan"
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        advice = (
+            "kubetune's trainer runs one process per pod, without FSDP: choose method qlora or lora, a smaller "
+            "training.maxLength or batch, gradient checkpointing, or a larger resources.gpuType"
+        )
+        return Decision(Phase.FAILED, "DoesNotFit", f"{verdict}; {advice}", permanent=True)
+    decision = plan(resource, settings, dependency, start_from, gpus=gpus)
+    if decision.phase != Phase.RUNNING:
+        return decision  # suspended or queued meanwhile, or a dependency gone: as plan says
+    return replace(decision, reason="Sized", message=f"{verdict}: training on {gpus} GPU(s)")
 
 
 def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:

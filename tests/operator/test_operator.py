@@ -296,6 +296,35 @@ def test_a_sharded_build_runs_its_shards_then_one_merge(run_in_cluster):
     assert "DatasetBuild default/docs: Running -> Running (ShardsSucceeded)" in cluster.log()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test kubelet bind-mounts volumes, which needs root")
+def test_gpus_auto_sizes_the_training_pod_with_the_memory_planner(run_in_cluster, tmp_path, root, smollm2):
+    """``resources.gpus: auto``: the sizing Job really runs the trainer's planner on the model's config.json (the
+    test kubelet); its answer becomes the training Job's GPU request."""
+
+    async def scenario(cluster: Cluster):
+        async with kubelet_running(cluster, cwd=root, storage=tmp_path / "storage"):
+            tune = copy.deepcopy(FTJ)
+            tune["spec"]["baseModel"] = "models/SmolLM2-135M-Instruct"
+            tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/none"}
+            tune["spec"]["resources"] = {"gpus": "auto", "gpuType": "T4-16GB"}
+            del tune["spec"]["registry"]
+            await cluster.apply(tune)
+            sizing = await _job_of(cluster, "tune-train-sizing", timeout=30)
+            assert "resources" not in sizing["spec"]["template"]["spec"]["containers"][0]
+            train = await _job_of(cluster, "tune-train", timeout=80)
+            limits = train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+            assert limits == {"nvidia.com/gpu": "1"}
+            # The training pod runs (and fails, as the test asked: there is no dataset).
+            failed = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=80)
+            assert failed["status"]["message"].endswith("holds no train.parquet")
+            reasons = await _event_reasons(cluster, "tune", until="BackoffLimitExceeded")
+            assert reasons == ["BackoffLimitExceeded", "JobCreated", "Sized"]
+
+    cluster = run_in_cluster(scenario)
+    assert "FineTuneJob default/tune: Running -> Running (Sized) fits one T4-16GB (" in cluster.log()
+    assert "training on 1 GPU(s)" in cluster.log()
+
+
 def test_a_job_with_a_queue_waits_suspended_for_kueue(run_in_cluster):
     """spec.queueName: the Job is created suspended with Kueue's label, the resource stays Pending (Queued)
     while the Job controller says Suspended, and runs once Kueue has unsuspended the Job."""

@@ -130,6 +130,13 @@ def test_spec_scheduling_over_pod_defaults(case):
         ),
         pytest.param(
             "DatasetBuild",
+            {"generation": {"model": "/models/m", "tensorParallelSize": 2}, "resources": {"gpus": "auto"}},
+            {},
+            {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}},
+            id="datagen-gpus-auto-as-many-as-the-engine-spans",
+        ),
+        pytest.param(
+            "DatasetBuild",
             {"generation": {"model": "/models/m", "tensorParallelSize": 2}, "resources": {"gpus": 8}},
             {},
             {"requests": {"nvidia.com/gpu": "8"}, "limits": {"nvidia.com/gpu": "8"}},

@@ -41,6 +41,9 @@ def test_schemas_are_structural():
     for crd in CRDS:
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for node in _schema_nodes(schema):
+            if node.get("x-kubernetes-int-or-string"):  # the one form structural schemas allow without a type
+                assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}] and "type" not in node, node
+                continue
             assert "type" in node, node
             assert not {"anyOf", "oneOf", "$ref", "allOf"} & node.keys(), node
 
@@ -122,6 +125,15 @@ CASES = {
     "packing-as-string": (_set(FTJ, "spec.training.packing", "yes"), False, "packing"),
     "gpus-negative": (_set(FTJ, "spec.resources.gpus", -1), False, "gpus"),
     "gpus-as-string": (_set(FTJ, "spec.resources.gpus", "1"), False, "gpus"),
+    "gpus-17": (_set(FTJ, "spec.resources.gpus", 17), False, "gpus"),
+    "gpus-auto": (_set(FTJ, "spec.resources", {"gpus": "auto", "gpuType": "L4-24GB"}), True, None),
+    "gpus-auto-without-gpu-type": (
+        _set(FTJ, "spec.resources.gpus", "auto"),
+        False,
+        "resources.gpus auto needs resources.gpuType",
+    ),
+    "gpu-type-unknown": (_set(FTJ, "spec.resources.gpuType", "RTX-4090"), False, "gpuType"),
+    "datagen-gpus-auto": (_set(DSB, "spec.resources.gpus", "auto"), True, None),
     "cpu-as-number": (_set(FTJ, "spec.resources.cpu", 4), False, "cpu"),
     "max-steps-below-minus-one": (_set(FTJ, "spec.training.maxSteps", -2), False, "maxSteps"),
     "datagen-gpus": (_set(DSB, "spec.resources", {"gpus": 1, "memory": "24Gi"}), True, None),

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kubetune.spec.finetunejob import FineTuneJobSpec
-from kubetune.trainer.memory import GIB, Assumptions, MemoryPlan, PlanError, load_config, plan_memory
+from kubetune.trainer.memory import GIB, GPU_TYPES, Assumptions, MemoryPlan, PlanError, load_config, plan_memory
 from kubetune_operator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -539,3 +539,45 @@ def test_dpo_plans_two_sequences_per_sample_and_a_reference_copy_for_full(tmp_pa
         assert b.batch == 2 * a.batch and b.activations > a.activations
         assert b.weights == (2 * a.weights if method == "full" else a.weights)
         assert any(n.startswith("dpo") for n in b.notes)
+
+
+def test_the_spec_names_every_gpu_type_the_planner_sizes():
+    from kubetune.spec.scheduling import GPU_TYPES as SPEC_GPU_TYPES
+
+    assert [g.name for g in GPU_TYPES.values()] == list(SPEC_GPU_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("method", "gpu_type", "gpus", "verdict"),
+    [
+        pytest.param("lora", "L4-24GB", 1, "fits one L4-24GB", id="8b-lora-one-L4"),
+        pytest.param("full", "A100-40GB", None, "does not fit one A100-40GB", id="8b-full-needs-fsdp"),
+    ],
+)
+def test_the_sizing_step_reports_the_gpus_of_resources_gpus_auto(tmp_path, monkeypatch, method, gpu_type, gpus,
+                                                                   verdict):  # fmt: skip
+    """``python -m kubetune.trainer --size-gpus`` (the sizing Job's command): the plan's answer as the termination
+    message the operator reads, one GPU or none (the trainer does not shard)."""
+    from kubetune.trainer.__main__ import main
+
+    spec = spec_for(model_dir(tmp_path, LLAMA_31_8B), method, perDeviceTrainBatchSize=1, maxLength=2048,
+                    gradientCheckpointing=True, packing=True).to_wire()  # fmt: skip
+    spec["resources"] = {"gpus": "auto", "gpuType": gpu_type}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    args = ["--spec", str(tmp_path / "spec.json"), "--dataset", "d", "--output", str(tmp_path / "out"), "--size-gpus"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "termination-log").read_text())
+    assert result["gpus"] == gpus and result["gpuType"] == gpu_type
+    assert result["verdict"].startswith(verdict) and result["perGpuGiB"] > 0
+    assert not (tmp_path / "out").exists()  # trained nothing
+
+
+def test_the_sizing_step_fails_naming_an_unreadable_model(tmp_path, capsys):
+    from kubetune.trainer.__main__ import main
+
+    spec = spec_for(tmp_path / "missing").to_wire()
+    spec["resources"] = {"gpus": "auto", "gpuType": "L4-24GB"}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["--spec", str(tmp_path / "spec.json"), "--dataset", "d", "--output", "o", "--size-gpus"]) == 1
+    assert "trainer failed: spec.baseModel" in capsys.readouterr().err

@@ -693,3 +693,70 @@ def test_next_step(step, outcome, phase, reason, message, next_job):
     assert jobs == ([next_job] if next_job else [])
     if next_job:  # the merge: the ordinary Job, unsharded
         assert "--shard" not in decision.children[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+AUTO = load_resources("""
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: tune, namespace: team}
+spec:
+  baseModel: /models/m
+  dataset: {path: /data/d}
+  resources: {gpus: auto, gpuType: L4-24GB}
+""")[0]
+GPU_DEFAULT = Settings(
+    storage_root="/data", pod_defaults={"trainer": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}}
+)
+
+
+def _gpus(job: dict) -> str | None:
+    return (
+        (job["spec"]["template"]["spec"]["containers"][0].get("resources") or {})
+        .get("limits", {})
+        .get("nvidia.com/gpu")
+    )
+
+
+def test_gpus_auto_starts_with_a_sizing_job_on_a_cpu():
+    decision = planner.plan(AUTO, GPU_DEFAULT)
+    _, sizing = decision.children
+    assert sizing["metadata"]["name"] == "tune-train-sizing"
+    assert sizing["metadata"]["labels"]["kubetune.dev/step"] == "sizing"
+    assert sizing["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--size-gpus"
+    assert _gpus(sizing) is None  # the default's GPUs dropped: planning needs none
+    assert decision.message == "sizing the job for L4-24GB GPUs (resources.gpus auto)"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "result", "phase", "reason", "message", "gpus"),
+    [
+        pytest.param(
+            SUCCEEDED, {"gpus": 1, "verdict": "fits one L4-24GB (17.01 of 22.0 GiB)"}, Phase.RUNNING, "Sized",
+            "fits one L4-24GB (17.01 of 22.0 GiB): training on 1 GPU(s)", "1", id="fits-one",
+        ),
+        pytest.param(
+            SUCCEEDED, {"gpus": None, "verdict": "does not fit one L4-24GB (40 of 22.0 GiB): needs sharding"},
+            Phase.FAILED, "DoesNotFit",
+            "does not fit one L4-24GB (40 of 22.0 GiB): needs sharding; kubetune's trainer runs one process per pod",
+            None, id="needs-sharding",
+        ),
+        pytest.param(
+            SUCCEEDED, None, Phase.FAILED, "DoesNotFit", "the sizing pod reported no plan", None, id="no-result",
+        ),
+        pytest.param(
+            planner.Decision(Phase.FAILED, "BackoffLimitExceeded", "limit: trainer failed: spec.baseModel: x",
+                             permanent=True), None,
+            Phase.FAILED, "BackoffLimitExceeded", "sizing the job failed: limit: trainer failed: spec.baseModel: x",
+            None, id="sizing-pod-failed",
+        ),
+    ],
+)  # fmt: skip
+def test_the_sizing_step_starts_training_with_the_gpus_planned(outcome, result, phase, reason, message, gpus):
+    decision = planner.next_step(AUTO, "sizing", outcome, GPU_DEFAULT, result)
+    assert (decision.phase, decision.reason) == (phase, reason)
+    assert decision.message.startswith(message)
+    jobs = [c for c in decision.children if c["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == (["tune-train"] if gpus else [])
+    if gpus:
+        assert _gpus(jobs[0]) == gpus  # what was planned, not the default's 2
+        assert "--size-gpus" not in jobs[0]["spec"]["template"]["spec"]["containers"][0]["command"]

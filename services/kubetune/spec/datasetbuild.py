@@ -312,9 +312,10 @@ class DatasetBuildSpec(SchedulingSpec):
             lambda s: s.type != "preference" or s.preference.method != "judged" or s.curation.judge.enabled,
         ),
         CelRule(
-            "self.resources.gpus == 0 || self.resources.gpus >= self.generation.tensorParallelSize",
+            "type(self.resources.gpus) == string || self.resources.gpus == 0 || "
+            "self.resources.gpus >= self.generation.tensorParallelSize",
             "resources.gpus must be at least generation.tensorParallelSize (one engine spans that many GPUs), or 0 "
-            "for as many as it spans",
-            lambda s: s.resources.gpus == 0 or s.resources.gpus >= s.generation.tensor_parallel_size,
+            "or auto for as many as it spans",
+            lambda s: s.resources.count() in (0, None) or s.resources.count() >= s.generation.tensor_parallel_size,
         ),
     )

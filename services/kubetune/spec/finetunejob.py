@@ -200,3 +200,12 @@ class FineTuneJobSpec(SchedulingSpec):
     )
     evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec())
     registry: RegistrySpec | None = None
+
+    cel_rules: ClassVar = (
+        *SchedulingSpec.cel_rules,
+        CelRule(
+            "type(self.resources.gpus) != string || has(self.resources.gpuType)",
+            "resources.gpus auto needs resources.gpuType: the GPU the memory planner sizes the job for",
+            lambda s: s.resources.gpus != "auto" or s.resources.gpu_type is not None,
+        ),
+    )

@@ -24,19 +24,33 @@ QUALIFIED_NAME = (
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
 
+# The GPU types the memory planner knows (kubetune.trainer.memory.GPU_TYPES holds their sizes).
+GPU_TYPES = ("H100-80GB", "H200-141GB", "A100-40GB", "A100-80GB", "L40S-48GB", "L4-24GB", "A10G-24GB", "T4-16GB")
+AUTO = "auto"
+
+
 class ResourcesSpec(SpecModel):
     """What the resource's pod (the trainer, or a DatasetBuild's vLLM engine) asks the scheduler for."""
 
-    gpus: int = Field(
+    gpus: Annotated[int, Field(ge=0, le=16)] | Literal["auto"] = Field(
         0,
-        ge=0,
-        le=16,
         description="nvidia.com/gpu count, as both request and limit. 0: the operator's default for this kind of "
         "pod (none, so the CPU, unless the Helm chart's workloads.datagen.resources or workloads.trainer.resources "
-        "gives one).",
+        "gives one). auto: a FineTuneJob is sized by the memory planner for gpuType before its training pod is "
+        "created (one GPU when the plan fits one; the job fails, saying why, when it does not); a DatasetBuild gets "
+        "as many as its engine spans (generation.tensorParallelSize).",
+    )
+    gpu_type: Literal[GPU_TYPES] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="The GPU of the nodes the pod runs on, as the memory planner names it (kubetune plan --gpu). "
+        "gpus auto on a FineTuneJob needs it. It places nothing: steer the pod with nodeSelector.",
     )
     cpu: str | None = Field(None, description="CPU request, e.g. '4'.")
     memory: str | None = Field(None, description="Memory request, e.g. '16Gi'.")
+
+    def count(self) -> int | None:
+        """The GPU count when it is a number (0 included); None for auto."""
+        return None if self.gpus == AUTO else self.gpus
 
 
 class Toleration(SpecModel):

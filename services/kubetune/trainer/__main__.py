@@ -25,6 +25,31 @@ def _dataset_digest(dataset_dir: Path) -> str:
     return tree_digest(dataset_dir)
 
 
+def size_gpus(spec_file: Path) -> int:
+    """The memory plan's answer for ``resources.gpus: auto``: one GPU when a step fits one ``gpuType``, else none
+    (the trainer runs one process per pod, without FSDP), with the plan's one-line verdict. Exit status 0 when
+    it planned, whatever the answer; 1 when it could not (the base model's config.json unreadable)."""
+    from kubetune.trainer import memory
+
+    try:
+        spec = parse_spec(FINE_TUNE_JOB, json.loads(spec_file.read_text()))
+        if spec.resources.gpu_type is None:
+            raise memory.PlanError("spec.resources.gpuType", "is unset: name the GPU to size the job for")
+        plan = memory.plan_memory(memory.load_config(spec.base_model), spec, spec.resources.gpu_type)
+    except (SpecError, memory.PlanError, OSError) as exc:
+        print(f"trainer failed: {exc}", file=sys.stderr)
+        return 1
+    print(plan.verdict(), flush=True)
+    summary = {
+        "gpus": 1 if plan.fits else None,
+        "gpuType": plan.gpu.name,
+        "perGpuGiB": round(plan.total / memory.GIB, 2),
+        "verdict": plan.verdict(),
+    }
+    reporting.finish(summary, summary)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune.trainer", description=__doc__)
     parser.add_argument("--spec", required=True, type=Path, help="JSON file holding the FineTuneJob spec")
@@ -34,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--start-from", type=Path, default=None, help="output folder of the FineTuneJob named by spec.startFrom"
     )
+    parser.add_argument(
+        "--size-gpus",
+        action="store_true",
+        help="train nothing: plan one training step's memory on spec.resources.gpuType and report the GPUs it "
+        "needs as the result (the operator's sizing step for resources.gpus: auto)",
+    )
     args = parser.parse_args(argv)
+    if args.size_gpus:
+        return size_gpus(args.spec)
     try:
         spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
         if (spec.start_from is None) != (args.start_from is None):

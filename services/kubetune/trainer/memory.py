@@ -555,7 +555,7 @@ def plan_memory(
     optim: str | None = None,
 ) -> MemoryPlan:
     """Predict one training step's peak memory for ``spec`` on ``gpu`` (a GPU type's name, ``cpu``, or None:
-    the CPU when ``spec.resources.gpus`` is 0, else a GPU whose type is not named)."""
+    the CPU when ``spec.resources.gpus`` is 0, else ``spec.resources.gpuType``, else a GPU of no named type)."""
     a = assumptions or Assumptions()
     shape = model_shape(config)
     t = spec.training
@@ -566,11 +566,13 @@ def plan_memory(
 
     # Device and dtypes
     gpu_spec: GpuType | None = None
+    if gpu is None and spec.resources.gpu_type and spec.resources.count() != 0:
+        gpu = spec.resources.gpu_type
     if gpu is not None:
         gpu_spec = gpu_type(gpu)
         on_gpu = gpu_spec is not None
     else:
-        on_gpu = spec.resources.gpus > 0
+        on_gpu = spec.resources.count() != 0  # a count, or auto
     device = gpu_spec.name if gpu_spec else ("gpu" if on_gpu else CPU)
     if gpu_spec is not None and not gpu_spec.native_bf16:
         notes.append(f"{gpu_spec.name} has no native bf16: torch emulates it (the trainer still picks bf16), slowly")
@@ -786,7 +788,7 @@ def plan_memory(
                 "sharding: kubetune's trainer runs one process per pod without FSDP today; the GPU count is an "
                 "FSDP full-shard estimate"
             )
-    if on_gpu and spec.resources.gpus > 1:
+    if on_gpu and (spec.resources.count() or 0) > 1:
         notes.append(
             f"spec.resources.gpus is {spec.resources.gpus}: data-parallel replicas each hold this much; "
             "more GPUs do not lower it"
