@@ -25,16 +25,18 @@ What it adds to kmock, as a kube-apiserver does it:
 - ``pods/log`` serves a pod's output (with ``tailLines``) from the file the test kubelet registers in
   :attr:`StrictApiServer.pod_logs`, 400 before its container started;
 - a list or get of custom resources asked for ``as=Table`` (``kubectl get``) is answered with the CRD's
-  printer columns, as the server's table convertor does.
+  printer columns, as the server's table convertor does;
+- a list honours an equality-based ``labelSelector`` (``a=b``, ``a!=b``, ``a``, ``!a``).
 
 What it still does not do: a strategic merge patch is applied as a JSON merge patch (lists replaced, not
 merged by key); ``fieldValidation`` is always Strict (a real server's default for a client that sends none
 is Warn: unknown fields dropped); built-in kinds are not defaulted, and their own validation rules beyond the
 schema (immutable fields, name formats, cross-field checks) do not run; no admission
-(Pod Security included: tests check the pod templates against the restricted profile directly); no label
-or field selectors; no garbage collection of owned objects; no optimistic-concurrency check of a
-``resourceVersion`` sent with an update (a JSON patch's ``test`` op is honoured); no controllers (the
-test kubelet plays the Job controller); watches do not resume from a resourceVersion.
+(Pod Security included: tests check the pod templates against the restricted profile directly); no
+set-based label selectors, no label selectors on watches, no field selectors; no garbage collection of
+owned objects; no optimistic-concurrency check of a ``resourceVersion`` sent with an update (a JSON patch's
+``test`` op is honoured); no controllers (the test kubelet plays the Job controller); watches do not resume
+from a resourceVersion.
 """
 
 from __future__ import annotations
@@ -290,6 +292,9 @@ class StrictApiServer(KubernetesEmulator):
     # (namespace, pod name) -> the file holding the pod's log, which GET .../pods/NAME/log serves (the test
     # kubelet registers the output of the processes it runs).
     pod_logs: dict[tuple[str, str], Path] = attrs.field(factory=dict)
+    # resource -> the keys of its stored objects (see _keys_of), and how many of kmock's keys it has taken in.
+    _index: dict[Any, list] = attrs.field(factory=dict, init=False)
+    _indexed: int = attrs.field(default=0, init=False)
 
     def _pod_log(self, request: Request) -> aiohttp.web.StreamResponse:
         """``pods/log`` as the kubelet answers through the API server: the container's output as text/plain,
@@ -485,12 +490,38 @@ class StrictApiServer(KubernetesEmulator):
             self._forget(request)
 
     def _KubernetesEmulator__get_objs(self, request: Request, strict: bool) -> list[Any]:
-        """kmock finds the objects a request names by walking all of them; a request for one object in a
-        namespace is a lookup here (the same answer: its key is exact), so a thousand objects cost no more."""
-        if request.name is not None and request.namespace is not None and request.resource is not None:
+        """kmock finds the objects a request names by walking all of them. Here a request for one object in a
+        namespace is a lookup (the same answer: its key is exact), and a list walks only the objects of its
+        resource (an index kept beside kmock's store), so a thousand resources' Events and Jobs cost a list of
+        pods nothing. A list (not a watch) honours ``labelSelector`` as a real server does."""
+        if request.resource is None:
+            return KubernetesEmulator._KubernetesEmulator__get_objs(self, request, strict)
+        if request.name is not None and request.namespace is not None:
             key = (request.resource, request.namespace, request.name)
             return [self._objects[key]] if key in self._objects else []
-        return KubernetesEmulator._KubernetesEmulator__get_objs(self, request, strict)
+        found = []
+        for key in self._keys_of(request.resource):
+            _, namespace, name = key
+            if request.name is not None and name != request.name:
+                continue
+            if (namespace == request.namespace) if strict else request.namespace in (None, namespace):
+                found.append(self._objects[key])
+        selector = request.params.get("labelSelector")
+        if selector and request.params.get("watch") not in ("true", "1"):
+            found = [o for o in found if o.deleted or _selected(o.raw, selector)]
+        return found
+
+    def _keys_of(self, resource: Any) -> list[tuple[Any, str | None, str]]:
+        """The stored keys of ``resource``, in kmock's order. kmock only adds keys (a soft deletion keeps one);
+        the index takes in the keys added since it last looked, and starts over if any went."""
+        store = self._objects._objects
+        if len(store) < self._indexed:
+            self._index.clear()
+            self._indexed = 0
+        for key in itertools.islice(store, self._indexed, None):
+            self._index.setdefault(key[0], []).append(key)
+        self._indexed = len(store)
+        return self._index.get(resource, [])
 
     def _forget(self, request: Request) -> None:
         """Let a served request go. kmock keeps every request for its assertions and matches each new one by
@@ -503,6 +534,29 @@ class StrictApiServer(KubernetesEmulator):
 
 
 KUBERNETES_VERSION = "1.35.0"  # the kubectl that charts/fetch-helm.sh installs is v1.35
+
+
+def _selected(obj: dict[str, Any], selector: str) -> bool:
+    """Whether ``obj``'s labels match an equality-based label selector (``a=b,c!=d,e,!f``); a set-based one
+    (``in``, ``notin``) is refused, as this server does not implement it."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in (t.strip() for t in selector.split(",") if t.strip()):
+        if " in " in term or " notin " in term or "(" in term:
+            raise ApiError(status=400, reason="BadRequest", message=f"set-based selector {term!r}: not implemented")
+        if "!=" in term:
+            key, value = (p.strip() for p in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = (p.strip() for p in term.replace("==", "=").split("=", 1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
 
 
 @functools.cache

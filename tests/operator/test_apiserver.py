@@ -146,3 +146,31 @@ def test_built_in_objects_are_checked_against_the_kubernetes_schema(api):
         assert status in (200, 201) and body["kind"] == "ConfigMap" and body["metadata"]["uid"]
 
     api(scenario)
+
+
+def test_a_list_honours_an_equality_label_selector_and_its_namespace(api):
+    from kubernetes import client
+
+    async def scenario(cluster: Cluster):
+        core = client.CoreV1Api()
+        for namespace, name, labels in [("default", "a", {"job-name": "x"}), ("default", "b", {"job-name": "y"}),
+                                        ("team", "c", {"job-name": "x"}), ("default", "d", {})]:  # fmt: skip
+            body = {"metadata": {"name": name, "labels": labels}, "data": {}}
+            await asyncio.to_thread(core.create_namespaced_config_map, namespace, body)
+
+        async def names(selector: str | None, namespace: str = "default") -> list[str]:
+            kwargs = {"label_selector": selector} if selector else {}
+            found = await asyncio.to_thread(core.list_namespaced_config_map, namespace, **kwargs)
+            return sorted(item.metadata.name for item in found.items)
+
+        assert await names(None) == ["a", "b", "d"]
+        assert await names("job-name=x") == ["a"]
+        assert await names("job-name==x", namespace="team") == ["c"]
+        assert await names("job-name!=x") == ["b", "d"]
+        assert await names("job-name") == ["a", "b"]
+        assert await names("!job-name") == ["d"]
+        with pytest.raises(ApiException) as refused:
+            await names("job-name in (x, y)")
+        assert refused.value.status == 400
+
+    api(scenario)
