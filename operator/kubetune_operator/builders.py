@@ -21,6 +21,7 @@ from kubetune_operator.constants import (
     POD_USER,
     QUEUE_LABEL,
     REPORT_ENV,
+    RESOURCE_ENV,
     SCRATCH,
     SCRATCH_ENV,
     SHARDS_STEP,
@@ -234,6 +235,10 @@ def job(
     output = output_path(settings.storage_root, kind, ns, name)
     command = service_command(settings.python, kind, name, f"{SPEC_MOUNT}/{SPEC_FILE}", output, dataset, start_from)
     env = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **REPORT_ENV}.items()]
+    # Who the pod works for, recorded in the dataset's manifest and the model's lineage (the uid names this one
+    # resource among all that ever had its name).
+    identity = {"kind": kind, "namespace": ns, "name": name, "uid": (resource.metadata.model_extra or {}).get("uid")}
+    env.append({"name": RESOURCE_ENV, "value": json.dumps(identity, separators=(",", ":"))})
     mounts = [
         {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
         {"name": "storage", "mountPath": settings.storage_root},

@@ -117,6 +117,10 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
     if (output / "registration.json").exists():
         reg = json.loads((output / "registration.json").read_text())
         details.update({"model": reg["name"], "version": reg["version"]})
+    if (output / "publish.json").exists():
+        gate = json.loads((output / "publish.json").read_text()).get("gate") or {}
+        if gate.get("passed") is False:
+            details["published"] = "no: " + "; ".join(gate.get("failures") or ["the gate failed"])
     return details
 
 

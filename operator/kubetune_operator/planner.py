@@ -29,6 +29,8 @@ class Decision:
     permanent: bool = False  # retrying cannot help: the spec must change
     output: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)  # status.progress and status.progressDetail
+    published: list[dict[str, Any]] | None = None  # status.published
+    publish_condition: Condition | None = None  # the Published condition, once the job has decided
 
 
 def invalid_spec(errors: list[FieldError]) -> Decision:
@@ -308,7 +310,30 @@ def with_result(kind: str, decision: Decision, result: dict[str, Any] | None, up
         output["rows"] = {k: v for k, v in output["rows"].items() if isinstance(v, int) and not isinstance(v, bool)}
     record = result.get("progress")
     progress = reporting.status_fields(kind, record, updated) if isinstance(record, dict) else decision.progress
-    return replace(decision, output=output, progress=progress)
+    published, condition = _publication(result)
+    return replace(decision, output=output, progress=progress, published=published, publish_condition=condition)
+
+
+def _publication(result: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Condition | None]:
+    """status.published and the Published condition from a FineTuneJob pod's result: True with where it went,
+    False (GateFailed) with the gate's failures, or none when there was nothing to publish to."""
+    entries = result.get("published")
+    if not isinstance(entries, list):
+        return None, None
+    published = [
+        {k: e[k] for k in ("target", "reference", "digest") if isinstance(e.get(k), str)}
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("target"), str) and isinstance(e.get("reference"), str)
+    ]
+    gate = result.get("gate") if isinstance(result.get("gate"), dict) else {}
+    if gate.get("passed") is False:
+        failures = [str(f) for f in gate.get("failures") or []]
+        message = "not published: " + ("; ".join(failures) or "the gate failed")
+        return published, Condition(type=ConditionType.PUBLISHED, status="False", reason="GateFailed", message=message)
+    if published:
+        message = "published to " + ", ".join(f"{e['target']} {e['reference']}" for e in published)
+        return published, Condition(type=ConditionType.PUBLISHED, status="True", reason="Published", message=message)
+    return published, None
 
 
 def with_cause(decision: Decision, cause: str | None) -> Decision:
@@ -380,6 +405,11 @@ def status_patch(decision: Decision, current: dict[str, Any] | None, generation:
         patch["completionTime"] = now()
     if decision.output:
         patch["output"] = decision.output
+    if decision.published is not None:
+        patch["published"] = decision.published
+    if decision.publish_condition is not None:
+        condition = decision.publish_condition.model_copy(update={"observed_generation": generation})
+        patch["conditions"] = set_condition(conditions, condition)
     patch.update(decision.progress)
     return {"status": patch}
 

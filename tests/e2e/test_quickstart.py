@@ -102,7 +102,7 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     assert build["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/quickstart"
     manifest = check_dataset(storage / "datasets" / "default" / "quickstart")
     ready = {c["type"]: c["status"] for c in job["status"]["conditions"]}
-    assert ready == {"SpecValid": "True", "Complete": "True", "Ready": "True"}
+    assert ready == {"SpecValid": "True", "Complete": "True", "Ready": "True", "Published": "True"}
     (version,) = registered_versions(storage / "mlflow.db")
     assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]
     assert version.tags["kubetune.dev/finetunejob"] == "quickstart-lora"
@@ -112,6 +112,14 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     output = job["status"]["output"]
     assert (output["modelName"], output["modelVersion"]) == (MODEL_NAME, str(version.version))
     assert output["digest"] == version.tags["kubetune.dev/adapter-digest"]
+    assert job["status"]["published"] == [
+        {"target": "mlflow", "reference": f"models:/{MODEL_NAME}/{version.version}", "digest": output["digest"]}
+    ]
+    # Lineage names the resources themselves (their uids, from the operator), not only their names.
+    assert version.tags["kubetune.dev/finetunejob-uid"] == job["metadata"]["uid"]
+    assert manifest["resource"]["uid"] == build["metadata"]["uid"]
+    lineage = json.loads((storage / "finetunes" / "default" / "quickstart-lora" / "lineage.json").read_text())
+    assert lineage["resources"]["datasetBuild"]["uid"] == build["metadata"]["uid"]
     assert job["status"]["progress"].startswith("step 12/12 (100%)")
     assert any("stages done; " in line for line in seen["DatasetBuild"]), seen
     steps = [d["step"] for d in seen["FineTuneJob"] if isinstance(d, dict) and "step" in d]

@@ -134,6 +134,13 @@ CASES = {
     ),
     "gpu-type-unknown": (_set(FTJ, "spec.resources.gpuType", "RTX-4090"), False, "gpuType"),
     "datagen-gpus-auto": (_set(DSB, "spec.resources.gpus", "auto"), True, None),
+    "gate-threshold": (_set(FTJ, "spec.publish", {"gate": {"maxEvalLoss": 1.8, "mustBeatBase": True}}), True, None),
+    "gate-judge-score-without-a-judge": (
+        _set(FTJ, "spec.publish", {"gate": {"minJudgeScore": 4}}),
+        False,
+        "publish.gate.minJudgeScore needs evaluation.judge",
+    ),
+    "gate-judge-score-6": (_set(FTJ, "spec.publish", {"gate": {"minJudgeScore": 6}}), False, "minJudgeScore"),
     "cpu-as-number": (_set(FTJ, "spec.resources.cpu", 4), False, "cpu"),
     "max-steps-below-minus-one": (_set(FTJ, "spec.training.maxSteps", -2), False, "maxSteps"),
     "datagen-gpus": (_set(DSB, "spec.resources", {"gpus": 1, "memory": "24Gi"}), True, None),

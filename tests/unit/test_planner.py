@@ -760,3 +760,37 @@ def test_the_sizing_step_starts_training_with_the_gpus_planned(outcome, result, 
     if gpus:
         assert _gpus(jobs[0]) == gpus  # what was planned, not the default's 2
         assert "--size-gpus" not in jobs[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+@pytest.mark.parametrize(
+    ("result", "published", "condition"),
+    [
+        pytest.param(
+            {"published": [{"target": "mlflow", "reference": "models:/docs-lora/3", "digest": "sha256:ad"}],
+             "gate": {"passed": True, "failures": []}},
+            [{"target": "mlflow", "reference": "models:/docs-lora/3", "digest": "sha256:ad"}],
+            ("True", "Published", "published to mlflow models:/docs-lora/3"),
+            id="published",
+        ),
+        pytest.param(
+            {"published": [], "gate": {"passed": False, "failures": ["publish.gate.maxEvalLoss: eval loss 2 is "
+                                                                        "not below 1.8"]}},
+            [],
+            ("False", "GateFailed", "not published: publish.gate.maxEvalLoss: eval loss 2 is not below 1.8"),
+            id="gate-failed",
+        ),
+        pytest.param({"published": []}, [], None, id="no-target"),
+        pytest.param({"digest": "sha256:ad"}, None, None, id="an-older-trainer-says-nothing"),
+    ],
+)  # fmt: skip
+def test_the_published_condition_and_status(result, published, condition):
+    decision = planner.with_result("FineTuneJob", SUCCEEDED, result, "2026-01-01T00:00:00Z")
+    patch = planner.status_patch(decision, {}, 1)["status"]
+    assert patch.get("published") == published
+    found = [c for c in patch["conditions"] if c["type"] == "Published"]
+    if condition is None:
+        assert found == []
+    else:
+        (c,) = found
+        assert (c["status"], c["reason"], c["message"]) == condition and c["observedGeneration"] == 1
+    assert patch["phase"] == "Succeeded"  # a gate that fails leaves the job Succeeded

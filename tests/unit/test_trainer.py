@@ -152,6 +152,35 @@ def test_entrypoint_trains_then_publishes_with_lineage(tmp_path, tiny_model, dat
     assert version.tags["kubetune.dev/base-model-digest"] == tree_digest(tiny_model)
     assert version.tags["kubetune.dev/dataset-digest"] == tree_digest(dataset)  # no manifest: the files' digest
     assert version.tags["kubetune.dev/finetunejob"] == "t"
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    assert lineage["adapter"]["digest"] == version.tags["kubetune.dev/adapter-digest"]
+    assert lineage["spec"] == spec and lineage["libraries"]["transformers"]
+    published = json.loads((tmp_path / "out" / "publish.json").read_text())
+    assert published["published"] == [{"target": "mlflow", "reference": "models:/tiny/1",
+                                        "digest": lineage["adapter"]["digest"]}]  # fmt: skip
+
+
+def test_a_gate_that_fails_publishes_nothing_and_the_job_still_succeeds(tmp_path, tiny_model, dataset, monkeypatch):
+    from mlflow import MlflowClient
+
+    from kubetune.trainer.__main__ import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = spec_for(tiny_model, maxSteps=2).to_wire() | {
+        "registry": {"modelName": "tiny", "trackingUri": uri},
+        "publish": {"gate": {"maxEvalLoss": 0.001}},  # a random 2-layer model is nowhere near
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    args = ["--spec", str(tmp_path / "spec.json"), "--dataset", str(dataset), "--output", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert not (tmp_path / "out" / "registration.json").exists()
+    assert MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+    result = json.loads((tmp_path / "termination-log").read_text())
+    assert result["published"] == [] and result["gate"]["passed"] is False
+    (failure,) = result["gate"]["failures"]
+    assert failure.startswith("publish.gate.maxEvalLoss: eval loss ") and failure.endswith(" is not below 0.001")
+    assert (tmp_path / "out" / "lineage.json").exists()  # the record is kept whatever the gate says
 
 
 def test_entrypoint_reports_a_bad_spec(tmp_path, capsys):

@@ -31,6 +31,8 @@ from kubetune.datagen.stages import StageStore
 from kubetune.llm import judge
 from kubetune.llm.chat import ChatEngine, Completion, Request, complete_with_retries, count, request_seed
 from kubetune.llm.engine import open_engine
+from kubetune.registry.lineage import this_resource
+from kubetune.spec.constants import DATASET_BUILD
 from kubetune.spec.datasetbuild import DatasetBuildSpec
 from kubetune.spec.status import now
 
@@ -522,6 +524,8 @@ def build(
     manifest: dict[str, Any] = {
         "kind": "DatasetManifest",
         "name": name,
+        # The DatasetBuild (kind, namespace, name, uid as the operator set them): a model's lineage names it.
+        "resource": this_resource(DATASET_BUILD, name),
         "type": spec.type,
         "createdAt": now(),
         "spec": spec.to_wire(),

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubetune.registry.lineage import TAG_PREFIX, tags, tree_digest
+from kubetune.registry.lineage import TAG_PREFIX, tags
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -29,8 +29,11 @@ def publish(
     lineage: dict[str, Any],
     params: dict[str, Any],
     metrics: dict[str, Any],
+    files: list[Path] = (),
 ) -> dict[str, str]:
-    """Register ``artifact_dir`` as a version of ``model_name``; returns name, version, run id and source."""
+    """Register ``artifact_dir`` as a version of ``model_name``, its run holding the adapter, ``lineage.json``,
+    the parameters, the loss per step and ``files`` (metrics.json, loss.png); returns name, version, run id and
+    source. ``lineage`` is :func:`kubetune.registry.lineage.record`'s, its adapter digest ``artifact_dir``'s."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -38,8 +41,7 @@ def publish(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    digest = tree_digest(artifact_dir)
-    lineage = {**lineage, "adapter-digest": digest}
+    digest = lineage["adapter"]["digest"]
 
     try:
         client.get_registered_model(model_name)
@@ -66,11 +68,17 @@ def publish(
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         for point in metrics.get("losses", []):
             mlflow.log_metric("loss", point["loss"], step=int(point["step"]))
-        for key in ("train_loss", "eval_loss", "runtime_seconds"):
+        for point in metrics.get("eval_losses", []):
+            if point.get("eval_loss") is not None:
+                mlflow.log_metric("eval_loss_curve", point["eval_loss"], step=int(point["step"]))
+        for key in ("train_loss", "eval_loss", "initial_eval_loss", "runtime_seconds", "tokens_per_second"):
             if metrics.get(key) is not None:
                 mlflow.log_metric(key, float(metrics[key]))
         mlflow.log_artifacts(str(artifact_dir), artifact_path="adapter")
         mlflow.log_text(json.dumps(lineage, indent=2), "lineage.json")
+        for path in files:
+            if path.exists():
+                mlflow.log_artifact(str(path))
         source = f"{run.info.artifact_uri}/adapter"
     version = client.create_model_version(model_name, source=source, run_id=run.info.run_id, tags=tags(lineage))
     return {

@@ -171,6 +171,31 @@ class RegistrySpec(SpecModel):
     )
 
 
+class GateSpec(SpecModel):
+    """What a tuned model must show on the test split before it is published; every condition set must hold.
+    A job whose model fails the gate still succeeds (the adapter is on the volume), with condition Published
+    False, reason GateFailed, and nothing published."""
+
+    max_eval_loss: float | None = Field(
+        None, gt=0.0, description="The tuned model's eval loss must be below this (e.g. 1.8)."
+    )
+    min_judge_score: float | None = Field(
+        None, ge=1.0, le=5.0, description="The judge's mean 1-5 score of the tuned model's answers must be at least "
+        "this (needs evaluation.judge).",
+    )  # fmt: skip
+    must_beat_base: bool = Field(
+        False,
+        description="The tuned model's eval loss must be below the base model's on the same test split and, with "
+        "evaluation.judge, its judge score above the base's.",
+    )
+
+
+class PublishSpec(SpecModel):
+    """How the adapter is published: the gate it must pass first (the target is registry)."""
+
+    gate: GateSpec | None = Field(None, description="Conditions on the evaluation; none: always published.")
+
+
 class FineTuneJobSpec(SchedulingSpec):
     """Fine-tuning of a base model on a dataset (SFT or DPO), then publishing the adapter."""
 
@@ -200,9 +225,17 @@ class FineTuneJobSpec(SchedulingSpec):
     )
     evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec())
     registry: RegistrySpec | None = None
+    publish: PublishSpec = Field(default_factory=PublishSpec)
 
     cel_rules: ClassVar = (
         *SchedulingSpec.cel_rules,
+        CelRule(
+            "!has(self.publish.gate) || !has(self.publish.gate.minJudgeScore) || has(self.evaluation.judge)",
+            "publish.gate.minJudgeScore needs evaluation.judge (the judge gives the score)",
+            lambda s: (
+                s.publish.gate is None or s.publish.gate.min_judge_score is None or s.evaluation.judge is not None
+            ),
+        ),
         CelRule(
             "type(self.resources.gpus) != string || has(self.resources.gpuType)",
             "resources.gpus auto needs resources.gpuType: the GPU the memory planner sizes the job for",

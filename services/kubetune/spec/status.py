@@ -26,6 +26,7 @@ class ConditionType(StrEnum):
     VALID = "SpecValid"  # the spec parsed and passed validation
     READY = "Ready"  # the resource's output exists and is usable
     COMPLETE = "Complete"  # the work finished (succeeded or failed)
+    PUBLISHED = "Published"  # FineTuneJob: the adapter was published (False: the gate kept it back)
 
 
 class Condition(SpecModel):
@@ -77,6 +78,14 @@ class OutputStatus(SpecModel):
     model_version: str | None = Field(None, description="Registered model version (FineTuneJob).")
 
 
+class PublishedStatus(SpecModel):
+    """One place a FineTuneJob's adapter was published to."""
+
+    target: str = Field(description="The kind of target: mlflow.")
+    reference: str = Field(description="Where it is there, e.g. models:/NAME/VERSION.")
+    digest: str | None = Field(None, description="The adapter's digest (sha256 over its files).")
+
+
 class ProgressDetail(SpecModel):
     """The last progress record the running pod logged (a DatasetBuild's stage, a FineTuneJob's step)."""
 
@@ -109,4 +118,7 @@ class ResourceStatus(SpecModel):
     completion_time: str | None = None
     job_name: str | None = Field(None, description="The Kubernetes Job doing the work.")
     output: OutputStatus | None = None
+    published: list[PublishedStatus] | None = Field(
+        None, description="FineTuneJob: where the adapter was published, per target."
+    )
     conditions: list[Condition] = Field(default_factory=list)

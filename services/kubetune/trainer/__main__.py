@@ -1,6 +1,8 @@
 """``python -m kubetune.trainer --spec SPEC.json --dataset DIR --output DIR``: train, then publish.
 
-The MLflow tracking URI is ``spec.registry.trackingUri``, else ``$MLFLOW_TRACKING_URI``.
+After training: OUTPUT/lineage.json (kubetune.registry.lineage), then the gate (``spec.publish.gate``); a model
+that passes it is registered in MLflow (``spec.registry``; the tracking URI is ``spec.registry.trackingUri``,
+else ``$MLFLOW_TRACKING_URI``). OUTPUT/publish.json says what the gate found and where the adapter went.
 """
 
 from __future__ import annotations
@@ -12,17 +14,10 @@ import sys
 from pathlib import Path
 
 from kubetune import progress as reporting
-from kubetune.registry import publish
-from kubetune.registry.lineage import tree_digest
+from kubetune.registry import gate, publish
+from kubetune.registry.lineage import record, this_resource
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
-
-
-def _dataset_digest(dataset_dir: Path) -> str:
-    manifest = dataset_dir / "manifest.json"
-    if manifest.exists():
-        return json.loads(manifest.read_text())["digest"]
-    return tree_digest(dataset_dir)
 
 
 def size_gpus(spec_file: Path) -> int:
@@ -77,37 +72,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}
-    if spec.registry is not None:
+    adapter = Path(metrics["output"])
+    started_from = None
+    if args.start_from is not None:
+        started_from = {"kind": FINE_TUNE_JOB, "name": spec.start_from.fine_tune_job_ref.name}
+        previous = args.start_from / "registration.json"
+        if previous.exists():  # the earlier job's registered version: its own lineage continues there
+            started_from["version"] = str(json.loads(previous.read_text()).get("version"))
+    lineage = record(
+        spec=spec.to_wire(),
+        resource=this_resource(FINE_TUNE_JOB, args.name),
+        dataset_dir=args.dataset,
+        adapter_dir=adapter,
+        metrics=metrics,
+        started_from=started_from,
+    )
+    (args.output / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    failed = gate.failures(spec.publish.gate, metrics)
+    result["gate"] = {"passed": not failed, "failures": failed}
+    published: list[dict] = []
+    if failed:
+        print("not published: the gate failed: " + "; ".join(failed), flush=True)
+    elif spec.registry is not None:
         tracking_uri = spec.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:
             print("trainer failed: spec.registry.trackingUri is unset and so is $MLFLOW_TRACKING_URI", file=sys.stderr)
             return 1
-        lineage = {
-            "finetunejob": args.name,
-            "base-model": spec.base_model,
-            # A path names no revision: the digest of the folder's files does.
-            "base-model-digest": tree_digest(Path(spec.base_model)) if Path(spec.base_model).is_dir() else None,
-            "dataset-digest": _dataset_digest(args.dataset),
-            "method": spec.method,
-            "objective": spec.objective,
-        }
-        if args.start_from is not None:
-            lineage["started-from"] = spec.start_from.fine_tune_job_ref.name
-            previous = args.start_from / "registration.json"
-            if previous.exists():  # the earlier job's registered version: its own lineage continues there
-                lineage["started-from-version"] = str(json.loads(previous.read_text()).get("version"))
-        params = {"spec": json.dumps(spec.to_wire(), sort_keys=True)}
         version = publish(
             tracking_uri=tracking_uri,
             model_name=spec.registry.model_name,
-            artifact_dir=Path(metrics["output"]),
+            artifact_dir=adapter,
             lineage=lineage,
-            params=params,
+            params={"spec": json.dumps(spec.to_wire(), sort_keys=True)},
             metrics=metrics,
+            files=[args.output / "metrics.json", args.output / "loss.png"],
         )
         (args.output / "registration.json").write_text(json.dumps(version, indent=2))
         result["registered"] = version
-    summary = {"digest": tree_digest(Path(metrics["output"])), "evalLoss": metrics.get("eval_loss")}
+        published.append(
+            {
+                "target": "mlflow",
+                "reference": f"models:/{version['name']}/{version['version']}",
+                "digest": lineage["adapter"]["digest"],
+            }
+        )
+    (args.output / "publish.json").write_text(json.dumps({"gate": result["gate"], "published": published}, indent=2))
+    summary = {"digest": lineage["adapter"]["digest"], "evalLoss": metrics.get("eval_loss"), "published": published}
+    if spec.publish.gate is not None:
+        summary["gate"] = result["gate"]
     if "registered" in result:
         summary |= {"modelName": result["registered"]["name"], "modelVersion": str(result["registered"]["version"])}
     reporting.finish(result, summary)
