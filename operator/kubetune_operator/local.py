@@ -118,9 +118,12 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
         reg = json.loads((output / "registration.json").read_text())
         details.update({"model": reg["name"], "version": reg["version"]})
     if (output / "publish.json").exists():
-        gate = json.loads((output / "publish.json").read_text()).get("gate") or {}
+        publication = json.loads((output / "publish.json").read_text())
+        gate = publication.get("gate") or {}
         if gate.get("passed") is False:
             details["published"] = "no: " + "; ".join(gate.get("failures") or ["the gate failed"])
+        elif oci := [p["reference"] for p in publication.get("published") or [] if p.get("target") == "oci"]:
+            details["oci"] = ", ".join(oci)
     return details
 
 

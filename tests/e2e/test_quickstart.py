@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune.registry.oci_store import pull
+from tests import registry
 from tests.operator.cluster import Cluster, TestKubelet, chart_operator, kubelet_running
 
 pytestmark = pytest.mark.slow
@@ -38,19 +40,33 @@ def check_dataset(folder: Path) -> dict:
     return manifest
 
 
-def kubetune_run(root: Path, workdir: Path, timeout: float) -> subprocess.CompletedProcess:
+def kubetune_run(root: Path, workdir: Path, timeout: float, *more: Path) -> subprocess.CompletedProcess:
     kubetune = Path(sys.executable).parent / "kubetune"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    command = [str(kubetune), "run", "-f", "examples/quickstart.yaml", "--workdir", str(workdir)]
+    files = [arg for path in more for arg in ("-f", str(path))]
+    command = [str(kubetune), "run", "-f", "examples/quickstart.yaml", *files, "--workdir", str(workdir)]
     proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
 
 def test_kubetune_run_quickstart(tmp_path, root, smollm2):
+    """The quickstart as the README types it, with examples/oci.yaml beside it (its registry's address the test
+    registry's): a dataset, an adapter registered in MLflow, and a second adapter pushed to an OCI registry."""
     workdir = tmp_path / "work"
-    proc = kubetune_run(root, workdir, timeout=1500)
-    assert "Succeeded" in proc.stdout and "funnel" in proc.stdout
+    with registry.running(tmp_path / "registry") as reg:
+        oci = tmp_path / "oci.yaml"
+        oci.write_text((root / "examples" / "oci.yaml").read_text().replace("127.0.0.1:5000", reg.host))
+        proc = kubetune_run(root, workdir, 1500, oci)
+        assert "Succeeded" in proc.stdout and "funnel" in proc.stdout
+        pushed = workdir / "finetunes" / "default" / "quickstart-oci"
+        (published,) = json.loads((pushed / "publish.json").read_text())["published"][1:]  # after MLflow's
+        assert published["target"] == "oci" and published["reference"].startswith(f"{reg.host}/kubetune/")
+        pulled = pull(published["reference"].split("@")[0], tmp_path / "pulled", plain_http=True)
+        assert {p.name: p.read_bytes() for p in pulled} == {
+            p.name: p.read_bytes() for p in (pushed / "adapter").iterdir()
+        }
+        assert f"pushed to {published['reference']}" in (pushed / "logs" / "finetunejob.log").read_text()
 
     dataset = workdir / "datasets" / "default" / "quickstart"
     manifest = check_dataset(dataset)
@@ -68,7 +84,7 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
 
     # Run again: both are up to date, nothing is redone, no second version appears.
     made = {p: p.stat().st_mtime_ns for p in (out / "metrics.json", dataset / "manifest.json")}
-    kubetune_run(root, workdir, timeout=120)
+    kubetune_run(root, workdir, 120)
     assert {p: p.stat().st_mtime_ns for p in made} == made
     assert len(registered_versions(workdir / "mlflow.db")) == 1
 

@@ -183,6 +183,53 @@ def test_a_gate_that_fails_publishes_nothing_and_the_job_still_succeeds(tmp_path
     assert (tmp_path / "out" / "lineage.json").exists()  # the record is kept whatever the gate says
 
 
+def test_entrypoint_pushes_to_an_oci_registry_and_no_secret_leaks(tmp_path, tiny_model, dataset, monkeypatch,
+                                                                   capsys):  # fmt: skip
+    """``publish.oci`` with basic auth, the password in a file: the adapter pulled back is the adapter, and the
+    password is nowhere it could leak to: the output folder, the logs, the termination message, MLflow's store,
+    the registry's manifests and blobs (the OCI annotations and the lineage config among them)."""
+    from kubetune.registry.oci_store import pull
+    from kubetune.trainer.__main__ import main
+    from tests import registry
+
+    secret = "planted-Secret-9f3c2e"
+    credentials = tmp_path / "secrets" / "registry"
+    credentials.parent.mkdir()
+    credentials.write_text(f"pusher:{secret}\n")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    with registry.running(tmp_path / "registry", username="pusher", password=secret) as reg:
+        target = {"repository": f"{reg.host}/team/tiny", "plainHttp": True, "credentialsFile": str(credentials)}
+        spec = spec_for(tiny_model, maxSteps=2).to_wire() | {
+            "registry": {"modelName": "tiny", "trackingUri": uri},
+            "publish": {"oci": [target]},
+        }
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        args = ["--spec", str(tmp_path / "spec.json"), "--dataset", str(dataset), "--output", str(tmp_path / "out")]
+        assert main(args) == 0
+        printed = [capsys.readouterr()]
+        result = json.loads((tmp_path / "termination-log").read_text())
+        (oci,) = [p for p in result["published"] if p["target"] == "oci"]
+        assert oci["reference"].startswith(f"{reg.host}/team/tiny:adapter-") and "@sha256:" in oci["reference"]
+        pulled = pull(oci["reference"].split("@")[0], tmp_path / "pulled", plain_http=True,
+                      credentials_file=credentials)  # fmt: skip
+        adapter = tmp_path / "out" / "adapter"
+        assert {p.name: p.read_bytes() for p in pulled} == {p.name: p.read_bytes() for p in adapter.iterdir()}
+        assert main(args) == 0  # started again (a retried pod): nothing pushed twice
+        printed.append(capsys.readouterr())
+        assert "already in " + oci["reference"] in printed[-1].out
+
+    leaks = [
+        str(path)
+        for root in (tmp_path / "out", tmp_path / "mlflow", tmp_path / "registry" / "data", tmp_path / "pulled")
+        for path in root.rglob("*")
+        if path.is_file() and secret.encode() in path.read_bytes()
+    ]
+    assert leaks == []
+    assert secret not in (tmp_path / "termination-log").read_text()
+    assert not [p for p in printed if secret in p.out + p.err]
+
+
 def test_entrypoint_reports_a_bad_spec(tmp_path, capsys):
     from kubetune.trainer.__main__ import main
 

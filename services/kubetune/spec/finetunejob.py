@@ -190,10 +190,36 @@ class GateSpec(SpecModel):
     )
 
 
+class OciTargetSpec(SpecModel):
+    """An OCI registry the adapter is pushed to as an ORAS artifact (one layer per file, lineage.json as its
+    config). Credentials come from a file, never from the spec."""
+
+    repository: str = Field(
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$",
+        max_length=255,
+        description="host[:port]/path, e.g. registry.example.com/team/adapters.",
+    )
+    tag: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="Default: adapter- and the first 16 hex digits of the adapter's digest (a new adapter, a new "
+        "tag; the same adapter is never pushed twice).",
+    )
+    plain_http: bool = Field(False, description="Talk HTTP, not HTTPS (a registry on loopback or a test network).")
+    credentials_file: str | None = Field(
+        None,
+        description="A file holding the credentials: a Docker config (a kubernetes.io/dockerconfigjson Secret's "
+        ".dockerconfigjson, mounted) or one line username:password. Default: none (an open registry).",
+    )
+
+
 class PublishSpec(SpecModel):
-    """How the adapter is published: the gate it must pass first (the target is registry)."""
+    """Where the adapter is published besides registry (MLflow), and the gate it must pass first."""
 
     gate: GateSpec | None = Field(None, description="Conditions on the evaluation; none: always published.")
+    oci: list[OciTargetSpec] = Field(
+        default_factory=list, max_length=8, description="OCI registries the adapter is pushed to."
+    )
 
 
 class FineTuneJobSpec(SchedulingSpec):

@@ -2,7 +2,8 @@
 
 After training: OUTPUT/lineage.json (kubetune.registry.lineage), then the gate (``spec.publish.gate``); a model
 that passes it is registered in MLflow (``spec.registry``; the tracking URI is ``spec.registry.trackingUri``,
-else ``$MLFLOW_TRACKING_URI``). OUTPUT/publish.json says what the gate found and where the adapter went.
+else ``$MLFLOW_TRACKING_URI``) and pushed to each OCI registry of ``spec.publish.oci``. OUTPUT/publish.json
+says what the gate found and where the adapter went.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from kubetune import progress as reporting
-from kubetune.registry import gate, publish
+from kubetune.registry import gate, oci_store, publish
 from kubetune.registry.lineage import record, this_resource
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
@@ -116,6 +117,22 @@ def main(argv: list[str] | None = None) -> int:
                 "digest": lineage["adapter"]["digest"],
             }
         )
+    for target in [] if failed else spec.publish.oci:
+        try:
+            pushed = oci_store.push(
+                repository=target.repository,
+                adapter_dir=adapter,
+                lineage=lineage,
+                title=spec.registry.model_name if spec.registry else args.name,
+                tag=target.tag,
+                plain_http=target.plain_http,
+                credentials_file=Path(target.credentials_file) if target.credentials_file else None,
+            )
+        except oci_store.PublishError as exc:
+            print(f"trainer failed: publishing: {exc}", file=sys.stderr)
+            return 1
+        print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
+        published.append({"target": "oci", "reference": pushed["reference"], "digest": lineage["adapter"]["digest"]})
     (args.output / "publish.json").write_text(json.dumps({"gate": result["gate"], "published": published}, indent=2))
     summary = {"digest": lineage["adapter"]["digest"], "evalLoss": metrics.get("eval_loss"), "published": published}
     if spec.publish.gate is not None:

@@ -1,0 +1,200 @@
+"""The OCI registry backend: an adapter pushed as an ORAS artifact, one layer per file, lineage as its config.
+
+Layout (what ``oras pull`` restores byte for byte, file names from each layer's
+``org.opencontainers.image.title``):
+
+- manifest ``application/vnd.oci.image.manifest.v1+json``; config: ``lineage.json``
+  (:data:`LINEAGE_MEDIA_TYPE`), so the record travels with the weights;
+- one layer per file of the adapter folder: ``*.safetensors`` as :data:`WEIGHTS_MEDIA_TYPE`,
+  ``adapter_config.json`` as :data:`ADAPTER_CONFIG_MEDIA_TYPE`, other JSON as ``application/json``, anything else
+  (tokenizer, chat template, card) as ``application/octet-stream``;
+- manifest annotations: ``org.opencontainers.image.created``, ``.title`` (the model name), ``.source``
+  (``kubetune://NAMESPACE/finetunejobs/NAME``, the resource that made it) and the lineage as flat
+  ``kubetune.dev/*`` keys (base model and its digest, dataset digest, adapter digest, method, objective).
+
+Consumers that expect a container image with the files under a path (KAITO's adapter images under ``/data``,
+KServe's modelcars under ``/models``) are not served by this layout: they pull an image, not an artifact.
+
+Idempotent by digest: the default tag is derived from the adapter's digest, and a tag that already holds a
+manifest whose ``kubetune.dev/adapter-digest`` is this adapter's is not pushed again. Credentials come from a
+file only (a mounted Secret: a ``.dockerconfigjson`` or ``username:password``), never from the spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubetune.registry.lineage import TAG_PREFIX, tags
+
+LINEAGE_MEDIA_TYPE = "application/vnd.kubetune.lineage.v1+json"
+WEIGHTS_MEDIA_TYPE = "application/vnd.kubetune.adapter.weights.v1+safetensors"
+ADAPTER_CONFIG_MEDIA_TYPE = "application/vnd.kubetune.adapter.config.v1+json"
+
+
+class PublishError(RuntimeError):
+    """A target refused or could not be reached; the message names the target and says why."""
+
+
+def media_type(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        return WEIGHTS_MEDIA_TYPE
+    if path.name == "adapter_config.json":
+        return ADAPTER_CONFIG_MEDIA_TYPE
+    if path.suffix == ".json":
+        return "application/json"
+    return "application/octet-stream"
+
+
+def read_credentials(path: Path, registry: str) -> tuple[str, str]:
+    """(username, password) for ``registry`` from a file: a Docker config (a ``kubernetes.io/dockerconfigjson``
+    Secret's ``.dockerconfigjson``) or one line ``username:password``."""
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise PublishError(f"credentialsFile {path}: cannot be read ({exc.strerror})") from None
+    if text.startswith("{"):
+        try:
+            auths = json.loads(text).get("auths") or {}
+        except ValueError:
+            raise PublishError(f"credentialsFile {path}: not JSON, and not username:password") from None
+        entry = auths.get(registry) or auths.get(f"https://{registry}") or auths.get(f"http://{registry}")
+        if not entry:
+            raise PublishError(f"credentialsFile {path}: no auths entry for {registry} (has: {sorted(auths)})")
+        if entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            return user, password
+        return entry.get("username", ""), entry.get("password", "")
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise PublishError(f"credentialsFile {path}: expected username:password or a Docker config")
+    return user, password
+
+
+def _client(registry: str, plain_http: bool, credentials: tuple[str, str] | None, backend: str = "token"):
+    import oras.provider
+
+    client = oras.provider.Registry(hostname=registry, insecure=plain_http, auth_backend=backend)
+    if credentials:
+        client.auth.set_basic_auth(*credentials)
+    return client
+
+
+def _probe(registry: str, plain_http: bool, credentials: tuple[str, str] | None) -> str:
+    """Ask the registry's ``/v2/`` whether these credentials let us in; the auth backend its challenge wants
+    (``basic``, or ``token`` for a registry that hands out bearer tokens). A refusal is final; a 5xx or no
+    answer raises for a retry."""
+    import requests
+
+    scheme = "http" if plain_http else "https"
+    response = requests.get(f"{scheme}://{registry}/v2/", auth=credentials, timeout=30)
+    challenge = response.headers.get("WWW-Authenticate", "").lower()
+    if response.status_code == 200:
+        return "basic" if credentials else "token"
+    if response.status_code == 401 and challenge.startswith("bearer"):
+        return "token"  # the token service decides, with the same credentials
+    if response.status_code in (401, 403):
+        how = "the credentials were refused" if credentials else "it wants credentials (credentialsFile)"
+        raise PublishError(f"oci {registry}: {response.status_code}: {how}")
+    response.raise_for_status()
+    raise PublishError(f"oci {registry}: /v2/ answered {response.status_code}: not an OCI registry")
+
+
+def _existing(client: Any, target: str) -> dict[str, Any] | None:
+    """The manifest the tag holds now, or None when there is none."""
+    import requests
+
+    try:
+        return client.get_manifest(target)
+    except (ValueError, requests.HTTPError):
+        return None
+
+
+def push(
+    *,
+    repository: str,
+    adapter_dir: Path,
+    lineage: dict[str, Any],
+    title: str,
+    tag: str | None = None,
+    plain_http: bool = False,
+    credentials_file: Path | None = None,
+    attempts: int = 3,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Push ``adapter_dir`` to ``repository`` (``host[:port]/path``) as ``tag`` (default: from the adapter's
+    digest); returns the reference (``repository:tag@manifest-digest``), the manifest digest and whether it was
+    pushed now. A registry that fails is tried ``attempts`` times, waiting 1, 2, 4... s between."""
+    import requests
+
+    registry = repository.split("/", 1)[0]
+    digest = lineage["adapter"]["digest"]
+    tag = tag or f"adapter-{digest.removeprefix('sha256:')[:16]}"
+    target = f"{repository}:{tag}"
+    files = sorted(p for p in adapter_dir.iterdir() if p.is_file())
+    if any(p.is_dir() for p in adapter_dir.iterdir()):
+        raise PublishError(f"oci {repository}: {adapter_dir} holds folders; an adapter is a flat folder of files")
+    credentials = read_credentials(credentials_file, registry) if credentials_file else None
+    job = lineage["resources"]["fineTuneJob"] or {}
+    annotations = {
+        "org.opencontainers.image.created": lineage["created"],
+        "org.opencontainers.image.title": title,
+        "org.opencontainers.image.source": f"kubetune://{job.get('namespace') or 'local'}/finetunejobs/"
+        f"{job.get('name')}",
+        **tags(lineage),
+    }
+    last: Exception | None = None
+    for attempt in range(attempts):
+        if attempt:
+            sleep(2 ** (attempt - 1))
+        try:
+            client = _client(registry, plain_http, credentials, _probe(registry, plain_http, credentials))
+            found = _existing(client, target)
+            if found and (found.get("annotations") or {}).get(TAG_PREFIX + "adapter-digest") == digest:
+                manifest_digest = _digest_of(client, target)
+                return {"reference": f"{target}@{manifest_digest}", "digest": manifest_digest, "pushed": "false"}
+            with tempfile.TemporaryDirectory() as tmp:
+                config = Path(tmp) / "lineage.json"
+                config.write_text(json.dumps(lineage, indent=2, sort_keys=True))
+                response = client.push(
+                    target=target,
+                    files=[f"{p}:{media_type(p)}" for p in files],
+                    manifest_config=f"{config}:{LINEAGE_MEDIA_TYPE}",
+                    manifest_annotations=annotations,
+                    disable_path_validation=True,
+                    quiet=True,
+                )
+            manifest_digest = response.headers.get("Docker-Content-Digest") or _digest_of(client, target)
+            return {"reference": f"{target}@{manifest_digest}", "digest": manifest_digest, "pushed": "true"}
+        except (requests.ConnectionError, requests.Timeout, requests.HTTPError, ValueError) as exc:
+            last = exc  # unreachable, a 5xx, or a refused upload (oras raises ValueError): try again
+    raise PublishError(f"oci {repository}: failed after {attempts} attempts: {_one_line(last)}")
+
+
+def _digest_of(client: Any, target: str) -> str:
+    """The manifest digest the registry gives for a tag (HEAD: ``Docker-Content-Digest``)."""
+    container = client.get_container(target)
+    response = client.do_request(
+        f"{client.prefix}://{container.manifest_url()}",
+        "HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    return response.headers.get("Docker-Content-Digest", "")
+
+
+def pull(reference: str, outdir: Path, plain_http: bool = False, credentials_file: Path | None = None) -> list[Path]:
+    """Pull an artifact pushed by :func:`push` into ``outdir``: the adapter's files, by their titles."""
+    registry = reference.split("/", 1)[0]
+    credentials = read_credentials(credentials_file, registry) if credentials_file else None
+    client = _client(registry, plain_http, credentials, _probe(registry, plain_http, credentials))
+    outdir.mkdir(parents=True, exist_ok=True)
+    return [Path(p) for p in client.pull(target=reference, outdir=str(outdir))]
+
+
+def _one_line(exc: Exception | None) -> str:
+    return " ".join(str(exc).split())[:300] if exc else "unknown error"

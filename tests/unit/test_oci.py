@@ -1,0 +1,154 @@
+"""Publishing to a real OCI registry (tests/registry.py: Debian's docker-registry on loopback) through ORAS:
+pushed and pulled back byte for byte, annotated with the lineage, idempotent by digest, with and without basic
+auth (credentials from a file), and clear refusals."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import requests
+
+from kubetune.registry.lineage import SCHEMA, record
+from kubetune.registry.oci_store import (
+    ADAPTER_CONFIG_MEDIA_TYPE,
+    LINEAGE_MEDIA_TYPE,
+    WEIGHTS_MEDIA_TYPE,
+    PublishError,
+    pull,
+    push,
+    read_credentials,
+)
+from tests import registry
+
+SPEC = {"baseModel": "models/base", "method": "lora", "objective": "sft", "dataset": {"path": "data"}}
+JOB = {"kind": "FineTuneJob", "namespace": "team", "name": "tune", "uid": "f-1"}
+
+
+@pytest.fixture()
+def adapter(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
+    (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 64)
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text(json.dumps({"digest": "sha256:d5", "resource": None}))
+    lineage = record(spec=SPEC, resource=JOB, dataset_dir=dataset, adapter_dir=folder, metrics={"eval_loss": 1.5})
+    return folder, lineage
+
+
+def _manifest(host: str, repository: str, reference: str, auth=None) -> dict:
+    response = requests.get(
+        f"http://{host}/v2/{repository}/manifests/{reference}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        auth=auth,
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def test_push_then_pull_gives_the_same_bytes_with_lineage(tmp_path, adapter):
+    folder, lineage = adapter
+    with registry.running(tmp_path / "registry") as reg:
+        repository = f"{reg.host}/team/adapters"
+        pushed = push(repository=repository, adapter_dir=folder, lineage=lineage, title="docs-lora", plain_http=True)
+        assert pushed["pushed"] == "true" and pushed["digest"].startswith("sha256:")
+        tag = f"adapter-{lineage['adapter']['digest'].removeprefix('sha256:')[:16]}"
+        assert pushed["reference"] == f"{repository}:{tag}@{pushed['digest']}"
+
+        pulled = pull(f"{repository}:{tag}", tmp_path / "pulled", plain_http=True)
+        assert sorted(p.name for p in pulled) == sorted(p.name for p in folder.iterdir())
+        for path in folder.iterdir():
+            assert (tmp_path / "pulled" / path.name).read_bytes() == path.read_bytes(), path.name
+
+        manifest = _manifest(reg.host, "team/adapters", tag)
+        assert manifest["config"]["mediaType"] == LINEAGE_MEDIA_TYPE
+        types = {
+            layer["annotations"]["org.opencontainers.image.title"]: layer["mediaType"] for layer in manifest["layers"]
+        }
+        assert types == {
+            "adapter_config.json": ADAPTER_CONFIG_MEDIA_TYPE,
+            "adapter_model.safetensors": WEIGHTS_MEDIA_TYPE,
+            "chat_template.jinja": "application/octet-stream",
+        }
+        notes = manifest["annotations"]
+        assert notes["kubetune.dev/adapter-digest"] == lineage["adapter"]["digest"]
+        assert notes["kubetune.dev/dataset-digest"] == "sha256:d5" and notes["kubetune.dev/method"] == "lora"
+        assert notes["org.opencontainers.image.source"] == "kubetune://team/finetunejobs/tune"
+        assert notes["org.opencontainers.image.created"] == lineage["created"]
+        config = requests.get(f"http://{reg.host}/v2/team/adapters/blobs/{manifest['config']['digest']}", timeout=10)
+        assert config.json()["schema"] == SCHEMA  # the whole lineage record travels as the config
+
+        again = push(repository=repository, adapter_dir=folder, lineage=lineage, title="docs-lora", plain_http=True)
+        assert (again["pushed"], again["reference"]) == ("false", pushed["reference"])  # nothing pushed twice
+
+
+def test_with_basic_auth_the_credentials_come_from_a_file(tmp_path, adapter):
+    folder, lineage = adapter
+    with registry.running(tmp_path / "registry", username="pusher", password="s3cret-pw") as reg:
+        repository = f"{reg.host}/team/adapters"
+        plain = tmp_path / "plain-credentials"
+        plain.write_text("pusher:s3cret-pw\n")
+        pushed = push(repository=repository, adapter_dir=folder, lineage=lineage, title="x", plain_http=True,
+                      credentials_file=plain, tag="v1")  # fmt: skip
+        assert pushed["pushed"] == "true"
+        # A Docker config, as a kubernetes.io/dockerconfigjson Secret mounts it, works the same.
+        docker = tmp_path / ".dockerconfigjson"
+        auth = base64.b64encode(b"pusher:s3cret-pw").decode()
+        docker.write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        pulled = pull(f"{repository}:v1", tmp_path / "pulled", plain_http=True, credentials_file=docker)
+        assert {p.name for p in pulled} == {p.name for p in folder.iterdir()}
+
+        with pytest.raises(PublishError, match=r"401: it wants credentials \(credentialsFile\)"):
+            push(repository=repository, adapter_dir=folder, lineage=lineage, title="x", plain_http=True, tag="v2")
+        wrong = tmp_path / "wrong"
+        wrong.write_text("pusher:not-it")
+        with pytest.raises(PublishError) as refused:
+            push(repository=repository, adapter_dir=folder, lineage=lineage, title="x", plain_http=True,
+                 credentials_file=wrong, tag="v2")  # fmt: skip
+        assert "401: the credentials were refused" in str(refused.value) and "not-it" not in str(refused.value)
+        assert _manifest(reg.host, "team/adapters", "v1", auth=("pusher", "s3cret-pw"))  # v1 there, v2 never pushed
+        with pytest.raises(requests.HTTPError):
+            _manifest(reg.host, "team/adapters", "v2", auth=("pusher", "s3cret-pw"))
+
+
+def test_a_registry_that_is_down_is_retried_then_named(tmp_path, adapter):
+    folder, lineage = adapter
+    waits: list[float] = []
+    port = registry._free_port()  # nothing listens there
+    with pytest.raises(PublishError) as failed:
+        push(repository=f"127.0.0.1:{port}/team/adapters", adapter_dir=folder, lineage=lineage, title="x",
+             plain_http=True, attempts=3, sleep=waits.append)  # fmt: skip
+    assert waits == [1, 2]  # backoff between the three attempts
+    assert str(failed.value).startswith(f"oci 127.0.0.1:{port}/team/adapters: failed after 3 attempts: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param("user:pa:ss\n", ("user", "pa:ss"), id="plain"),
+        pytest.param(
+            json.dumps({"auths": {"r.example:5000": {"username": "u", "password": "p"}}}),
+            ("u", "p"),
+            id="docker-config-fields",
+        ),
+        pytest.param("just-a-token", "expected username:password or a Docker config", id="neither"),
+        pytest.param(
+            json.dumps({"auths": {"other": {"auth": "eDp5"}}}),
+            "no auths entry for r.example:5000",
+            id="docker-config-other-registry",
+        ),
+    ],
+)
+def test_read_credentials(tmp_path, content, expected):
+    path = tmp_path / "credentials"
+    path.write_text(content)
+    if isinstance(expected, tuple):
+        assert read_credentials(path, "r.example:5000") == expected
+    else:
+        with pytest.raises(PublishError, match=expected):
+            read_credentials(path, "r.example:5000")
