@@ -43,6 +43,8 @@ SCRATCH_ENV = {
 # the result as the container's termination message, written to this file.
 TERMINATION_LOG = "/dev/termination-log"
 REPORT_ENV = {"KUBETUNE_PROGRESS_LOG": "1", "KUBETUNE_TERMINATION_LOG": TERMINATION_LOG}
+# Where Secrets a spec names are mounted in its pod (read-only): SECRETS_MOUNT/oci/NAME for publish.oci.
+SECRETS_MOUNT = "/var/run/secrets/kubetune"
 # The resource a pod works for, as JSON {"kind", "namespace", "name", "uid"} (kubetune.registry.lineage reads it).
 RESOURCE_ENV = "KUBETUNE_RESOURCE"
 POD_DEFAULT_KEYS = {"imagePullSecrets", "serviceAccountName", "datagen", "trainer"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -186,3 +188,20 @@ def test_sharded_generation_is_an_indexed_job_of_one_pod_per_shard():
     # Queued and placed as the resource's one Job would be.
     assert shards["spec"]["suspend"] is True and shards["metadata"]["labels"][QUEUE_LABEL] == "team-a"
     assert shards["spec"]["template"]["spec"]["nodeSelector"] == merge["spec"]["template"]["spec"]["nodeSelector"]
+
+
+def test_registry_secrets_are_mounted_by_the_kubelet_never_read_by_the_operator():
+    oci = [
+        {"repository": "r.example/team/a", "credentialsSecret": "team-registry"},
+        {"repository": "r.example/team/b", "credentialsSecret": "team-registry"},  # one mount for both
+        {"repository": "open.example/x"},
+    ]
+    job = job_of(resource("FineTuneJob", publish={"oci": oci}))
+    pod = job["spec"]["template"]["spec"]
+    assert [v for v in pod["volumes"] if "secret" in v] == [
+        {"name": "oci-0", "secret": {"secretName": "team-registry"}}
+    ]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "oci-0"]
+    assert mount == {"name": "oci-0", "mountPath": "/var/run/secrets/kubetune/oci/team-registry", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert "team-registry" not in json.dumps(env)  # only the path, through the mount; nothing in the env

@@ -140,6 +140,20 @@ CASES = {
         False,
         "publish.gate.minJudgeScore needs evaluation.judge",
     ),
+    "oci-both-credentials": (
+        _set(
+            FTJ,
+            "spec.publish",
+            {"oci": [{"repository": "r.example/a", "credentialsFile": "/f", "credentialsSecret": "s"}]},
+        ),
+        False,
+        "set at most one of credentialsFile or credentialsSecret",
+    ),
+    "oci-repository-with-scheme": (
+        _set(FTJ, "spec.publish", {"oci": [{"repository": "https://r.example/a"}]}),
+        False,
+        "repository",
+    ),
     "gate-judge-score-6": (_set(FTJ, "spec.publish", {"gate": {"minJudgeScore": 6}}), False, "minJudgeScore"),
     "cpu-as-number": (_set(FTJ, "spec.resources.cpu", 4), False, "cpu"),
     "max-steps-below-minus-one": (_set(FTJ, "spec.training.maxSteps", -2), False, "maxSteps"),

@@ -152,3 +152,20 @@ def test_read_credentials(tmp_path, content, expected):
     else:
         with pytest.raises(PublishError, match=expected):
             read_credentials(path, "r.example:5000")
+
+
+def test_credentials_from_a_mounted_secret(tmp_path, monkeypatch):
+    from kubetune.registry.oci_store import secret_credentials
+
+    monkeypatch.setenv("KUBETUNE_SECRETS_DIR", str(tmp_path))
+    keys = tmp_path / "oci" / "plain"
+    keys.mkdir(parents=True)
+    (keys / "username").write_text("u\n")
+    (keys / "password").write_text("p\n")
+    assert secret_credentials("plain", "r.example") == ("u", "p")
+    docker = tmp_path / "oci" / "docker"
+    docker.mkdir()
+    (docker / ".dockerconfigjson").write_text(json.dumps({"auths": {"r.example": {"auth": "dTI6cDI="}}}))
+    assert secret_credentials("docker", "r.example") == ("u2", "p2")
+    with pytest.raises(PublishError, match=r"credentialsSecret gone: not mounted at .*/oci/gone"):
+        secret_credentials("gone", "r.example")

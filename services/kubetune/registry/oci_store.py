@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -76,6 +77,25 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str]:
     return user, password
 
 
+SECRETS_DIR_ENV = "KUBETUNE_SECRETS_DIR"  # where the operator mounts Secrets: SECRETS_DIR/oci/NAME/KEY
+SECRETS_DIR = "/var/run/secrets/kubetune"
+
+
+def secret_credentials(name: str, registry: str) -> tuple[str, str]:
+    """(username, password) from the mounted Secret ``name``: its ``.dockerconfigjson`` key, else its
+    ``username`` and ``password`` keys."""
+    folder = Path(os.environ.get(SECRETS_DIR_ENV, SECRETS_DIR)) / "oci" / name
+    if (folder / ".dockerconfigjson").exists():
+        return read_credentials(folder / ".dockerconfigjson", registry)
+    try:
+        return (folder / "username").read_text().strip(), (folder / "password").read_text().strip()
+    except OSError:
+        raise PublishError(
+            f"credentialsSecret {name}: not mounted at {folder}, or it has neither a .dockerconfigjson key nor "
+            "username and password keys"
+        ) from None
+
+
 def _client(registry: str, plain_http: bool, credentials: tuple[str, str] | None, backend: str = "token"):
     import oras.provider
 
@@ -124,6 +144,7 @@ def push(
     tag: str | None = None,
     plain_http: bool = False,
     credentials_file: Path | None = None,
+    credentials_secret: str | None = None,
     attempts: int = 3,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
@@ -140,6 +161,8 @@ def push(
     if any(p.is_dir() for p in adapter_dir.iterdir()):
         raise PublishError(f"oci {repository}: {adapter_dir} holds folders; an adapter is a flat folder of files")
     credentials = read_credentials(credentials_file, registry) if credentials_file else None
+    if credentials_secret:
+        credentials = secret_credentials(credentials_secret, registry)
     job = lineage["resources"]["fineTuneJob"] or {}
     annotations = {
         "org.opencontainers.image.created": lineage["created"],

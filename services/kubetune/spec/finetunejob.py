@@ -12,7 +12,7 @@ from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
 from kubetune.spec.datasetbuild import DEFAULT_RUBRIC, EndpointSpec
-from kubetune.spec.scheduling import DNS_LABEL, SchedulingSpec
+from kubetune.spec.scheduling import DNS_LABEL, DNS_SUBDOMAIN, SchedulingSpec
 
 
 class DatasetBuildRef(SpecModel):
@@ -210,6 +210,22 @@ class OciTargetSpec(SpecModel):
         None,
         description="A file holding the credentials: a Docker config (a kubernetes.io/dockerconfigjson Secret's "
         ".dockerconfigjson, mounted) or one line username:password. Default: none (an open registry).",
+    )
+    credentials_secret: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="In a cluster: a Secret in the job's namespace that the kubelet mounts into the training pod "
+        "(the operator never reads it): its .dockerconfigjson key (type kubernetes.io/dockerconfigjson), or its "
+        "username and password keys.",
+    )
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "!(has(self.credentialsFile) && has(self.credentialsSecret))",
+            "set at most one of credentialsFile or credentialsSecret",
+            lambda s: s.credentials_file is None or s.credentials_secret is None,
+        ),
     )
 
 

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 tag=target.tag,
                 plain_http=target.plain_http,
                 credentials_file=Path(target.credentials_file) if target.credentials_file else None,
+                credentials_secret=target.credentials_secret,
             )
         except oci_store.PublishError as exc:
             print(f"trainer failed: publishing: {exc}", file=sys.stderr)
