@@ -67,6 +67,13 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
             p.name: p.read_bytes() for p in (pushed / "adapter").iterdir()
         }
         assert f"pushed to {published['reference']}" in (pushed / "logs" / "finetunejob.log").read_text()
+    # Served as published: the adapter pulled from the registry, loaded by vLLM's LoRA support beside its base,
+    # answers, and not as the base does (greedy, same prompts).
+    serve = [sys.executable, str(root / "tests" / "e2e" / "serve_lora.py"), str(smollm2), str(tmp_path / "pulled")]
+    served = subprocess.run(serve, cwd=root, capture_output=True, text=True, timeout=600)
+    assert served.returncode == 0, served.stdout[-2000:] + served.stderr[-4000:]
+    answers = json.loads(next(line for line in served.stdout.splitlines() if line.startswith('{"base"')))
+    assert all(answers["tuned"]) and answers["tuned"] != answers["base"], answers
 
     dataset = workdir / "datasets" / "default" / "quickstart"
     manifest = check_dataset(dataset)
