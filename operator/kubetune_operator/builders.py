@@ -256,12 +256,12 @@ def job(
     spec = resource.spec
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
-        # Registry credentials: each Secret named by publish.oci mounted by the kubelet (the operator never reads
-        # a Secret), where the trainer looks for it (kubetune.registry.oci_store.secret_credentials).
-        secrets = sorted({t.credentials_secret for t in spec.publish.oci if t.credentials_secret})
-        for index, secret in enumerate(secrets):
-            volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret}})
-            mounts.append({"name": f"oci-{index}", "mountPath": f"{SECRETS_MOUNT}/oci/{secret}", "readOnly": True})
+    # Registry credentials: each Secret named by publish.oci mounted by the kubelet (the operator never reads a
+    # Secret), where the service looks for it (kubetune.registry.oci_store.secret_credentials).
+    secrets = sorted({t.credentials_secret for t in spec.publish.oci if t.credentials_secret})
+    for index, secret in enumerate(secrets):
+        volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret}})
+        mounts.append({"name": f"oci-{index}", "mountPath": f"{SECRETS_MOUNT}/oci/{secret}", "readOnly": True})
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
     # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs; a
     # DatasetBuild's auto is as many as the engine spans, a FineTuneJob's what its sizing step planned (``gpus``).

@@ -169,3 +169,44 @@ def test_credentials_from_a_mounted_secret(tmp_path, monkeypatch):
     assert secret_credentials("docker", "r.example") == ("u2", "p2")
     with pytest.raises(PublishError, match=r"credentialsSecret gone: not mounted at .*/oci/gone"):
         secret_credentials("gone", "r.example")
+
+
+def test_a_dataset_is_pushed_with_its_manifest_as_config_and_pulled_back_whole(tmp_path, monkeypatch):
+    """What ``python -m kubetune.datagen`` does after writing a dataset with ``publish.oci`` set."""
+    from kubetune.datagen.__main__ import publish as publish_dataset
+    from kubetune.spec.datasetbuild import DatasetBuildSpec
+
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(b"PAR1 train PAR1")
+    (folder / "test.parquet").write_bytes(b"PAR1 test PAR1")
+    (folder / "README.md").write_text("# card\n")
+    (folder / "funnel.png").write_bytes(b"\x89PNG funnel")
+    (folder / "stages").mkdir()  # kept for resume, not published
+    build = {"kind": "DatasetBuild", "namespace": "team", "name": "docs", "uid": "b-1"}
+    manifest = {"name": "docs", "type": "instruction", "createdAt": "2026-01-01T00:00:00Z", "resource": build,
+                "digest": "sha256:" + "ab" * 32,
+                "files": {"train.parquet": {"rows": 16}, "test.parquet": {"rows": 2}}}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with registry.running(tmp_path / "registry") as reg:
+        spec = DatasetBuildSpec.model_validate(
+            {"source": {"paths": ["x"]}, "generation": {"model": "m"},
+             "publish": {"oci": [{"repository": f"{reg.host}/team/datasets", "plainHttp": True}]}}
+        )  # fmt: skip
+        (published,) = publish_dataset(spec, folder, manifest)
+        assert published["target"] == "oci" and published["digest"] == manifest["digest"]
+        assert published["reference"].startswith(f"{reg.host}/team/datasets:dataset-{'ab' * 8}@sha256:")
+        tag = published["reference"].split("@")[0]
+        pulled = pull(tag, tmp_path / "pulled", plain_http=True)
+        assert {p.name: p.read_bytes() for p in pulled} == {
+            p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != "publish.json"
+        }
+        notes = _manifest(reg.host, "team/datasets", tag.rsplit(":", 1)[1])
+        assert notes["config"]["mediaType"] == "application/vnd.kubetune.dataset.manifest.v1+json"
+        assert notes["annotations"]["kubetune.dev/rows-train"] == "16"
+        assert notes["annotations"]["org.opencontainers.image.source"] == "kubetune://team/datasetbuilds/docs"
+        assert {layer["mediaType"] for layer in notes["layers"]} == {
+            "application/vnd.apache.parquet", "application/json", "text/markdown", "image/png"
+        }  # fmt: skip
+        assert publish_dataset(spec, folder, manifest) == [published]  # the same dataset: nothing pushed twice
+    assert json.loads((folder / "publish.json").read_text())["published"] == [published]

@@ -20,6 +20,7 @@ from pathlib import Path
 from kubetune import progress as reporting
 from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
+from kubetune.registry import oci_store
 from kubetune.spec import DATASET_BUILD, SpecError, parse_spec
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # what the Job controller sets in each pod of an Indexed Job
@@ -65,10 +66,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
     if manifest is not None:
+        try:
+            published = publish(spec, args.output, manifest)
+        except oci_store.PublishError as exc:
+            print(f"datagen failed: publishing: {exc}", file=sys.stderr)
+            return 1
         rows = {name.removesuffix(".parquet"): f["rows"] for name, f in manifest["files"].items() if "rows" in f}
-        result = {"digest": manifest["digest"], "files": manifest["files"]}
-        reporting.finish(result, {"digest": manifest["digest"], "rows": rows})
+        result = {"digest": manifest["digest"], "files": manifest["files"], "published": published}
+        summary = {"digest": manifest["digest"], "rows": rows}
+        if spec.publish.oci:
+            summary["published"] = published
+        reporting.finish(result, summary)
     return 0
+
+
+def publish(spec, output: Path, manifest: dict) -> list[dict]:
+    """Push the written dataset to each of ``spec.publish.oci``; where it went (also OUTPUT/publish.json)."""
+    published = []
+    for target in spec.publish.oci:
+        pushed = oci_store.push_dataset(
+            repository=target.repository,
+            dataset_dir=output,
+            manifest=manifest,
+            tag=target.tag,
+            plain_http=target.plain_http,
+            credentials_file=Path(target.credentials_file) if target.credentials_file else None,
+            credentials_secret=target.credentials_secret,
+        )
+        print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
+        published.append({"target": "oci", "reference": pushed["reference"], "digest": manifest["digest"]})
+    if published:
+        (output / "publish.json").write_text(json.dumps({"published": published}, indent=2))
+    return published
 
 
 if __name__ == "__main__":

@@ -42,14 +42,17 @@ class PublishError(RuntimeError):
     """A target refused or could not be reached; the message names the target and says why."""
 
 
+DATASET_MANIFEST_MEDIA_TYPE = "application/vnd.kubetune.dataset.manifest.v1+json"
+_BY_SUFFIX = {".parquet": "application/vnd.apache.parquet", ".md": "text/markdown", ".png": "image/png",
+              ".json": "application/json"}  # fmt: skip
+
+
 def media_type(path: Path) -> str:
     if path.suffix == ".safetensors":
         return WEIGHTS_MEDIA_TYPE
     if path.name == "adapter_config.json":
         return ADAPTER_CONFIG_MEDIA_TYPE
-    if path.suffix == ".json":
-        return "application/json"
-    return "application/octet-stream"
+    return _BY_SUFFIX.get(path.suffix, "application/octet-stream")
 
 
 def read_credentials(path: Path, registry: str) -> tuple[str, str]:
@@ -148,29 +151,103 @@ def push(
     attempts: int = 3,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
-    """Push ``adapter_dir`` to ``repository`` (``host[:port]/path``) as ``tag`` (default: from the adapter's
-    digest); returns the reference (``repository:tag@manifest-digest``), the manifest digest and whether it was
-    pushed now. A registry that fails is tried ``attempts`` times, waiting 1, 2, 4... s between."""
+    """Push the adapter in ``adapter_dir`` to ``repository`` (``host[:port]/path``) as ``tag`` (default: from
+    the adapter's digest), its lineage as the config; returns the reference (``repository:tag@manifest-digest``),
+    the manifest digest and whether it was pushed now. A registry that fails is tried ``attempts`` times,
+    waiting 1, 2, 4... s between."""
+    if any(p.is_dir() for p in adapter_dir.iterdir()):
+        raise PublishError(f"oci {repository}: {adapter_dir} holds folders; an adapter is a flat folder of files")
+    job = lineage["resources"]["fineTuneJob"] or {}
+    return _push(
+        repository=repository,
+        files=sorted(p for p in adapter_dir.iterdir() if p.is_file()),
+        config=(lineage, LINEAGE_MEDIA_TYPE),
+        identity=(TAG_PREFIX + "adapter-digest", lineage["adapter"]["digest"]),
+        annotations={
+            "org.opencontainers.image.created": lineage["created"],
+            "org.opencontainers.image.title": title,
+            "org.opencontainers.image.source": _source(job, "finetunejobs"),
+            **tags(lineage),
+        },
+        tag=tag or f"adapter-{lineage['adapter']['digest'].removeprefix('sha256:')[:16]}",
+        credentials=_credentials(repository, credentials_file, credentials_secret),
+        plain_http=plain_http,
+        attempts=attempts,
+        sleep=sleep,
+    )
+
+
+DATASET_FILES = ("train.parquet", "test.parquet", "manifest.json", "README.md", "funnel.png")
+
+
+def push_dataset(
+    *,
+    repository: str,
+    dataset_dir: Path,
+    manifest: dict[str, Any],
+    tag: str | None = None,
+    plain_http: bool = False,
+    credentials_file: Path | None = None,
+    credentials_secret: str | None = None,
+    attempts: int = 3,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Push a DatasetBuild's output (the splits, manifest.json, the card and the funnel chart) to ``repository``;
+    the manifest is also the artifact's config. Tag and idempotency by the dataset's digest, as :func:`push`."""
+    build = manifest.get("resource") or {}
+    digest = manifest["digest"]
+    return _push(
+        repository=repository,
+        files=[dataset_dir / name for name in DATASET_FILES if (dataset_dir / name).is_file()],
+        config=(manifest, DATASET_MANIFEST_MEDIA_TYPE),
+        identity=(TAG_PREFIX + "dataset-digest", digest),
+        annotations={
+            "org.opencontainers.image.created": manifest.get("createdAt") or "",
+            "org.opencontainers.image.title": manifest.get("name") or "dataset",
+            "org.opencontainers.image.source": _source(build, "datasetbuilds"),
+            TAG_PREFIX + "dataset-digest": digest,
+            TAG_PREFIX + "type": str(manifest.get("type")),
+            **{TAG_PREFIX + f"rows-{n.removesuffix('.parquet')}": str(f["rows"]) for n, f in manifest["files"].items()},
+        },
+        tag=tag or f"dataset-{digest.removeprefix('sha256:')[:16]}",
+        credentials=_credentials(repository, credentials_file, credentials_secret),
+        plain_http=plain_http,
+        attempts=attempts,
+        sleep=sleep,
+    )
+
+
+def _source(resource: dict[str, Any], plural: str) -> str:
+    return f"kubetune://{resource.get('namespace') or 'local'}/{plural}/{resource.get('name')}"
+
+
+def _credentials(repository: str, file: Path | None, secret: str | None) -> tuple[str, str] | None:
+    registry = repository.split("/", 1)[0]
+    if secret:
+        return secret_credentials(secret, registry)
+    return read_credentials(file, registry) if file else None
+
+
+def _push(
+    *,
+    repository: str,
+    files: list[Path],
+    config: tuple[dict[str, Any], str],
+    identity: tuple[str, str],
+    annotations: dict[str, str],
+    tag: str,
+    credentials: tuple[str, str] | None,
+    plain_http: bool,
+    attempts: int,
+    sleep: Callable[[float], None],
+) -> dict[str, str]:
+    """Push ``files`` (one layer each) with ``config`` (its JSON and media type) as ``repository:tag``, unless
+    the tag already holds a manifest whose annotation ``identity`` (key, value) is this one's."""
     import requests
 
     registry = repository.split("/", 1)[0]
-    digest = lineage["adapter"]["digest"]
-    tag = tag or f"adapter-{digest.removeprefix('sha256:')[:16]}"
     target = f"{repository}:{tag}"
-    files = sorted(p for p in adapter_dir.iterdir() if p.is_file())
-    if any(p.is_dir() for p in adapter_dir.iterdir()):
-        raise PublishError(f"oci {repository}: {adapter_dir} holds folders; an adapter is a flat folder of files")
-    credentials = read_credentials(credentials_file, registry) if credentials_file else None
-    if credentials_secret:
-        credentials = secret_credentials(credentials_secret, registry)
-    job = lineage["resources"]["fineTuneJob"] or {}
-    annotations = {
-        "org.opencontainers.image.created": lineage["created"],
-        "org.opencontainers.image.title": title,
-        "org.opencontainers.image.source": f"kubetune://{job.get('namespace') or 'local'}/finetunejobs/"
-        f"{job.get('name')}",
-        **tags(lineage),
-    }
+    key, value = identity
     last: Exception | None = None
     for attempt in range(attempts):
         if attempt:
@@ -178,16 +255,16 @@ def push(
         try:
             client = _client(registry, plain_http, credentials, _probe(registry, plain_http, credentials))
             found = _existing(client, target)
-            if found and (found.get("annotations") or {}).get(TAG_PREFIX + "adapter-digest") == digest:
+            if found and (found.get("annotations") or {}).get(key) == value:
                 manifest_digest = _digest_of(client, target)
                 return {"reference": f"{target}@{manifest_digest}", "digest": manifest_digest, "pushed": "false"}
             with tempfile.TemporaryDirectory() as tmp:
-                config = Path(tmp) / "lineage.json"
-                config.write_text(json.dumps(lineage, indent=2, sort_keys=True))
+                config_file = Path(tmp) / "config.json"
+                config_file.write_text(json.dumps(config[0], indent=2, sort_keys=True))
                 response = client.push(
                     target=target,
                     files=[f"{p}:{media_type(p)}" for p in files],
-                    manifest_config=f"{config}:{LINEAGE_MEDIA_TYPE}",
+                    manifest_config=f"{config_file}:{config[1]}",
                     manifest_annotations=annotations,
                     disable_path_validation=True,
                     quiet=True,

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
-from kubetune.spec.scheduling import SchedulingSpec
+from kubetune.spec.scheduling import DNS_SUBDOMAIN, SchedulingSpec
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -285,6 +285,56 @@ class CardSpec(SpecModel):
     language: list[str] = Field(default_factory=lambda: ["en"])
 
 
+class OciTargetSpec(SpecModel):
+    """An OCI registry an output is pushed to as an ORAS artifact (one layer per file; an adapter's lineage.json,
+    or a dataset's manifest.json, as its config). Credentials come from a file, never from the spec."""
+
+    repository: str = Field(
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$",
+        max_length=255,
+        description="host[:port]/path, e.g. registry.example.com/team/adapters.",
+    )
+    tag: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="Default: adapter- (or dataset-) and the first 16 hex digits of the output's digest (new "
+        "content, a new tag; the same content is never pushed twice).",
+    )
+    plain_http: bool = Field(False, description="Talk HTTP, not HTTPS (a registry on loopback or a test network).")
+    credentials_file: str | None = Field(
+        None,
+        description="A file holding the credentials: a Docker config (a kubernetes.io/dockerconfigjson Secret's "
+        ".dockerconfigjson, mounted) or one line username:password. Default: none (an open registry).",
+    )
+    credentials_secret: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="In a cluster: a Secret in the job's namespace that the kubelet mounts into the training pod "
+        "(the operator never reads it): its .dockerconfigjson key (type kubernetes.io/dockerconfigjson), or its "
+        "username and password keys.",
+    )
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "!(has(self.credentialsFile) && has(self.credentialsSecret))",
+            "set at most one of credentialsFile or credentialsSecret",
+            lambda s: s.credentials_file is None or s.credentials_secret is None,
+        ),
+    )
+
+
+class DatasetPublishSpec(SpecModel):
+    """Where the dataset is published once written."""
+
+    oci: list[OciTargetSpec] = Field(
+        default_factory=list,
+        max_length=8,
+        description="OCI registries the dataset is pushed to (the splits, manifest.json as the artifact's config "
+        "and a layer, the card and the funnel chart).",
+    )
+
+
 class DatasetBuildSpec(SchedulingSpec):
     """Raw documents -> cleaned, deduplicated chunks -> LLM-written samples -> curated, formatted, split dataset."""
 
@@ -303,6 +353,7 @@ class DatasetBuildSpec(SchedulingSpec):
     format: FormatSpec = Field(default_factory=FormatSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
     card: CardSpec = Field(default_factory=CardSpec)
+    publish: DatasetPublishSpec = Field(default_factory=DatasetPublishSpec)
 
     cel_rules: ClassVar = (
         *SchedulingSpec.cel_rules,

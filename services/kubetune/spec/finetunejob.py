@@ -11,8 +11,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from kubetune.spec.base import CelRule, SpecModel
-from kubetune.spec.datasetbuild import DEFAULT_RUBRIC, EndpointSpec
-from kubetune.spec.scheduling import DNS_LABEL, DNS_SUBDOMAIN, SchedulingSpec
+from kubetune.spec.datasetbuild import DEFAULT_RUBRIC, EndpointSpec, OciTargetSpec
+from kubetune.spec.scheduling import DNS_LABEL, SchedulingSpec
 
 
 class DatasetBuildRef(SpecModel):
@@ -187,45 +187,6 @@ class GateSpec(SpecModel):
         False,
         description="The tuned model's eval loss must be below the base model's on the same test split and, with "
         "evaluation.judge, its judge score above the base's.",
-    )
-
-
-class OciTargetSpec(SpecModel):
-    """An OCI registry the adapter is pushed to as an ORAS artifact (one layer per file, lineage.json as its
-    config). Credentials come from a file, never from the spec."""
-
-    repository: str = Field(
-        pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$",
-        max_length=255,
-        description="host[:port]/path, e.g. registry.example.com/team/adapters.",
-    )
-    tag: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
-        description="Default: adapter- and the first 16 hex digits of the adapter's digest (a new adapter, a new "
-        "tag; the same adapter is never pushed twice).",
-    )
-    plain_http: bool = Field(False, description="Talk HTTP, not HTTPS (a registry on loopback or a test network).")
-    credentials_file: str | None = Field(
-        None,
-        description="A file holding the credentials: a Docker config (a kubernetes.io/dockerconfigjson Secret's "
-        ".dockerconfigjson, mounted) or one line username:password. Default: none (an open registry).",
-    )
-    credentials_secret: str | None = Field(
-        None,
-        pattern=DNS_SUBDOMAIN,
-        max_length=253,
-        description="In a cluster: a Secret in the job's namespace that the kubelet mounts into the training pod "
-        "(the operator never reads it): its .dockerconfigjson key (type kubernetes.io/dockerconfigjson), or its "
-        "username and password keys.",
-    )
-
-    cel_rules: ClassVar = (
-        CelRule(
-            "!(has(self.credentialsFile) && has(self.credentialsSecret))",
-            "set at most one of credentialsFile or credentialsSecret",
-            lambda s: s.credentials_file is None or s.credentials_secret is None,
-        ),
     )
 
 
