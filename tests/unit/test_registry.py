@@ -32,7 +32,7 @@ def _folders(tmp_path):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     build = {"kind": "DatasetBuild", "namespace": "team", "name": "docs", "uid": "b-1"}
-    (dataset / "manifest.json").write_text(json.dumps({"digest": "sha256:abc", "resource": build}))
+    (dataset / "manifest.json").write_text(json.dumps({"digest": "sha256:" + "ab" * 32, "resource": build}))
     return adapter, dataset
 
 
@@ -50,7 +50,7 @@ def test_the_lineage_record_names_what_the_model_was_made_from(tmp_path, monkeyp
     )
     assert lineage["schema"] == SCHEMA and lineage["spec"] == SPEC
     assert lineage["baseModel"] == {"id": "models/base", "digest": None}  # not a folder here: no digest
-    assert lineage["dataset"] == {"uri": str(dataset), "digest": "sha256:abc"}
+    assert lineage["dataset"] == {"uri": str(dataset), "digest": "sha256:" + "ab" * 32}
     assert lineage["adapter"]["digest"] == tree_digest(adapter)
     assert lineage["resources"]["fineTuneJob"] == identity
     assert lineage["resources"]["datasetBuild"]["uid"] == "b-1"
@@ -142,13 +142,17 @@ def test_publish_registers_lineage_and_is_idempotent(tmp_path):
     versions = {str(v.version): v for v in client.search_model_versions("name = 'demo'")}
     assert set(versions) == {"1", "2"}
     version_tags = versions["2"].tags
-    assert version_tags["kubetune.dev/dataset-digest"] == "sha256:abc"
+    assert version_tags["kubetune.dev/dataset-digest"] == "sha256:" + "ab" * 32
     assert version_tags["kubetune.dev/adapter-digest"] == tree_digest(adapter)
     assert version_tags["kubetune.dev/finetunejob-uid"] == "f-1"
     run = client.get_run(versions["2"].run_id)
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "eval_loss_curve")] == [2.4, 1.9]
     assert run.data.metrics["initial_eval_loss"] == 2.4
+    (used,) = run.inputs.dataset_inputs  # the dataset, as MLflow's dataset input of the run
+    assert (used.dataset.name, used.dataset.digest) == ("docs", "ab" * 16)
+    assert json.loads(used.dataset.source) == {"uri": dataset.resolve().as_uri()}
+    assert [t.value for t in used.tags] == ["training"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert artifacts == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     top = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -8,6 +8,7 @@ name is returned instead of a new one, so a retried pod does not register twice.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,22 @@ def _artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def _dataset_input(lineage: dict[str, Any]):
+    """The dataset the run trained on, as an MLflow dataset input: its build's name, its folder, and its digest
+    (the first 32 hex digits: MLflow keeps 36 characters; the whole one is in the lineage)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = lineage["dataset"]
+    build = lineage["resources"].get("datasetBuild") or {}
+    uri = Path(dataset["uri"]).resolve().as_uri()
+    name = build.get("name") or Path(dataset["uri"]).name
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two registrations of one class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(uri)
+    return MetaDataset(source, name=name, digest=dataset["digest"].removeprefix("sha256:")[:32])
+
+
 def publish(
     *,
     tracking_uri: str,
@@ -32,8 +49,9 @@ def publish(
     files: list[Path] = (),
 ) -> dict[str, str]:
     """Register ``artifact_dir`` as a version of ``model_name``, its run holding the adapter, ``lineage.json``,
-    the parameters, the loss per step and ``files`` (metrics.json, loss.png); returns name, version, run id and
-    source. ``lineage`` is :func:`kubetune.registry.lineage.record`'s, its adapter digest ``artifact_dir``'s."""
+    the parameters, the loss per step, ``files`` (metrics.json, loss.png) and the dataset as its input; returns
+    name, version, run id and source. ``lineage`` is :func:`kubetune.registry.lineage.record`'s, its adapter
+    digest ``artifact_dir``'s."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -74,6 +92,7 @@ def publish(
         for key in ("train_loss", "eval_loss", "initial_eval_loss", "runtime_seconds", "tokens_per_second"):
             if metrics.get(key) is not None:
                 mlflow.log_metric(key, float(metrics[key]))
+        mlflow.log_input(_dataset_input(lineage), context="training")
         mlflow.log_artifacts(str(artifact_dir), artifact_path="adapter")
         mlflow.log_text(json.dumps(lineage, indent=2), "lineage.json")
         for path in files:
