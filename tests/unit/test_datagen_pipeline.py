@@ -507,3 +507,13 @@ def test_an_extract_not_in_the_chunk_falls_back_to_the_sentences_the_answer_came
         "Bananas are yellow.", chunk, answer="Paged optimizers move the optimizer states to CPU memory in spikes."
     )
     assert found is not None and found.startswith("Paged optimizers move optimizer states") and found in chunk
+
+
+def test_editing_where_a_dataset_is_published_keeps_its_stages(tmp_path, tiny_model):
+    """publish changes no stage's output: the folder is not refused as another spec's, and nothing is asked again."""
+    folder = write_corpus(tmp_path, {"lora.md": LORA})
+    first = run(make_spec(folder, tiny_model), tmp_path / "out", ScriptedEngine(by_topic(GOOD)))
+    again = ScriptedEngine(by_topic(GOOD))
+    spec = make_spec(folder, tiny_model, publish={"oci": [{"repository": "r.example/team/datasets"}]})
+    assert run(spec, tmp_path / "out", again)["digest"] == first["digest"]
+    assert again.asked == []

@@ -20,7 +20,13 @@ from kubetune.registry.oci_store import (
     push,
     read_credentials,
 )
+from kubetune.spec.datasetbuild import OciTargetSpec
 from tests import registry
+
+
+def target(repository: str, **fields) -> OciTargetSpec:
+    return OciTargetSpec.model_validate({"repository": repository, "plainHttp": True, **fields})
+
 
 SPEC = {"baseModel": "models/base", "method": "lora", "objective": "sft", "dataset": {"path": "data"}}
 JOB = {"kind": "FineTuneJob", "namespace": "team", "name": "tune", "uid": "f-1"}
@@ -55,7 +61,7 @@ def test_push_then_pull_gives_the_same_bytes_with_lineage(tmp_path, adapter):
     folder, lineage = adapter
     with registry.running(tmp_path / "registry") as reg:
         repository = f"{reg.host}/team/adapters"
-        pushed = push(repository=repository, adapter_dir=folder, lineage=lineage, title="docs-lora", plain_http=True)
+        pushed = push(target(repository), folder, lineage, "docs-lora")
         assert pushed["pushed"] == "true" and pushed["digest"].startswith("sha256:")
         tag = f"adapter-{lineage['adapter']['digest'].removeprefix('sha256:')[:16]}"
         assert pushed["reference"] == f"{repository}:{tag}@{pushed['digest']}"
@@ -83,7 +89,7 @@ def test_push_then_pull_gives_the_same_bytes_with_lineage(tmp_path, adapter):
         config = requests.get(f"http://{reg.host}/v2/team/adapters/blobs/{manifest['config']['digest']}", timeout=10)
         assert config.json()["schema"] == SCHEMA  # the whole lineage record travels as the config
 
-        again = push(repository=repository, adapter_dir=folder, lineage=lineage, title="docs-lora", plain_http=True)
+        again = push(target(repository), folder, lineage, "docs-lora")
         assert (again["pushed"], again["reference"]) == ("false", pushed["reference"])  # nothing pushed twice
 
 
@@ -93,8 +99,7 @@ def test_with_basic_auth_the_credentials_come_from_a_file(tmp_path, adapter):
         repository = f"{reg.host}/team/adapters"
         plain = tmp_path / "plain-credentials"
         plain.write_text("pusher:s3cret-pw\n")
-        pushed = push(repository=repository, adapter_dir=folder, lineage=lineage, title="x", plain_http=True,
-                      credentials_file=plain, tag="v1")  # fmt: skip
+        pushed = push(target(repository, credentialsFile=str(plain), tag="v1"), folder, lineage, "x")
         assert pushed["pushed"] == "true"
         # A Docker config, as a kubernetes.io/dockerconfigjson Secret mounts it, works the same.
         docker = tmp_path / ".dockerconfigjson"
@@ -104,12 +109,11 @@ def test_with_basic_auth_the_credentials_come_from_a_file(tmp_path, adapter):
         assert {p.name for p in pulled} == {p.name for p in folder.iterdir()}
 
         with pytest.raises(PublishError, match=r"401: it wants credentials \(credentialsFile\)"):
-            push(repository=repository, adapter_dir=folder, lineage=lineage, title="x", plain_http=True, tag="v2")
+            push(target(repository, tag="v2"), folder, lineage, "x")
         wrong = tmp_path / "wrong"
         wrong.write_text("pusher:not-it")
         with pytest.raises(PublishError) as refused:
-            push(repository=repository, adapter_dir=folder, lineage=lineage, title="x", plain_http=True,
-                 credentials_file=wrong, tag="v2")  # fmt: skip
+            push(target(repository, credentialsFile=str(wrong), tag="v2"), folder, lineage, "x")
         assert "401: the credentials were refused" in str(refused.value) and "not-it" not in str(refused.value)
         assert _manifest(reg.host, "team/adapters", "v1", auth=("pusher", "s3cret-pw"))  # v1 there, v2 never pushed
         with pytest.raises(requests.HTTPError):
@@ -121,8 +125,7 @@ def test_a_registry_that_is_down_is_retried_then_named(tmp_path, adapter):
     waits: list[float] = []
     port = registry._free_port()  # nothing listens there
     with pytest.raises(PublishError) as failed:
-        push(repository=f"127.0.0.1:{port}/team/adapters", adapter_dir=folder, lineage=lineage, title="x",
-             plain_http=True, attempts=3, sleep=waits.append)  # fmt: skip
+        push(target(f"127.0.0.1:{port}/team/adapters"), folder, lineage, "x", attempts=3, sleep=waits.append)
     assert waits == [1, 2]  # backoff between the three attempts
     assert str(failed.value).startswith(f"oci 127.0.0.1:{port}/team/adapters: failed after 3 attempts: ")
 

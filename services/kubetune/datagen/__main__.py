@@ -84,15 +84,7 @@ def publish(spec, output: Path, manifest: dict) -> list[dict]:
     """Push the written dataset to each of ``spec.publish.oci``; where it went (also OUTPUT/publish.json)."""
     published = []
     for target in spec.publish.oci:
-        pushed = oci_store.push_dataset(
-            repository=target.repository,
-            dataset_dir=output,
-            manifest=manifest,
-            tag=target.tag,
-            plain_http=target.plain_http,
-            credentials_file=Path(target.credentials_file) if target.credentials_file else None,
-            credentials_secret=target.credentials_secret,
-        )
+        pushed = oci_store.push_dataset(target, output, manifest)
         print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
         published.append({"target": "oci", "reference": pushed["reference"], "digest": manifest["digest"]})
     if published:

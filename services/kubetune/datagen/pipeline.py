@@ -128,7 +128,7 @@ class Build:
         shard: tuple[int, int] | None = None,
     ):
         self.spec, self.output, self.log, self.shard = spec, output, log, shard
-        self.store = StageStore(output / "stages" if output else None, spec.result_wire())
+        self.store = StageStore(output / "stages" if output else None, spec.content_wire())
         self.funnel = Funnel(output, planned_stages(spec), log)
         self._engine_factory = engine_factory
         self._engines: dict[str | None, ChatEngine] = {}
@@ -455,6 +455,9 @@ def _write_parquet(rows: list[dict], path: Path) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # Keys sorted at every level, as the stage store keeps rows: a build that replays its last stages from the
+    # store writes the same columns in the same order, so the same bytes and digest, as one that ran them.
+    rows = json.loads(json.dumps(rows, sort_keys=True, ensure_ascii=False))
     pq.write_table(pa.Table.from_pylist(rows), path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -547,7 +550,7 @@ def build(
             digest = _write_parquet(split_rows, output / f"{split_name}.parquet")
             manifest["files"][f"{split_name}.parquet"] = {"sha256": digest, "rows": len(split_rows)}
     manifest["digest"] = _digest(manifest["files"])
-    manifest["columns"] = list(train[0])
+    manifest["columns"] = sorted(train[0])  # as the parquet files hold them
     b.funnel.done(StageReport("write", len(train) + len(test), len(train) + len(test)))
     manifest["stages"] = [asdict(s) for s in b.funnel.stages]
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.registry.lineage import TAG_PREFIX, tags
+from kubetune.spec.datasetbuild import OciTargetSpec
 
 LINEAGE_MEDIA_TYPE = "application/vnd.kubetune.lineage.v1+json"
 WEIGHTS_MEDIA_TYPE = "application/vnd.kubetune.adapter.weights.v1+safetensors"
@@ -139,105 +140,81 @@ def _existing(client: Any, target: str) -> dict[str, Any] | None:
 
 
 def push(
-    *,
-    repository: str,
+    target: OciTargetSpec,
     adapter_dir: Path,
     lineage: dict[str, Any],
     title: str,
-    tag: str | None = None,
-    plain_http: bool = False,
-    credentials_file: Path | None = None,
-    credentials_secret: str | None = None,
+    *,
     attempts: int = 3,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
-    """Push the adapter in ``adapter_dir`` to ``repository`` (``host[:port]/path``) as ``tag`` (default: from
-    the adapter's digest), its lineage as the config; returns the reference (``repository:tag@manifest-digest``),
-    the manifest digest and whether it was pushed now. A registry that fails is tried ``attempts`` times,
-    waiting 1, 2, 4... s between."""
+    """Push the adapter in ``adapter_dir`` to ``target.repository`` as ``target.tag`` (default: from the adapter's
+    digest), its lineage as the config; returns the reference (``repository:tag@manifest-digest``), the manifest
+    digest and whether it was pushed now. A registry that fails is tried ``attempts`` times, waiting 1, 2, 4... s
+    between."""
     if any(p.is_dir() for p in adapter_dir.iterdir()):
-        raise PublishError(f"oci {repository}: {adapter_dir} holds folders; an adapter is a flat folder of files")
+        raise PublishError(f"oci {target.repository}: {adapter_dir} holds folders; an adapter is a flat folder")
+    digest = lineage["adapter"]["digest"]
     job = lineage["resources"]["fineTuneJob"] or {}
-    return _push(
-        repository=repository,
-        files=sorted(p for p in adapter_dir.iterdir() if p.is_file()),
-        config=(lineage, LINEAGE_MEDIA_TYPE),
-        identity=(TAG_PREFIX + "adapter-digest", lineage["adapter"]["digest"]),
-        annotations={
-            "org.opencontainers.image.created": lineage["created"],
-            "org.opencontainers.image.title": title,
-            "org.opencontainers.image.source": _source(job, "finetunejobs"),
-            **tags(lineage),
-        },
-        tag=tag or f"adapter-{lineage['adapter']['digest'].removeprefix('sha256:')[:16]}",
-        credentials=_credentials(repository, credentials_file, credentials_secret),
-        plain_http=plain_http,
-        attempts=attempts,
-        sleep=sleep,
-    )
+    annotations = {
+        "org.opencontainers.image.created": lineage["created"],
+        "org.opencontainers.image.title": title,
+        "org.opencontainers.image.source": _source(job, "finetunejobs"),
+        **tags(lineage),
+    }
+    files = sorted(p for p in adapter_dir.iterdir() if p.is_file())
+    identity = (TAG_PREFIX + "adapter-digest", digest)
+    return _push(target, f"adapter-{digest.removeprefix('sha256:')[:16]}", files, (lineage, LINEAGE_MEDIA_TYPE),
+                 identity, annotations, attempts, sleep)  # fmt: skip
 
 
 DATASET_FILES = ("train.parquet", "test.parquet", "manifest.json", "README.md", "funnel.png")
 
 
 def push_dataset(
-    *,
-    repository: str,
+    target: OciTargetSpec,
     dataset_dir: Path,
     manifest: dict[str, Any],
-    tag: str | None = None,
-    plain_http: bool = False,
-    credentials_file: Path | None = None,
-    credentials_secret: str | None = None,
+    *,
     attempts: int = 3,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
-    """Push a DatasetBuild's output (the splits, manifest.json, the card and the funnel chart) to ``repository``;
-    the manifest is also the artifact's config. Tag and idempotency by the dataset's digest, as :func:`push`."""
-    build = manifest.get("resource") or {}
+    """Push a DatasetBuild's output (the splits, manifest.json, the card and the funnel chart) to ``target``; the
+    manifest is also the artifact's config. Tag and idempotency by the dataset's digest, as :func:`push`."""
     digest = manifest["digest"]
-    return _push(
-        repository=repository,
-        files=[dataset_dir / name for name in DATASET_FILES if (dataset_dir / name).is_file()],
-        config=(manifest, DATASET_MANIFEST_MEDIA_TYPE),
-        identity=(TAG_PREFIX + "dataset-digest", digest),
-        annotations={
-            "org.opencontainers.image.created": manifest.get("createdAt") or "",
-            "org.opencontainers.image.title": manifest.get("name") or "dataset",
-            "org.opencontainers.image.source": _source(build, "datasetbuilds"),
-            TAG_PREFIX + "dataset-digest": digest,
-            TAG_PREFIX + "type": str(manifest.get("type")),
-            **{TAG_PREFIX + f"rows-{n.removesuffix('.parquet')}": str(f["rows"]) for n, f in manifest["files"].items()},
-        },
-        tag=tag or f"dataset-{digest.removeprefix('sha256:')[:16]}",
-        credentials=_credentials(repository, credentials_file, credentials_secret),
-        plain_http=plain_http,
-        attempts=attempts,
-        sleep=sleep,
-    )
+    annotations = {
+        "org.opencontainers.image.created": manifest.get("createdAt") or "",
+        "org.opencontainers.image.title": manifest.get("name") or "dataset",
+        "org.opencontainers.image.source": _source(manifest.get("resource") or {}, "datasetbuilds"),
+        TAG_PREFIX + "dataset-digest": digest,
+        TAG_PREFIX + "type": str(manifest.get("type")),
+        **{TAG_PREFIX + f"rows-{n.removesuffix('.parquet')}": str(f["rows"]) for n, f in manifest["files"].items()},
+    }
+    files = [dataset_dir / name for name in DATASET_FILES if (dataset_dir / name).is_file()]
+    identity = (TAG_PREFIX + "dataset-digest", digest)
+    config = (manifest, DATASET_MANIFEST_MEDIA_TYPE)
+    return _push(target, f"dataset-{digest.removeprefix('sha256:')[:16]}", files, config, identity, annotations,
+                 attempts, sleep)  # fmt: skip
 
 
 def _source(resource: dict[str, Any], plural: str) -> str:
     return f"kubetune://{resource.get('namespace') or 'local'}/{plural}/{resource.get('name')}"
 
 
-def _credentials(repository: str, file: Path | None, secret: str | None) -> tuple[str, str] | None:
-    registry = repository.split("/", 1)[0]
-    if secret:
-        return secret_credentials(secret, registry)
-    return read_credentials(file, registry) if file else None
+def _credentials(target: OciTargetSpec) -> tuple[str, str] | None:
+    registry = target.repository.split("/", 1)[0]
+    if target.credentials_secret:
+        return secret_credentials(target.credentials_secret, registry)
+    return read_credentials(Path(target.credentials_file), registry) if target.credentials_file else None
 
 
 def _push(
-    *,
-    repository: str,
+    target: OciTargetSpec,
+    default_tag: str,
     files: list[Path],
     config: tuple[dict[str, Any], str],
     identity: tuple[str, str],
     annotations: dict[str, str],
-    tag: str,
-    credentials: tuple[str, str] | None,
-    plain_http: bool,
     attempts: int,
     sleep: Callable[[float], None],
 ) -> dict[str, str]:
@@ -245,8 +222,10 @@ def _push(
     the tag already holds a manifest whose annotation ``identity`` (key, value) is this one's."""
     import requests
 
+    repository, plain_http = target.repository, target.plain_http
     registry = repository.split("/", 1)[0]
-    target = f"{repository}:{tag}"
+    reference = f"{repository}:{target.tag or default_tag}"
+    credentials = _credentials(target)
     key, value = identity
     last: Exception | None = None
     for attempt in range(attempts):
@@ -254,23 +233,23 @@ def _push(
             sleep(2 ** (attempt - 1))
         try:
             client = _client(registry, plain_http, credentials, _probe(registry, plain_http, credentials))
-            found = _existing(client, target)
+            found = _existing(client, reference)
             if found and (found.get("annotations") or {}).get(key) == value:
-                manifest_digest = _digest_of(client, target)
-                return {"reference": f"{target}@{manifest_digest}", "digest": manifest_digest, "pushed": "false"}
+                manifest_digest = _digest_of(client, reference)
+                return {"reference": f"{reference}@{manifest_digest}", "digest": manifest_digest, "pushed": "false"}
             with tempfile.TemporaryDirectory() as tmp:
                 config_file = Path(tmp) / "config.json"
                 config_file.write_text(json.dumps(config[0], indent=2, sort_keys=True))
                 response = client.push(
-                    target=target,
+                    target=reference,
                     files=[f"{p}:{media_type(p)}" for p in files],
                     manifest_config=f"{config_file}:{config[1]}",
                     manifest_annotations=annotations,
                     disable_path_validation=True,
                     quiet=True,
                 )
-            manifest_digest = response.headers.get("Docker-Content-Digest") or _digest_of(client, target)
-            return {"reference": f"{target}@{manifest_digest}", "digest": manifest_digest, "pushed": "true"}
+            manifest_digest = response.headers.get("Docker-Content-Digest") or _digest_of(client, reference)
+            return {"reference": f"{reference}@{manifest_digest}", "digest": manifest_digest, "pushed": "true"}
         except (requests.ConnectionError, requests.Timeout, requests.HTTPError, ValueError) as exc:
             last = exc  # unreachable, a 5xx, or a refused upload (oras raises ValueError): try again
     raise PublishError(f"oci {repository}: failed after {attempts} attempts: {_one_line(last)}")

@@ -355,6 +355,11 @@ class DatasetBuildSpec(SchedulingSpec):
     card: CardSpec = Field(default_factory=CardSpec)
     publish: DatasetPublishSpec = Field(default_factory=DatasetPublishSpec)
 
+    def content_wire(self) -> dict:
+        """What the dataset's content is made from: :meth:`result_wire` without ``publish`` (where a dataset goes
+        changes none of its stages, so a build whose targets were edited resumes from its kept stages)."""
+        return {k: v for k, v in self.result_wire().items() if k != "publish"}
+
     cel_rules: ClassVar = (
         *SchedulingSpec.cel_rules,
         CelRule(

@@ -119,16 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for target in [] if failed else spec.publish.oci:
         try:
-            pushed = oci_store.push(
-                repository=target.repository,
-                adapter_dir=adapter,
-                lineage=lineage,
-                title=spec.registry.model_name if spec.registry else args.name,
-                tag=target.tag,
-                plain_http=target.plain_http,
-                credentials_file=Path(target.credentials_file) if target.credentials_file else None,
-                credentials_secret=target.credentials_secret,
-            )
+            pushed = oci_store.push(target, adapter, lineage, spec.registry.model_name if spec.registry else args.name)
         except oci_store.PublishError as exc:
             print(f"trainer failed: publishing: {exc}", file=sys.stderr)
             return 1
