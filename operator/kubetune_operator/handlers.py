@@ -258,7 +258,9 @@ def job_status(
             )
             step, result = labels.get(STEP_LABEL), None
             if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
-                decision = planner.with_cause(decision, planner.failure_cause(job_name, _pods_of(namespace, job_name)))
+                pods = _pods_of(namespace, job_name)
+                cause, partial = planner.failure_cause(job_name, pods), planner.partial_result(job_name, pods)
+                decision = planner.with_cause(decision, cause, partial)
             elif decision.phase == Phase.SUCCEEDED:
                 result = planner.result_of(job_name, _pods_of(namespace, job_name))
                 if step is None:

@@ -263,8 +263,26 @@ def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
     ended = _terminated(job_name, pods, succeeded=False)
     if not ended:
         return None
-    lines = [line.strip() for line in max(ended)[1].splitlines() if line.strip()]
+    message = max(ended)[1]
+    partial = _json_object(message)
+    if partial is not None and isinstance(partial.get("error"), str):  # kubetune.progress.fail
+        return partial["error"][:512]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1][:512] if lines else None
+
+
+def partial_result(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a failed pod reported doing before it failed (kubetune.progress.fail), or None."""
+    ended = _terminated(job_name, pods, succeeded=False)
+    return _json_object(max(ended)[1]) if ended else None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _terminated(job_name: str, pods: list[dict[str, Any]], succeeded: bool) -> list[tuple[str, str]]:
@@ -336,11 +354,20 @@ def _publication(result: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, C
     return published, None
 
 
-def with_cause(decision: Decision, cause: str | None) -> Decision:
-    """A failed Job's decision with its pods' reason appended to the message (the Job says only "backoff limit")."""
-    if cause is None or decision.phase != Phase.FAILED:
+def with_cause(decision: Decision, cause: str | None, partial: dict[str, Any] | None = None) -> Decision:
+    """A failed Job's decision with its pods' reason appended to the message (the Job says only "backoff
+    limit"), and what its pod had published before it failed (``partial``): status.published and condition
+    Published False, reason PublishFailed."""
+    if decision.phase != Phase.FAILED:
         return decision
-    return replace(decision, message=f"{decision.message}: {cause}")
+    if cause is not None:
+        decision = replace(decision, message=f"{decision.message}: {cause}")
+    published, _ = _publication(partial or {})
+    if published is None:  # the pod failed before publishing anything (or wrote no result)
+        return decision
+    message = (partial or {}).get("error") or cause or "publishing failed"
+    condition = Condition(type=ConditionType.PUBLISHED, status="False", reason="PublishFailed", message=message)
+    return replace(decision, published=published, publish_condition=condition)
 
 
 # A resource's phase only moves forward: Pending/Waiting -> Running -> Succeeded/Failed; Suspended is entered

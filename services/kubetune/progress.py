@@ -51,6 +51,18 @@ def last_record(log: str) -> dict[str, Any] | None:
     return None
 
 
+def fail(reason: str, summary: dict[str, Any]) -> None:
+    """A service that fails after doing part of its work (published to one target, not another): ``reason`` on
+    stderr as its last line, and, as the termination message, ``summary`` with the reason under ``error``, so
+    the operator can show both what was done and why the rest failed."""
+    import sys
+
+    print(reason, file=sys.stderr, flush=True)
+    path = os.environ.get("KUBETUNE_TERMINATION_LOG")
+    if path:
+        Path(path).write_text(json.dumps({**summary, "error": reason}, separators=(",", ":")))
+
+
 def finish(result: dict[str, Any], summary: dict[str, Any]) -> None:
     """Print the service's ``result`` as its last log line; write ``summary`` (with the last progress record) as
     the termination message when ``$KUBETUNE_TERMINATION_LOG`` names the file."""

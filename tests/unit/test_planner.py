@@ -431,10 +431,34 @@ def _pod(job: str, exit_code: int, message: str, finished: str = "2026-01-01T00:
             "retry",
             id="newest-pod",
         ),
+        pytest.param(
+            [_pod("tune-train", 1, '{"published":[],"error":"trainer failed: publishing: oci r/x: 401"}')],
+            "trainer failed: publishing: oci r/x: 401",
+            id="a-partial-result-says-why",
+        ),
     ],
 )
 def test_failure_cause(pods, cause):
     assert planner.failure_cause("tune-train", pods) == cause
+
+
+def test_a_target_that_failed_is_said_and_what_was_published_kept():
+    error = "trainer failed: publishing: oci r.example/x: failed after 3 attempts: connection refused"
+    mlflow = {"target": "mlflow", "reference": "models:/docs-lora/3", "digest": "sha256:ad"}
+    pods = [_pod("tune-train", 1, json.dumps({"published": [mlflow], "error": error}))]
+    failed = planner.Decision(Phase.FAILED, "BackoffLimitExceeded", "backoff limit", permanent=True)
+    decision = planner.with_cause(failed, planner.failure_cause("tune-train", pods),
+                                  planner.partial_result("tune-train", pods))  # fmt: skip
+    patch = planner.status_patch(decision, {}, 1)["status"]
+    assert patch["phase"] == "Failed" and patch["message"] == f"backoff limit: {error}"
+    assert patch["published"] == [mlflow]  # MLflow's version stands; the OCI target is what failed
+    (published,) = [c for c in patch["conditions"] if c["type"] == "Published"]
+    assert (published["status"], published["reason"], published["message"]) == ("False", "PublishFailed", error)
+    # A pod that failed before publishing (a plain last line, no result) adds no Published condition.
+    plain = [_pod("tune-train", 1, "trainer failed: no data")]
+    decision = planner.with_cause(failed, planner.failure_cause("tune-train", plain),
+                                  planner.partial_result("tune-train", plain))  # fmt: skip
+    assert decision.published is None and decision.publish_condition is None
 
 
 def test_with_cause_appends_only_to_failures():

@@ -230,6 +230,25 @@ def test_entrypoint_pushes_to_an_oci_registry_and_no_secret_leaks(tmp_path, tiny
     assert not [p for p in printed if secret in p.out + p.err]
 
 
+def test_a_target_that_is_down_fails_the_pod_saying_what_was_published(tmp_path, tiny_model, dataset, monkeypatch):
+    from kubetune.trainer.__main__ import main
+    from tests import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    down = f"127.0.0.1:{registry._free_port()}/team/tiny"  # nothing listens there
+    spec = spec_for(tiny_model, maxSteps=2).to_wire() | {
+        "registry": {"modelName": "tiny", "trackingUri": uri},
+        "publish": {"oci": [{"repository": down, "plainHttp": True}]},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    args = ["--spec", str(tmp_path / "spec.json"), "--dataset", str(dataset), "--output", str(tmp_path / "out")]
+    assert main(args) == 1
+    partial = json.loads((tmp_path / "termination-log").read_text())
+    assert [p["reference"] for p in partial["published"]] == ["models:/tiny/1"]  # MLflow's version stands
+    assert partial["error"].startswith(f"trainer failed: publishing: oci {down}: failed after 3 attempts: ")
+
+
 def test_entrypoint_reports_a_bad_spec(tmp_path, capsys):
     from kubetune.trainer.__main__ import main
 

@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
     if manifest is not None:
+        published: list[dict] = []
         try:
-            published = publish(spec, args.output, manifest)
+            publish(spec, args.output, manifest, published)
         except oci_store.PublishError as exc:
-            print(f"datagen failed: publishing: {exc}", file=sys.stderr)
+            reporting.fail(f"datagen failed: publishing: {exc}", {"published": published})
             return 1
         rows = {name.removesuffix(".parquet"): f["rows"] for name, f in manifest["files"].items() if "rows" in f}
         result = {"digest": manifest["digest"], "files": manifest["files"], "published": published}
@@ -80,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def publish(spec, output: Path, manifest: dict) -> list[dict]:
-    """Push the written dataset to each of ``spec.publish.oci``; where it went (also OUTPUT/publish.json)."""
-    published = []
+def publish(spec, output: Path, manifest: dict, published: list[dict] | None = None) -> list[dict]:
+    """Push the written dataset to each of ``spec.publish.oci``; where it went (appended to ``published`` as it
+    goes, also OUTPUT/publish.json)."""
+    published = [] if published is None else published
     for target in spec.publish.oci:
         pushed = oci_store.push_dataset(target, output, manifest)
         print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pushed = oci_store.push(target, adapter, lineage, spec.registry.model_name if spec.registry else args.name)
         except oci_store.PublishError as exc:
-            print(f"trainer failed: publishing: {exc}", file=sys.stderr)
+            # What was published stays published (a retried pod finds it and pushes nothing twice).
+            reporting.fail(f"trainer failed: publishing: {exc}", {"published": published})
             return 1
         print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
         published.append({"target": "oci", "reference": pushed["reference"], "digest": lineage["adapter"]["digest"]})
