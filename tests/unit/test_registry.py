@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from kubetune.registry import gate, publish
+from kubetune.registry import gate
 from kubetune.registry.lineage import RESOURCE_ENV, SCHEMA, record, tags, this_resource, tree_digest
+from kubetune.registry.mlflow_store import publish
 from kubetune.spec.finetunejob import GateSpec
 
 SPEC = {"baseModel": "models/base", "method": "lora", "objective": "sft", "dataset": {"path": "data"}}

@@ -1,5 +1,1 @@
-"""Publishing: an adapter (or full model) registered as a model version, with its lineage."""
-
-from kubetune.registry.mlflow_store import publish
-
-__all__ = ["publish"]
+"""Publishing: lineage, the gate, and the backends (MLflow, OCI registries); import the module needed."""

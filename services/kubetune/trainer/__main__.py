@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from kubetune import progress as reporting
-from kubetune.registry import gate, oci_store, publish
+from kubetune.registry import gate, oci_store
 from kubetune.registry.lineage import record, this_resource
+from kubetune.registry.mlflow_store import publish
 from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
 
