@@ -417,6 +417,11 @@ def test_suspend_stops_the_job_and_resume_starts_it_again(run_in_cluster):
         await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": True}})
         status = await _status_when(cluster, "FineTuneJob", "tune", lambda s: s.get("phase") == "Suspended")
         assert status["observedGeneration"] == 2
+        # The phase may come from a Job event handled first (it reads spec.suspend); the Job's patch follows.
+        for _ in range(40):
+            if (await _job_of(cluster, "tune-train"))["spec"].get("suspend"):
+                break
+            await asyncio.sleep(0.25)
         assert (await _job_of(cluster, "tune-train"))["spec"]["suspend"] is True
         # The Job controller stops the pod and says so; a status read late (still active) changes nothing.
         suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended"}
