@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -269,6 +270,8 @@ def job_status(
                 resource = parse_resource(dict(current))
                 waited = _dependencies(current.get("spec") or {}, namespace) if kind == FINE_TUNE_JOB else (None, None)
                 decision = planner.next_step(resource, step, decision, SETTINGS, result, *waited)
+            if current["metadata"].get("deletionTimestamp"):
+                decision = replace(decision, children=[])  # being deleted: no next step's Job
             decision, next_job = _create_children(current, decision)
             phase = (current.get("status") or {}).get("phase")
             if not planner.moves_forward(phase, decision.phase):
@@ -339,15 +342,18 @@ def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo
 
     The pods have no API access (no token), so they cannot write status themselves; their log, read through
     the API's ``pods/log``, is the channel (DESIGN.md, "Progress in status"). The pod's name is remembered
-    (kopf's per-resource memo), so a look costs one request, two when the pod changed."""
+    (kopf's per-resource memo) with its Job's, so a look costs one request, two when the pod changed."""
     job_name = status["jobName"]
     for attempt in range(2):
-        pod_name = memo.get("pod") if attempt == 0 else None
-        if pod_name is None:
+        # The pod read last time, if it belongs to the Job of this step (the merge after the shards, training
+        # after sizing: a new Job, new pods).
+        seen_job, pod_name = memo.get("pod") or (None, None)
+        if attempt > 0 or seen_job != job_name:
             pod = planner.running_pod(job_name, _pods_of(namespace, job_name))
             if pod is None:
                 return
-            pod_name = memo["pod"] = pod["metadata"]["name"]
+            pod_name = pod["metadata"]["name"]
+            memo["pod"] = (job_name, pod_name)
         try:
             raw = client.CoreV1Api().read_namespaced_pod_log(
                 pod_name, namespace, tail_lines=PROGRESS_TAIL_LINES, _preload_content=False

@@ -186,7 +186,7 @@ def job_outcome(
     if "FailureTarget" in conditions:
         cond = conditions["FailureTarget"]
         return Decision(Phase.RUNNING, "JobFailing", cond.get("message") or "the Job is failing")
-    if job_status.get("succeeded"):  # controllers before Kubernetes 1.31 write no SuccessCriteriaMet
+    if job_status.get("succeeded") and not job_status.get("active"):  # before 1.31: no SuccessCriteriaMet
         return Decision(Phase.RUNNING, "JobFinishing", "the pod succeeded; the Job is finishing")
     uncounted = job_status.get("uncountedTerminatedPods") or {}
     if job_status.get("active") or job_status.get("ready") or any(uncounted.values()):
@@ -219,7 +219,7 @@ def next_step(
     shards = resource.spec.generation.shards
     if outcome.phase == Phase.SUCCEEDED:
         work = f"the {shards} shards are done; merging their parts and finishing the build"
-        return _started(resource, [builders.job(resource, settings)], work, reason="ShardsSucceeded")
+        return _onward(_started(resource, [builders.job(resource, settings)], work, reason="ShardsSucceeded"))
     if outcome.phase == Phase.FAILED:
         return replace(outcome, message=f"a shard failed: {outcome.message}")
     if outcome.reason == "JobRunning":
@@ -248,9 +248,25 @@ def _sized(
         )
         return Decision(Phase.FAILED, "DoesNotFit", f"{verdict}; {advice}", permanent=True)
     decision = plan(resource, settings, dependency, start_from, gpus=gpus)
-    if decision.phase != Phase.RUNNING:
-        return decision  # suspended or queued meanwhile, or a dependency gone: as plan says
-    return replace(decision, reason="Sized", message=f"{verdict}: training on {gpus} GPU(s)")
+    if decision.phase == Phase.FAILED:
+        return decision
+    if not decision.children:  # what the job was sized for went away (or is being rebuilt) meanwhile
+        message = (
+            f"{decision.message}: the job was sized for what was there when it started, and cannot train on "
+            "what is not there now; create the FineTuneJob again"
+        )
+        return Decision(Phase.FAILED, decision.reason, message, permanent=True)
+    if decision.phase == Phase.RUNNING:
+        decision = replace(decision, reason="Sized", message=f"{verdict}: training on {gpus} GPU(s)")
+    return _onward(decision)
+
+
+def _onward(decision: Decision) -> Decision:
+    """A later step's Decision: the resource has started, so a step that Kueue holds keeps it Running (saying
+    it is queued), never back to Pending; suspended or Running as the step says."""
+    if decision.phase == Phase.PENDING:
+        return replace(decision, phase=Phase.RUNNING)
+    return decision
 
 
 def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
@@ -350,6 +366,9 @@ def _publication(result: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, C
         return published, Condition(type=ConditionType.PUBLISHED, status="False", reason="GateFailed", message=message)
     if published:
         message = "published to " + ", ".join(f"{e['target']} {e['reference']}" for e in published)
+        omitted = result.get("publishedOmitted")
+        if isinstance(omitted, int) and omitted > 0:  # kubetune.progress.fitted: the message had no room
+            message += f" and {omitted} more (the pod's log lists them)"
         return published, Condition(type=ConditionType.PUBLISHED, status="True", reason="Published", message=message)
     return published, None
 

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kubetune.files import write_atomic
+
 PROGRESS_PREFIX = "kubetune-progress: "
 TERMINATION_LIMIT = 4096  # bytes the kubelet keeps of a termination message
 
@@ -29,9 +31,7 @@ def write(output: Path, progress: dict[str, Any]) -> None:
     log line when ``$KUBETUNE_PROGRESS_LOG`` is set."""
     global _last
     _last = progress
-    partial = output / "progress.json.partial"
-    partial.write_text(json.dumps(progress))
-    partial.replace(output / "progress.json")
+    write_atomic(output / "progress.json", json.dumps(progress))
     if os.environ.get("KUBETUNE_PROGRESS_LOG"):
         print(PROGRESS_PREFIX + json.dumps(progress, separators=(",", ":")), flush=True)
 
@@ -60,7 +60,7 @@ def fail(reason: str, summary: dict[str, Any]) -> None:
     print(reason, file=sys.stderr, flush=True)
     path = os.environ.get("KUBETUNE_TERMINATION_LOG")
     if path:
-        Path(path).write_text(json.dumps({**summary, "error": reason}, separators=(",", ":")))
+        Path(path).write_text(fitted({**summary, "error": reason}))
 
 
 def finish(result: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -71,7 +71,32 @@ def finish(result: dict[str, Any], summary: dict[str, Any]) -> None:
     if not path:
         return
     message = {**summary, "progress": _last} if _last is not None else dict(summary)
-    text = json.dumps(message, separators=(",", ":"))
-    if len(text.encode()) > TERMINATION_LIMIT:  # never cut JSON short: the summary alone is small
-        text = json.dumps(summary, separators=(",", ":"))
-    Path(path).write_text(text)
+    Path(path).write_text(fitted(message))
+
+
+ERROR_LIMIT = 512  # characters of a failure's reason kept in a termination message that must shrink
+
+
+def fitted(message: dict[str, Any]) -> str:
+    """``message`` as compact JSON within the kubelet's TERMINATION_LIMIT, never cut short (the operator parses
+    it). What gives way, in order: the progress record, the length of the error, the digest each published
+    entry repeats, and last the published entries themselves, counted under ``publishedOmitted``."""
+    message = dict(message)
+
+    def text() -> str:
+        return json.dumps(message, separators=(",", ":"))
+
+    def fits() -> bool:
+        return len(text().encode()) <= TERMINATION_LIMIT
+
+    if not fits():
+        message.pop("progress", None)
+    if not fits() and isinstance(message.get("error"), str):
+        message["error"] = message["error"][:ERROR_LIMIT]
+    entries = message.get("published")
+    if not fits() and isinstance(entries, list):
+        message["published"] = entries = [{k: v for k, v in e.items() if k != "digest"} for e in entries]
+        while not fits() and entries:
+            entries.pop()
+            message["publishedOmitted"] = message.get("publishedOmitted", 0) + 1
+    return text()

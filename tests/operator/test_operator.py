@@ -352,6 +352,34 @@ def test_a_job_with_a_queue_waits_suspended_for_kueue(run_in_cluster):
     run_in_cluster(scenario)
 
 
+def test_a_queued_sharded_build_queues_its_merge_too_and_stays_running(run_in_cluster):
+    """queueName with shards: Kueue holds each step's Job. When the shards are done the merge Job is created
+    suspended, recorded as the resource's Job, and the resource stays Running (Queued) until Kueue admits it."""
+
+    async def scenario(cluster: Cluster):
+        sharded = copy.deepcopy(DSB)
+        sharded["spec"]["generation"]["shards"] = 2
+        sharded["spec"]["queueName"] = "team-a"
+        await cluster.apply(sharded)
+        shards = await _job_of(cluster, "docs-datagen-shards")
+        await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("jobName") == "docs-datagen-shards")
+        await cluster.set_job_status(shards, {"active": 2})
+        await cluster.wait_for("DatasetBuild", "docs", {"Running"}, timeout=10)
+        await cluster.finish_job(shards, succeeded=True)
+        queued = await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("jobName") == "docs-datagen")
+        ready = next(c for c in queued["conditions"] if c["type"] == "Ready")
+        assert (queued["phase"], ready["reason"]) == ("Running", "Queued")
+        merge = await _job_of(cluster, "docs-datagen")
+        assert merge["spec"]["suspend"] is True
+        assert merge["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        await cluster.set_job_status(merge, {"active": 1})
+        await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("message") == "the pod is running")
+        await cluster.finish_job(merge, succeeded=True)
+        await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=10)
+
+    run_in_cluster(scenario)
+
+
 KUBECTL = ROOT / ".cache" / "tools" / "bin" / "kubectl"
 
 

@@ -167,12 +167,15 @@ FAILURE_TARGET = {"type": "FailureTarget", "status": "True", "reason": "BackoffL
             id="failed",
         ),
         pytest.param({"failed": 1, "active": 1}, Phase.RUNNING, id="retrying"),
+        pytest.param({"succeeded": 2, "active": 2}, Phase.RUNNING, id="indexed-half-done"),
         pytest.param({"failed": 1}, Phase.RUNNING, id="between-retries"),
     ],
 )
 def test_job_outcome(job_status, phase):
     decision = planner.job_outcome("DatasetBuild", "team", "docs", job_status, SETTINGS)
     assert decision.phase == phase
+    if job_status.get("active"):  # an Indexed Job with some pods done is still running, not finishing
+        assert decision.reason == "JobRunning"
     if phase == Phase.SUCCEEDED:
         assert decision.output == {"path": "/data/datasets/team/docs"}
 
@@ -818,3 +821,51 @@ def test_the_published_condition_and_status(result, published, condition):
         (c,) = found
         assert (c["status"], c["reason"], c["message"]) == condition and c["observedGeneration"] == 1
     assert patch["phase"] == "Succeeded"  # a gate that fails leaves the job Succeeded
+
+
+QUEUED_SHARDS = SHARDED.model_copy(update={"spec": SHARDED.spec.model_copy(update={"queue_name": "gpus"})})
+QUEUED_AUTO = AUTO.model_copy(update={"spec": AUTO.spec.model_copy(update={"queue_name": "gpus"})})
+
+
+@pytest.mark.parametrize(
+    ("resource", "step", "result", "next_job"),
+    [
+        pytest.param(QUEUED_SHARDS, "shards", None, "docs-datagen", id="merge"),
+        pytest.param(QUEUED_AUTO, "sizing", {"gpus": 1, "verdict": "fits"}, "tune-train", id="training"),
+    ],
+)
+def test_a_later_step_held_by_kueue_keeps_the_resource_running(resource, step, result, next_job):
+    # Its Job is created suspended with the queue's label; the resource started long ago, so it does not go
+    # back to Pending (the status would refuse that move, and the next Job would never be recorded).
+    decision = planner.next_step(resource, step, SUCCEEDED, GPU_DEFAULT, result)
+    assert (decision.phase, decision.reason) == (Phase.RUNNING, "Queued")
+    (job,) = [c for c in decision.children if c["kind"] == "Job"]
+    assert job["metadata"]["name"] == next_job and job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert planner.moves_forward(Phase.RUNNING, decision.phase)
+
+
+def test_a_sized_job_whose_dataset_went_away_fails_saying_so():
+    chained = load_resources("""
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: tune, namespace: team}
+spec:
+  baseModel: /models/m
+  dataset: {datasetBuildRef: {name: docs}}
+  resources: {gpus: auto, gpuType: L4-24GB}
+""")[0]
+    gone = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, {"gpus": 1}, dependency=None)
+    assert (gone.phase, gone.reason, gone.permanent, gone.children) == (
+        Phase.FAILED, "DatasetBuildNotFound", True, []
+    )  # fmt: skip
+    assert "create the FineTuneJob again" in gone.message
+    there = {"metadata": {"namespace": "team"}, "status": {"phase": "Succeeded", "output": {"path": "/data/d"}}}
+    started = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, {"gpus": 1}, dependency=there)
+    assert (started.phase, started.reason) == (Phase.RUNNING, "Sized")
+
+
+def test_targets_left_out_of_a_full_termination_message_are_counted_in_the_condition():
+    result = {"published": [{"target": "oci", "reference": "r/a:1"}], "publishedOmitted": 3}
+    decision = planner.with_result("FineTuneJob", SUCCEEDED, result, "2026-01-01T00:00:00Z")
+    assert decision.publish_condition.message == "published to oci r/a:1 and 3 more (the pod's log lists them)"

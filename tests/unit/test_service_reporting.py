@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
-from kubetune import progress
+from kubetune import files, progress
 
 
 def test_progress_goes_to_the_file_and_to_the_log_only_in_a_pod(tmp_path, monkeypatch, capsys):
@@ -17,7 +18,7 @@ def test_progress_goes_to_the_file_and_to_the_log_only_in_a_pod(tmp_path, monkey
     out = capsys.readouterr().out
     assert out == 'kubetune-progress: {"step":2,"maxSteps":4}\n'
     assert progress.last_record("other\n" + out + "more output\n") == {"step": 2, "maxSteps": 4}
-    assert not (tmp_path / "progress.json.partial").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]  # no temporary file left behind
 
 
 def test_the_result_becomes_the_termination_message_with_the_last_record(tmp_path, monkeypatch, capsys):
@@ -38,3 +39,50 @@ def test_the_result_becomes_the_termination_message_with_the_last_record(tmp_pat
     progress.write(tmp_path, {"stage": "x" * 5000})
     progress.finish({}, {"digest": "sha256:x"})
     assert json.loads(message.read_text()) == {"digest": "sha256:x"}
+
+
+def test_many_publish_targets_and_a_long_error_still_make_a_termination_message_the_operator_can_parse():
+    digest = "sha256:" + "a" * 64
+    # MLflow and eight OCI targets, each repository 255 characters long and each tag 128: the spec's limits.
+    published = [{"target": "mlflow", "reference": "models:/" + "m" * 128 + "/1", "digest": digest}] + [
+        {"target": "oci", "reference": f"registry-{i}.example.com/{'r' * 232}:{'t' * 128}", "digest": digest}
+        for i in range(8)
+    ]
+    message = {"published": published, "error": "trainer failed: publishing: " + "e" * 3000, "progress": {"s": 1}}
+    text = progress.fitted(message)
+    assert len(text.encode()) <= progress.TERMINATION_LIMIT
+    fitted = json.loads(text)
+    assert "progress" not in fitted and len(fitted["error"]) == progress.ERROR_LIMIT
+    # At the spec's limits every target is kept: the digest each entry repeats gave way, nothing else.
+    assert fitted["published"] == [{"target": e["target"], "reference": e["reference"]} for e in published]
+    assert "publishedOmitted" not in fitted
+    # Beyond them (more targets than a spec may list), the last entries give way, and are counted.
+    many = progress.fitted({"published": published * 3})
+    kept = json.loads(many)["published"]
+    assert len(many.encode()) <= progress.TERMINATION_LIMIT
+    assert [e["reference"] for e in kept] == [e["reference"] for e in (published * 3)[: len(kept)]]
+    assert json.loads(many)["publishedOmitted"] == 3 * len(published) - len(kept) > 0
+    small = {"published": published[:1], "error": "x"}
+    assert json.loads(progress.fitted(small)) == small  # what fits is written as it is
+
+
+def test_writers_on_one_folder_never_collide_on_a_temporary_name(tmp_path):
+    # The pods of a sharded build all run as PID 1 on one shared volume: a temporary name made of the PID alone
+    # would be one file for all of them (here: threads of one process), and one writer's rename would fail.
+    target, errors = tmp_path / "progress.json", []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(200):
+                files.write_atomic(target, f"{n}:{i}")
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text().endswith(":199")
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]

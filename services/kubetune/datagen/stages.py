@@ -12,24 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from kubetune.files import write_atomic
 
 
 class StaleOutputError(RuntimeError):
     """The output folder holds the stages of a different spec."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _write_jsonl(path: Path, items: Iterable[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items))
+    write_atomic(path, "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -52,7 +47,7 @@ class StageStore:
                 "write to a new output folder or delete that one"
             )
         if not pinned.exists():
-            _write_atomic(pinned, wire)
+            write_atomic(pinned, wire)
         self.spec_digest = hashlib.sha256(wire.encode()).hexdigest()
 
     def load(self, name: str) -> tuple[list[dict], dict] | None:
@@ -65,7 +60,7 @@ class StageStore:
         if self.root is None:
             return
         _write_jsonl(self.root / f"{name}.jsonl", items)
-        _write_atomic(self.root / f"{name}.done.json", json.dumps(record))
+        write_atomic(self.root / f"{name}.done.json", json.dumps(record))
 
     def load_part(self, name: str, index: int) -> tuple[list[dict], dict] | None:
         if self.root is None or not (marker := self.root / name / f"part-{index:05d}.done.json").exists():
@@ -78,4 +73,4 @@ class StageStore:
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         _write_jsonl(folder / f"part-{index:05d}.jsonl", items)
-        _write_atomic(folder / f"part-{index:05d}.done.json", json.dumps(record))
+        write_atomic(folder / f"part-{index:05d}.done.json", json.dumps(record))
