@@ -722,7 +722,7 @@ def test_next_step(step, outcome, phase, reason, message, next_job):
         assert "--shard" not in decision.children[0]["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
-AUTO = load_resources("""
+AUTO_YAML = """
 apiVersion: kubetune.dev/v1alpha1
 kind: FineTuneJob
 metadata: {name: tune, namespace: team}
@@ -730,7 +730,8 @@ spec:
   baseModel: /models/m
   dataset: {path: /data/d}
   resources: {gpus: auto, gpuType: L4-24GB}
-""")[0]
+"""
+AUTO = load_resources(AUTO_YAML)[0]
 GPU_DEFAULT = Settings(
     storage_root="/data", pod_defaults={"trainer": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}}
 )
@@ -846,15 +847,7 @@ def test_a_later_step_held_by_kueue_keeps_the_resource_running(resource, step, r
 
 
 def test_a_sized_job_whose_dataset_went_away_fails_saying_so():
-    chained = load_resources("""
-apiVersion: kubetune.dev/v1alpha1
-kind: FineTuneJob
-metadata: {name: tune, namespace: team}
-spec:
-  baseModel: /models/m
-  dataset: {datasetBuildRef: {name: docs}}
-  resources: {gpus: auto, gpuType: L4-24GB}
-""")[0]
+    chained = load_resources(AUTO_YAML.replace("{path: /data/d}", "{datasetBuildRef: {name: docs}}"))[0]
     gone = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, {"gpus": 1}, dependency=None)
     assert (gone.phase, gone.reason, gone.permanent, gone.children) == (
         Phase.FAILED, "DatasetBuildNotFound", True, []
