@@ -257,10 +257,12 @@ def job(
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
     # Registry credentials: each Secret named by publish.oci mounted by the kubelet (the operator never reads a
-    # Secret), where the service looks for it (kubetune.registry.oci_store.secret_credentials).
+    # Secret), where the service looks for it (kubetune.registry.oci_store.secret_credentials). Optional: a
+    # missing Secret leaves the folder empty and the service fails saying which, rather than the pod waiting in
+    # ContainerCreating with the reason only in an Event.
     secrets = sorted({t.credentials_secret for t in spec.publish.oci if t.credentials_secret})
     for index, secret in enumerate(secrets):
-        volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret}})
+        volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret, "optional": True}})
         mounts.append({"name": f"oci-{index}", "mountPath": f"{SECRETS_MOUNT}/oci/{secret}", "readOnly": True})
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
     # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs; a
@@ -322,8 +324,13 @@ def _step(built: dict[str, Any], resource: Resource, step: str, *arguments: str)
     built["metadata"]["name"] = step_job_name(resource, step)
     for meta in (built["metadata"], built["spec"]["template"]["metadata"]):
         meta["labels"][STEP_LABEL] = step
-    container = built["spec"]["template"]["spec"]["containers"][0]
+    pod = built["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     container["command"] = [*container["command"], *arguments]
+    # Only the last step publishes: no registry credentials in the pods before it.
+    pod["volumes"] = [v for v in pod["volumes"] if "secret" not in v]
+    kept = {v["name"] for v in pod["volumes"]}
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in kept]
     return built
 
 

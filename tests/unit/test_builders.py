@@ -199,9 +199,14 @@ def test_registry_secrets_are_mounted_by_the_kubelet_never_read_by_the_operator(
     job = job_of(resource("FineTuneJob", publish={"oci": oci}))
     pod = job["spec"]["template"]["spec"]
     assert [v for v in pod["volumes"] if "secret" in v] == [
-        {"name": "oci-0", "secret": {"secretName": "team-registry"}}
+        {"name": "oci-0", "secret": {"secretName": "team-registry", "optional": True}}
     ]
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "oci-0"]
     assert mount == {"name": "oci-0", "mountPath": "/var/run/secrets/kubetune/oci/team-registry", "readOnly": True}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert "team-registry" not in json.dumps(env)  # only the path, through the mount; nothing in the env
+    # The steps before the last publish nothing: no credentials in the sizing pod (or a shard's).
+    auto = resource("FineTuneJob", publish={"oci": oci}, resources={"gpus": "auto", "gpuType": "L4-24GB"})
+    sizing = builders.sizing_job(auto, Settings(storage_root="/data"), dataset="/data/d")["spec"]["template"]["spec"]
+    assert "team-registry" not in json.dumps(sizing)
+    assert {m["name"] for m in sizing["containers"][0]["volumeMounts"]} == {v["name"] for v in sizing["volumes"]}

@@ -145,6 +145,11 @@ def test_a_registry_that_is_down_is_retried_then_named(tmp_path, adapter):
             "no auths entry for r.example:5000",
             id="docker-config-other-registry",
         ),
+        pytest.param(
+            json.dumps({"auths": {"r.example:5000": {"auth": "not base64!"}}}),
+            r"auths\[r.example:5000\].auth is not base64 of username:password",
+            id="docker-config-auth-not-base64",
+        ),
     ],
 )
 def test_read_credentials(tmp_path, content, expected):
@@ -170,7 +175,7 @@ def test_credentials_from_a_mounted_secret(tmp_path, monkeypatch):
     docker.mkdir()
     (docker / ".dockerconfigjson").write_text(json.dumps({"auths": {"r.example": {"auth": "dTI6cDI="}}}))
     assert secret_credentials("docker", "r.example") == ("u2", "p2")
-    with pytest.raises(PublishError, match=r"credentialsSecret gone: not mounted at .*/oci/gone"):
+    with pytest.raises(PublishError, match=r"credentialsSecret gone: nothing at .*/oci/gone: does the Secret exist"):
         secret_credentials("gone", "r.example")
 
 

@@ -23,6 +23,7 @@ file only (a mounted Secret: a ``.dockerconfigjson`` or ``username:password``), 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import tempfile
@@ -72,7 +73,11 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str]:
         if not entry:
             raise PublishError(f"credentialsFile {path}: no auths entry for {registry} (has: {sorted(auths)})")
         if entry.get("auth"):
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            try:
+                user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                message = f"credentialsFile {path}: auths[{registry}].auth is not base64 of username:password"
+                raise PublishError(message) from None
             return user, password
         return entry.get("username", ""), entry.get("password", "")
     user, sep, password = text.partition(":")
@@ -95,8 +100,8 @@ def secret_credentials(name: str, registry: str) -> tuple[str, str]:
         return (folder / "username").read_text().strip(), (folder / "password").read_text().strip()
     except OSError:
         raise PublishError(
-            f"credentialsSecret {name}: not mounted at {folder}, or it has neither a .dockerconfigjson key nor "
-            "username and password keys"
+            f"credentialsSecret {name}: nothing at {folder}: does the Secret exist in the resource's namespace? It "
+            "needs a .dockerconfigjson key, or username and password keys"
         ) from None
 
 
@@ -250,8 +255,8 @@ def _push(
                 )
             manifest_digest = response.headers.get("Docker-Content-Digest") or _digest_of(client, reference)
             return {"reference": f"{reference}@{manifest_digest}", "digest": manifest_digest, "pushed": "true"}
-        except (requests.ConnectionError, requests.Timeout, requests.HTTPError, ValueError) as exc:
-            last = exc  # unreachable, a 5xx, or a refused upload (oras raises ValueError): try again
+        except (requests.RequestException, ValueError) as exc:
+            last = exc  # unreachable, a 5xx, a cut answer, or a refused upload (oras raises ValueError): again
     raise PublishError(f"oci {repository}: failed after {attempts} attempts: {_one_line(last)}")
 
 
