@@ -174,3 +174,31 @@ def test_a_list_honours_an_equality_label_selector_and_its_namespace(api):
         assert refused.value.status == 400
 
     api(scenario)
+
+
+def test_a_list_after_deletions_and_creations_shows_what_exists(api):
+    """A deleted object leaves the list and a name used again comes back, through the server's list index (kmock
+    keeps a deleted object's key, marked deleted; the index never forgets a key)."""
+    from kubernetes import client
+
+    async def scenario(cluster: Cluster):
+        core = client.CoreV1Api()
+
+        async def create(name: str) -> None:
+            body = {"metadata": {"name": name}, "data": {}}
+            await asyncio.to_thread(core.create_namespaced_config_map, "default", body)
+
+        async def names() -> list[str]:
+            found = await asyncio.to_thread(core.list_namespaced_config_map, "default")
+            return sorted(item.metadata.name for item in found.items)
+
+        for name in ("a", "b"):
+            await create(name)
+        assert await names() == ["a", "b"]
+        await asyncio.to_thread(core.delete_namespaced_config_map, "a", "default")
+        await create("c")
+        assert await names() == ["b", "c"]
+        await create("a")  # the same name again
+        assert await names() == ["a", "b", "c"]
+
+    api(scenario)
