@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -98,18 +99,26 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the test kubelet bind-mounts volumes, which needs root")
 def test_quickstart_through_the_operator(tmp_path, root, smollm2):
+    """The quickstart applied as it is, its FineTuneJob also publishing to an OCI registry with basic auth whose
+    password is in a Secret (mounted by the kubelet): that password is then looked for everywhere it must not be."""
     storage = tmp_path / "storage"
+    password = "planted-" + secrets.token_urlsafe(18)
 
     # The operator as the chart's Deployment runs it: its command, arguments and environment, and only the
     # RBAC rules of its ClusterRole (the test API server refuses anything else).
     settings, _ = chart_operator()
 
-    async def scenario():
+    async def scenario(reg: registry.Registry):
         async with (
             Cluster(tmp_path, **settings) as cluster,
             kubelet_running(cluster, cwd=root, storage=storage) as kubelet,
         ):
+            await cluster.create_secret("registry-creds", {"username": "kubetune", "password": password})
             for doc in yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()):
+                if doc["kind"] == "FineTuneJob":
+                    target = {"repository": f"{reg.host}/kubetune/quickstart", "plainHttp": True,
+                              "credentialsSecret": "registry-creds"}  # fmt: skip
+                    doc["spec"]["publish"]["oci"] = [target]
                 await cluster.apply(doc)
             seen: dict[str, list] = {"DatasetBuild": [], "FineTuneJob": []}
             watcher = asyncio.create_task(_progress_seen(cluster, seen))
@@ -118,10 +127,33 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
             job = await cluster.wait_for("FineTuneJob", "quickstart-lora", {"Succeeded", "Failed"}, timeout=1200)
             assert job["status"]["phase"] == "Succeeded", _logs(kubelet)
             watcher.cancel()
-            assert cluster.api.denied == []
-            return build, job, seen
+            assert cluster.api.denied == []  # the operator never asked for the Secret
+            await asyncio.sleep(2)  # kopf posts Events in batches
+            events = [e for name in ("quickstart", "quickstart-lora") for e in await cluster.events(name)]
+            said = [cluster.log(), *(p.read_text(errors="replace") for p in kubelet.logs.values())]
+            return build, job, seen, events, said
 
-    build, job, seen = asyncio.run(scenario())
+    with registry.running(tmp_path / "registry", username="kubetune", password=password) as reg:
+        build, job, seen, events, said = asyncio.run(scenario(reg))
+        (oci,) = [p for p in job["status"]["published"] if p["target"] == "oci"]
+        credentials = tmp_path / "credentials"
+        credentials.write_text(f"kubetune:{password}")
+        pulled = pull(oci["reference"].split("@")[0], tmp_path / "pulled", plain_http=True,
+                      credentials_file=credentials)  # fmt: skip
+        adapter = storage / "finetunes" / "default" / "quickstart-lora" / "adapter"
+        assert {p.name: p.read_bytes() for p in pulled} == {p.name: p.read_bytes() for p in adapter.iterdir()}
+        credentials.unlink()
+        # The planted password: in no log (operator, pods), status, Event, file the pods wrote (lineage, MLflow's
+        # store with its tags and params, the run's artifacts) or byte the registry keeps (manifests with their
+        # annotations, the lineage config, the layers).
+        places = {"operator and pod logs": "\n".join(said), "statuses": json.dumps([build, job]),
+                  "events": json.dumps(events)}  # fmt: skip
+        files = [p for folder in (storage, reg.root) for p in folder.rglob("*") if p.is_file()]
+        files += tmp_path.glob("*.termination-log")  # what each pod's kubelet copied into its status
+        for path in files:
+            places[str(path)] = path.read_bytes().decode("latin-1")
+        assert [where for where, text in places.items() if password in text] == []
+        assert len(places) > 20 and any("lineage.json" in where for where in places)
     assert build["status"]["output"]["path"] == "/var/lib/kubetune/datasets/default/quickstart"
     manifest = check_dataset(storage / "datasets" / "default" / "quickstart")
     ready = {c["type"]: c["status"] for c in job["status"]["conditions"]}
@@ -136,7 +168,8 @@ def test_quickstart_through_the_operator(tmp_path, root, smollm2):
     assert (output["modelName"], output["modelVersion"]) == (MODEL_NAME, str(version.version))
     assert output["digest"] == version.tags["kubetune.dev/adapter-digest"]
     assert job["status"]["published"] == [
-        {"target": "mlflow", "reference": f"models:/{MODEL_NAME}/{version.version}", "digest": output["digest"]}
+        {"target": "mlflow", "reference": f"models:/{MODEL_NAME}/{version.version}", "digest": output["digest"]},
+        {"target": "oci", "reference": oci["reference"], "digest": output["digest"]},
     ]
     # Lineage names the resources themselves (their uids, from the operator), not only their names.
     assert version.tags["kubetune.dev/finetunejob-uid"] == job["metadata"]["uid"]

@@ -67,6 +67,7 @@ VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 BUILTIN_RESOURCES = {
     "v1/namespaces": ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS),
     "v1/configmaps": ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
+    "v1/secrets": ResourceInfo(kind="Secret", namespaced=True, verbs=VERBS),
     "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
     "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/pods": ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}, verbs=VERBS),

@@ -17,6 +17,7 @@ real pod the code lives in the image.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -219,6 +220,21 @@ class Cluster:
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
         return await _body(client.CoreV1Api().read_namespaced_config_map, name, namespace)
 
+    async def create_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
+        """An Opaque Secret holding ``data`` (plain text here, base64 on the wire as in a cluster)."""
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        body = {"metadata": {"name": name}, "type": "Opaque", "data": encoded}
+        await asyncio.to_thread(client.CoreV1Api().create_namespaced_secret, namespace, body)
+
+    async def secret(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """The Secret as the kubelet reads it (None: there is none)."""
+        try:
+            return await _body(client.CoreV1Api().read_namespaced_secret, name, namespace)
+        except client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def set_job_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
         await asyncio.to_thread(
@@ -357,6 +373,14 @@ class TestKubelet:
                 folder = self.storage
             elif "emptyDir" in volume:
                 folder.mkdir(parents=True, exist_ok=True)
+            elif "secret" in volume:  # its keys as files, decoded; an optional Secret that is missing: empty
+                folder.mkdir(parents=True, exist_ok=True)
+                source = volume["secret"]
+                found = await self.cluster.secret(source["secretName"], meta["namespace"])
+                if found is None and not source.get("optional"):
+                    raise NotImplementedError(f"test kubelet: the pod would wait for Secret {source['secretName']}")
+                for key, value in ((found or {}).get("data") or {}).items():
+                    (folder / key).write_bytes(base64.b64decode(value))
             else:
                 raise NotImplementedError(f"test kubelet: volume {volume}")
             folders[volume["name"]] = folder
