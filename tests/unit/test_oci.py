@@ -218,3 +218,28 @@ def test_a_dataset_is_pushed_with_its_manifest_as_config_and_pulled_back_whole(t
         }  # fmt: skip
         assert publish_dataset(spec, folder, manifest) == [published]  # the same dataset: nothing pushed twice
     assert json.loads((folder / "publish.json").read_text())["published"] == [published]
+
+
+def test_a_registry_with_token_auth_gets_a_push_token_after_a_pull_token(tmp_path, adapter):
+    """Bearer-token auth as GHCR, Docker Hub and Harbor do it: the registry answers 401 with the scope a request
+    needs, the client gets a token for that scope from the token service. The push first reads the tag (a pull
+    scope), then uploads (pull and push): the token held must be replaced, not offered again."""
+    folder, lineage = adapter
+    with registry.running(tmp_path / "registry", username="pusher", password="t0ken-pw", token_auth=True) as reg:
+        repository = f"{reg.host}/team/adapters"
+        credentials = tmp_path / "credentials"
+        credentials.write_text("pusher:t0ken-pw")
+        pushed = push(target(repository, credentialsFile=str(credentials)), folder, lineage, "docs-lora")
+        assert pushed["pushed"] == "true"
+        # The actions of each scope asked for (the registry names them in either order).
+        asked = [set(scope.rsplit(":", 1)[1].split(",")) for grant in reg.tokens.granted for scope in grant]
+        assert {"pull"} in asked and {"pull", "push"} in asked
+        again = push(target(repository, credentialsFile=str(credentials)), folder, lineage, "docs-lora")
+        assert (again["pushed"], again["reference"]) == ("false", pushed["reference"])
+        pulled = pull(pushed["reference"].split("@")[0], tmp_path / "pulled", credentials_file=credentials,
+                      plain_http=True)  # fmt: skip
+        assert {p.name: p.read_bytes() for p in pulled} == {p.name: p.read_bytes() for p in folder.iterdir()}
+        wrong = tmp_path / "wrong"
+        wrong.write_text("pusher:not-it")
+        with pytest.raises(PublishError, match="401: the credentials were refused"):
+            push(target(repository, credentialsFile=str(wrong), tag="v2"), folder, lineage, "x")

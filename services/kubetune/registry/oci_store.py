@@ -17,7 +17,8 @@ KServe's modelcars under ``/models``) are not served by this layout: they pull a
 
 Idempotent by digest: the default tag is derived from the adapter's digest, and a tag that already holds a
 manifest whose ``kubetune.dev/adapter-digest`` is this adapter's is not pushed again. Credentials come from a
-file only (a mounted Secret: a ``.dockerconfigjson`` or ``username:password``), never from the spec.
+file only (a mounted Secret: a ``.dockerconfigjson`` or ``username:password``), never from the spec; they are
+sent as basic auth, or to the token service a registry names (GHCR, Docker Hub, Harbor) for bearer tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -105,9 +107,25 @@ def secret_credentials(name: str, registry: str) -> tuple[str, str]:
         ) from None
 
 
+RESCOPING_TOKEN = "kubetune-token"  # oras-py's token backend, rescoped: see _client
+
+
 def _client(registry: str, plain_http: bool, credentials: tuple[str, str] | None, backend: str = "token"):
+    import oras.auth
+    import oras.auth.token
     import oras.provider
 
+    class RescopingTokenAuth(oras.auth.token.TokenAuth):
+        """oras-py's token backend offers the token it holds again on every 401; a registry answers 401 to a token
+        whose scope falls short (pull, from reading the tag, then the upload that needs pull and push), so the
+        push fails. A 401 here asks the token service again, for the scope of that challenge."""
+
+        def authenticate_request(self, original: Any, headers: dict, refresh: bool = False) -> Any:
+            return super().authenticate_request(original, headers, refresh=refresh or original.status_code == 401)
+
+    oras.auth.auth_backends.setdefault(RESCOPING_TOKEN, RescopingTokenAuth)
+    if backend == "token":
+        backend = RESCOPING_TOKEN
     client = oras.provider.Registry(hostname=registry, insecure=plain_http, auth_backend=backend)
     if credentials:
         client.auth.set_basic_auth(*credentials)
@@ -126,7 +144,16 @@ def _probe(registry: str, plain_http: bool, credentials: tuple[str, str] | None)
     if response.status_code == 200:
         return "basic" if credentials else "token"
     if response.status_code == 401 and challenge.startswith("bearer"):
-        return "token"  # the token service decides, with the same credentials
+        # The token service decides; ask it now, as `docker login` does (no scope), so that refused credentials
+        # are said here, once, rather than by oras-py's own retries of each request (minutes of sleeping).
+        found = dict(re.findall(r'(\w+)="([^"]*)"', response.headers["WWW-Authenticate"]))
+        if credentials and found.get("realm"):
+            params = {"service": found["service"]} if found.get("service") else {}
+            answer = requests.get(found["realm"], params=params, auth=credentials, timeout=30)
+            if answer.status_code in (401, 403):
+                raise PublishError(f"oci {registry}: {answer.status_code}: the credentials were refused")
+            answer.raise_for_status()
+        return "token"
     if response.status_code in (401, 403):
         how = "the credentials were refused" if credentials else "it wants credentials (credentialsFile)"
         raise PublishError(f"oci {registry}: {response.status_code}: {how}")
