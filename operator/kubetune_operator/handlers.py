@@ -141,11 +141,18 @@ def _create_children(
     return decision, job_name
 
 
-def _reconcile(
-    body: kopf.Body, dependency: dict[str, Any] | None = None, start_from: dict[str, Any] | None = None
-) -> None:
+def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> None:
+    """Plan a resource that has no Job yet and create its children. ``dependencies`` (a FineTuneJob's): a function
+    of its spec and namespace that reads what it depends on, called only when there is something to plan."""
     kind, meta = body["kind"], body["metadata"]
     status = dict(body.get("status") or {})
+    if status.get("phase") == Phase.WAITING:
+        # kopf retries a waiting resource with the body it saw last, which may predate what a wake-up (or the
+        # retry before) did since: the Job created, even its end. Read it again rather than plan twice.
+        body = client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], PLURAL[kind], meta["name"]
+        )
+        status = dict(body.get("status") or {})
     if status.get("phase") in TERMINAL_PHASES or status.get("jobName"):
         return  # already running or done: the Job's status drives the rest
     try:
@@ -153,7 +160,8 @@ def _reconcile(
     except SpecError as exc:
         decision = planner.invalid_spec(exc.errors)
     else:
-        decision = planner.plan(resource, SETTINGS, dependency, start_from)
+        waited = dependencies(body.get("spec") or {}, meta["namespace"]) if dependencies else ()
+        decision = planner.plan(resource, SETTINGS, *waited)
     decision, job_name = _create_children(body, decision)
     log.info(
         "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
@@ -161,7 +169,9 @@ def _reconcile(
     patch = planner.status_patch(decision, status, meta.get("generation"))
     if job_name and not decision.permanent:
         patch["status"]["jobName"] = job_name
-    _patch_status(kind, meta["namespace"], meta["name"], patch)
+    # Only from the phase read: of two reconciles of one resource at once (a wake-up and kopf's retry), one
+    # writes; the other is told (PhaseChanged), and looks again.
+    _patch_status_from(kind, meta["namespace"], meta["name"], status.get("phase"), patch)
     metrics.RECONCILES.labels(kind, decision.reason).inc()
     if decision.permanent:
         kopf.warn(body, reason=decision.reason, message=decision.message)
@@ -183,8 +193,8 @@ def reconcile_dataset_build(body: kopf.Body, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @metrics.counted(FINE_TUNE_JOB, "reconcile")
-def reconcile_fine_tune_job(body: kopf.Body, spec: kopf.Spec, namespace: str, **_: Any) -> None:
-    _reconcile(body, *_dependencies(spec, namespace))
+def reconcile_fine_tune_job(body: kopf.Body | dict[str, Any], **_: Any) -> None:
+    _reconcile(body, _dependencies)
 
 
 def _dependencies(spec: Any, namespace: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -234,7 +244,7 @@ def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
             raise
         # Still waiting (on its other dependency), or failed: its status says so already.
         with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
-            reconcile_fine_tune_job(body, body.get("spec") or {}, namespace)
+            reconcile_fine_tune_job(body)
 
 
 @kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")

@@ -4,8 +4,8 @@ Readiness (``kubetune operator --readiness=URL``) says whether this replica does
 leads (or runs without leader election) once kopf has started and, when elected, renewed the Lease within its
 duration; a standby while it reads the Lease (it can take over). With leader election, a replica that has not
 reached the API server within the Lease's duration is not ready; without it (one replica), ready means started,
-and nothing more is checked. A standby is ready on purpose: a Deployment rolling out waits for new pods to be ready, and a new
-pod can only lead once an old one has gone.
+and nothing more is checked. A standby is ready on purpose: a Deployment rolling out waits for new pods to be
+ready, and a new pod can only lead once an old one has gone.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ import jsonpatch
 import jsonschema
 import yaml
 from kmock import KubernetesEmulator, Request, ResourceInfo, action, method
-from kmock._internal.k8s import KubernetesError
+from kmock._internal.k8s import KubernetesError, KubernetesScaffold
 
 from kubetune.spec.resources import field_path
 
@@ -476,14 +476,16 @@ class StrictApiServer(KubernetesEmulator):
             async with self._write_lock:  # admission reads the stored object: one write at a time
                 if request.action == action.CREATE:
                     self._admit_create(request)
-                    if self.on_job_created is not None and self._key(request) == "batch/v1/jobs":
-                        self.on_job_created(copy.deepcopy(request.data))
                 else:
                     old = self._stored(request)
                     if old is None:
                         raise ApiError(status=404, reason="NotFound", message=f'"{request.name}" not found')
                     self._admit_update(request, old)
-                return await super()._handle(request)
+                response = await super()._handle(request)
+                created = request.action == action.CREATE and 200 <= response.status < 300
+                if created and self.on_job_created is not None and self._key(request) == "batch/v1/jobs":
+                    self.on_job_created(copy.deepcopy(request.data))  # a Job made, not one refused (409) as existing
+                return response
         except KubernetesError as exc:
             # Answered as a real server answers, not collected as a server-side failure of the test.
             return await self._render_error(exc)
@@ -511,6 +513,12 @@ class StrictApiServer(KubernetesEmulator):
         if selector and request.params.get("watch") not in ("true", "1"):
             found = [o for o in found if o.deleted or _selected(o.raw, selector)]
         return found
+
+    def _get_resources(self) -> list[Any]:
+        """The resources served: kmock adds those of its stored objects by walking every object, on every list
+        (a thousand resources' Events and Jobs walked for each list of pods); the index knows them already."""
+        self._keys_of(None)  # bring the index up to date
+        return list(set(KubernetesScaffold._get_resources(self)).union(self._index))
 
     def _keys_of(self, resource: Any) -> list[tuple[Any, str | None, str]]:
         """The stored keys of ``resource``, in kmock's order. kmock only adds keys (a soft deletion keeps one);

@@ -17,18 +17,6 @@ from tests.operator.cluster import Cluster
 from tests.operator.test_operator import DSB
 
 
-@pytest.fixture()
-def api(tmp_path):
-    def runner(scenario):
-        async def main():
-            async with Cluster(tmp_path, start_operator=False) as cluster:
-                await scenario(cluster)
-
-        asyncio.run(asyncio.wait_for(main(), timeout=30))
-
-    return runner
-
-
 def _variant(path: str, value) -> dict:
     return with_field(DSB, path, value)
 

@@ -1,0 +1,36 @@
+"""The handlers called in this process against the test API server, for what an operator process cannot be
+made to show on demand: kopf calling a handler with a body older than the stored object."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+from kubernetes import client
+
+from kubetune.spec.constants import GROUP, VERSION
+from tests.operator.cluster import Cluster
+from tests.operator.test_operator import FTJ
+
+
+def test_a_retry_with_a_stale_body_neither_creates_again_nor_moves_the_phase_back(api):
+    """kopf retries a Waiting FineTuneJob with the body it saw last; meanwhile the job may have been woken, its
+    Job created, even finished. At scale that body is seconds old: the retry must read the resource again."""
+    from kubetune_operator import handlers
+
+    async def scenario(cluster: Cluster):
+        tune = copy.deepcopy(FTJ)
+        tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+        created = await cluster.apply(tune)
+        stored = {"phase": "Succeeded", "jobName": "tune-train", "message": "done"}
+        await asyncio.to_thread(
+            client.CustomObjectsApi().patch_namespaced_custom_object_status,
+            GROUP, VERSION, "default", "finetunejobs", "tune", {"status": stored},
+        )  # fmt: skip
+        stale = {**created, "status": {"phase": "Waiting", "message": "waiting for DatasetBuild docs"}}
+        await asyncio.to_thread(handlers.reconcile_fine_tune_job, stale)
+        assert await cluster.jobs() == []  # no second Job (here: none at all)
+        now = (await cluster.get("FineTuneJob", "tune"))["status"]
+        assert (now["phase"], now["jobName"]) == ("Succeeded", "tune-train")
+
+    api(scenario)
