@@ -37,16 +37,17 @@ $(MODEL_DIR)/config.json: | $(STAMP)
 $(HELM): charts/fetch-helm.sh
 	charts/fetch-helm.sh $(TOOLS)
 
-# The OCI registry the publishing tests push to and pull from (Debian's docker-registry, on loopback).
-OCI_REGISTRY := /usr/bin/docker-registry
+# The OCI registry the publishing tests push to and pull from (Debian's docker-registry, on loopback), and skopeo,
+# with which a test pulls the KAITO layout as KAITO's adapter puller does.
+OCI_REGISTRY := /usr/bin/docker-registry /usr/bin/skopeo
 $(OCI_REGISTRY):
 	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry skopeo; \
 	else \
-		echo "warning: the OCI publishing tests need Debian's docker-registry: sudo apt-get install docker-registry" >&2; \
+		echo "warning: the OCI publishing tests need Debian's docker-registry and skopeo: sudo apt-get install docker-registry skopeo" >&2; \
 	fi
 
-setup: $(STAMP) $(MODEL_DIR)/config.json $(HELM) $(OCI_REGISTRY) ## Install everything into .venv, helm and kubectl into .cache/tools, Debian's docker-registry (for the OCI tests), and build the SmolLM2-135M demo model (once)
+setup: $(STAMP) $(MODEL_DIR)/config.json $(HELM) $(OCI_REGISTRY) ## Install everything into .venv, helm and kubectl into .cache/tools, Debian's docker-registry and skopeo (for the OCI tests), and build the SmolLM2-135M demo model (once)
 
 demo: setup ## Run examples/quickstart.yaml locally: build a dataset, train a LoRA adapter, register it
 	$(VENV)/bin/kubetune run -f examples/quickstart.yaml --workdir .kubetune

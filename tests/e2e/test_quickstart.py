@@ -61,8 +61,9 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
         proc = kubetune_run(root, workdir, 1500, oci)
         assert "Succeeded" in proc.stdout and "funnel" in proc.stdout
         pushed = workdir / "finetunes" / "default" / "quickstart-oci"
-        (published,) = json.loads((pushed / "publish.json").read_text())["published"][1:]  # after MLflow's
+        published, kaito = json.loads((pushed / "publish.json").read_text())["published"][1:]  # after MLflow's
         assert published["target"] == "oci" and published["reference"].startswith(f"{reg.host}/kubetune/")
+        assert kaito["reference"].split("@")[0] == published["reference"].split("@")[0] + "-kaito"
         pulled = pull(published["reference"].split("@")[0], tmp_path / "pulled", plain_http=True)
         assert {p.name: p.read_bytes() for p in pulled} == {
             p.name: p.read_bytes() for p in (pushed / "adapter").iterdir()

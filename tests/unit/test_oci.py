@@ -5,7 +5,11 @@ auth (credentials from a file), and clear refusals."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import shutil
+import subprocess
+import tarfile
 
 import pytest
 import requests
@@ -243,3 +247,52 @@ def test_a_registry_with_token_auth_gets_a_push_token_after_a_pull_token(tmp_pat
         wrong.write_text("pusher:not-it")
         with pytest.raises(PublishError, match="401: the credentials were refused"):
             push(target(repository, credentialsFile=str(wrong), tag="v2"), folder, lineage, "x")
+
+
+SKOPEO = shutil.which("skopeo")
+
+
+def test_the_kaito_layout_is_an_image_that_kaitos_puller_unpacks_to_the_adapter(tmp_path, adapter):
+    """layout: kaito, consumed as KAITO's adapter puller does (pkg/workspace/image/puller.sh): skopeo inspects it as
+    an image, copies it with --dest-decompress, every layer is untarred, and data/ becomes the adapter folder."""
+    assert SKOPEO is not None, "skopeo is not installed: `make setup` installs it (Debian's skopeo)"
+    folder, lineage = adapter
+    with registry.running(tmp_path / "registry") as reg:
+        repository = f"{reg.host}/team/adapters"
+        pushed = push(target(repository, layout="kaito"), folder, lineage, "docs-lora")
+        tag = f"adapter-{lineage['adapter']['digest'].removeprefix('sha256:')[:16]}-kaito"
+        assert pushed["pushed"] == "true" and pushed["reference"].startswith(f"{repository}:{tag}@")
+        image = f"docker://{repository}:{tag}"
+        inspected = subprocess.run([SKOPEO, "inspect", "--tls-verify=false", image], capture_output=True,
+                                   text=True, check=True)  # fmt: skip
+        assert len(json.loads(inspected.stdout)["Layers"]) == 1  # an image to skopeo, not an artifact it refuses
+        copied = tmp_path / "copied"
+        subprocess.run([SKOPEO, "copy", "--src-tls-verify=false", "--dest-decompress", image, f"dir:{copied}"],
+                       capture_output=True, check=True)  # fmt: skip
+        manifest = json.loads((copied / "manifest.json").read_text())
+        rootfs = tmp_path / "rootfs"
+        rootfs.mkdir()
+        for layer in manifest["layers"]:
+            with tarfile.open(copied / layer["digest"].removeprefix("sha256:")) as tar:
+                tar.extractall(rootfs, filter="data")
+        assert {p.name: p.read_bytes() for p in (rootfs / "data").iterdir()} == {
+            p.name: p.read_bytes() for p in folder.iterdir()
+        }
+        assert json.loads((rootfs / "kubetune" / "lineage.json").read_text()) == lineage
+        # The image config names the layer by its uncompressed digest, as the image spec asks.
+        config = json.loads((copied / manifest["config"]["digest"].removeprefix("sha256:")).read_text())
+        layer = (copied / manifest["layers"][0]["digest"].removeprefix("sha256:")).read_bytes()
+        assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+
+        # The same adapter: nothing pushed again. Its artifact beside it: another tag, pushed.
+        again = push(target(repository, layout="kaito"), folder, lineage, "docs-lora")
+        assert (again["pushed"], again["reference"]) == ("false", pushed["reference"])
+        artifact = push(target(repository), folder, lineage, "docs-lora")
+        assert artifact["pushed"] == "true" and artifact["digest"] != pushed["digest"]
+
+
+def test_a_dataset_is_never_pushed_in_the_kaito_layout():
+    from kubetune.spec.datasetbuild import DatasetPublishSpec
+
+    with pytest.raises(ValueError, match="layout kaito is an adapter image"):
+        DatasetPublishSpec.model_validate({"oci": [{"repository": "r.example/d", "layout": "kaito"}]})

@@ -12,8 +12,13 @@ Layout (what ``oras pull`` restores byte for byte, file names from each layer's
   (``kubetune://NAMESPACE/finetunejobs/NAME``, the resource that made it) and the lineage as flat
   ``kubetune.dev/*`` keys (base model and its digest, dataset digest, adapter digest, method, objective).
 
-Consumers that expect a container image with the files under a path (KAITO's adapter images under ``/data``,
-KServe's modelcars under ``/models``) are not served by this layout: they pull an image, not an artifact.
+``layout: kaito`` pushes an adapter as KAITO's Workspace takes one (``inference.adapters[].source.image``; its
+puller runs ``skopeo copy --dest-decompress`` and untars each layer's ``data/``): an OCI image, config
+``application/vnd.oci.image.config.v1+json`` whose ``rootfs.diff_ids`` names the layer's uncompressed digest, one
+``application/vnd.oci.image.layer.v1.tar+gzip`` layer holding ``data/`` (the adapter's files) and
+``kubetune/lineage.json``, written reproducibly (sorted, owner 0, time 0), so one adapter is one layer digest.
+KServe's modelcars are not served: they run the image (a shell, ``ln`` and ``sleep`` in it, under ``/models``),
+and KServe does not take LoRA adapters from ``oci://``.
 
 Idempotent by digest: the default tag is derived from the adapter's digest, and a tag that already holds a
 manifest whose ``kubetune.dev/adapter-digest`` is this adapter's is not pushed again. Credentials come from a
@@ -25,9 +30,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
+import hashlib
+import io
 import json
 import os
 import re
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -181,9 +190,9 @@ def push(
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
     """Push the adapter in ``adapter_dir`` to ``target.repository`` as ``target.tag`` (default: from the adapter's
-    digest), its lineage as the config; returns the reference (``repository:tag@manifest-digest``), the manifest
-    digest and whether it was pushed now. A registry that fails is tried ``attempts`` times, waiting 1, 2, 4... s
-    between."""
+    digest), in the target's layout (an artifact with its lineage as the config, or KAITO's image); returns the
+    reference (``repository:tag@manifest-digest``), the manifest digest and whether it was pushed now. A registry
+    that fails is tried ``attempts`` times, waiting 1, 2, 4... s between."""
     if any(p.is_dir() for p in adapter_dir.iterdir()):
         raise PublishError(f"oci {target.repository}: {adapter_dir} holds folders; an adapter is a flat folder")
     digest = lineage["adapter"]["digest"]
@@ -192,12 +201,54 @@ def push(
         "org.opencontainers.image.created": lineage["created"],
         "org.opencontainers.image.title": title,
         "org.opencontainers.image.source": _source(job, "finetunejobs"),
+        TAG_PREFIX + "layout": target.layout,
         **tags(lineage),
     }
     files = sorted(p for p in adapter_dir.iterdir() if p.is_file())
-    identity = (TAG_PREFIX + "adapter-digest", digest)
-    return _push(target, f"adapter-{digest.removeprefix('sha256:')[:16]}", files, (lineage, LINEAGE_MEDIA_TYPE),
-                 identity, annotations, attempts, sleep)  # fmt: skip
+    identity = {TAG_PREFIX + "adapter-digest": digest, TAG_PREFIX + "layout": target.layout}
+    tag = f"adapter-{digest.removeprefix('sha256:')[:16]}"
+    if target.layout == "artifact":
+        layers = [(p, media_type(p)) for p in files]
+        return _push(target, tag, layers, (lineage, LINEAGE_MEDIA_TYPE), identity, annotations, attempts, sleep)
+    with tempfile.TemporaryDirectory() as tmp:
+        layer, config = kaito_image(files, lineage, Path(tmp))
+        layers = [(layer, IMAGE_LAYER_MEDIA_TYPE)]
+        return _push(target, f"{tag}-kaito", layers, (config, IMAGE_CONFIG_MEDIA_TYPE), identity, annotations,
+                     attempts, sleep)  # fmt: skip
+
+
+IMAGE_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+IMAGE_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def kaito_image(files: list[Path], lineage: dict[str, Any], workdir: Path) -> tuple[Path, dict[str, Any]]:
+    """KAITO's adapter image as a layer file and its image config: ``data/`` with the adapter's ``files`` and
+    ``kubetune/lineage.json``, in one tar, gzipped; the same adapter makes the same bytes."""
+    entries = [(f"data/{p.name}", p.read_bytes()) for p in files]
+    entries.append(("kubetune/lineage.json", json.dumps(lineage, indent=2, sort_keys=True).encode()))
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in ("data/", "kubetune/"):
+            tar.addfile(_entry(folder, tarfile.DIRTYPE, 0o755))
+        for name, data in sorted(entries):
+            tar.addfile(_entry(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+    uncompressed = tar_bytes.getvalue()
+    layer = workdir / "adapter.tar.gz"
+    with layer.open("wb") as out, gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as gz:
+        gz.write(uncompressed)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(uncompressed).hexdigest()]},
+    }
+    return layer, config
+
+
+def _entry(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.mtime = kind, mode, size, 0
+    return info
 
 
 DATASET_FILES = ("train.parquet", "test.parquet", "manifest.json", "README.md", "funnel.png")
@@ -222,10 +273,10 @@ def push_dataset(
         TAG_PREFIX + "type": str(manifest.get("type")),
         **{TAG_PREFIX + f"rows-{n.removesuffix('.parquet')}": str(f["rows"]) for n, f in manifest["files"].items()},
     }
-    files = [dataset_dir / name for name in DATASET_FILES if (dataset_dir / name).is_file()]
-    identity = (TAG_PREFIX + "dataset-digest", digest)
+    layers = [(dataset_dir / n, media_type(dataset_dir / n)) for n in DATASET_FILES if (dataset_dir / n).is_file()]
+    identity = {TAG_PREFIX + "dataset-digest": digest}
     config = (manifest, DATASET_MANIFEST_MEDIA_TYPE)
-    return _push(target, f"dataset-{digest.removeprefix('sha256:')[:16]}", files, config, identity, annotations,
+    return _push(target, f"dataset-{digest.removeprefix('sha256:')[:16]}", layers, config, identity, annotations,
                  attempts, sleep)  # fmt: skip
 
 
@@ -243,22 +294,21 @@ def _credentials(target: OciTargetSpec) -> tuple[str, str] | None:
 def _push(
     target: OciTargetSpec,
     default_tag: str,
-    files: list[Path],
+    layers: list[tuple[Path, str]],
     config: tuple[dict[str, Any], str],
-    identity: tuple[str, str],
+    identity: dict[str, str],
     annotations: dict[str, str],
     attempts: int,
     sleep: Callable[[float], None],
 ) -> dict[str, str]:
-    """Push ``files`` (one layer each) with ``config`` (its JSON and media type) as ``repository:tag``, unless
-    the tag already holds a manifest whose annotation ``identity`` (key, value) is this one's."""
+    """Push ``layers`` (each a file and its media type) with ``config`` (its JSON and media type) as
+    ``repository:tag``, unless the tag already holds a manifest whose annotations include ``identity``'s."""
     import requests
 
     repository, plain_http = target.repository, target.plain_http
     registry = repository.split("/", 1)[0]
     reference = f"{repository}:{target.tag or default_tag}"
     credentials = _credentials(target)
-    key, value = identity
     last: Exception | None = None
     for attempt in range(attempts):
         if attempt:
@@ -266,7 +316,7 @@ def _push(
         try:
             client = _client(registry, plain_http, credentials, _probe(registry, plain_http, credentials))
             found = _existing(client, reference)
-            if found and (found.get("annotations") or {}).get(key) == value:
+            if found and identity.items() <= (found.get("annotations") or {}).items():
                 manifest_digest = _digest_of(client, reference)
                 return {"reference": f"{reference}@{manifest_digest}", "digest": manifest_digest, "pushed": "false"}
             with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +324,7 @@ def _push(
                 config_file.write_text(json.dumps(config[0], indent=2, sort_keys=True))
                 response = client.push(
                     target=reference,
-                    files=[f"{p}:{media_type(p)}" for p in files],
+                    files=[f"{path}:{kind}" for path, kind in layers],
                     manifest_config=f"{config_file}:{config[1]}",
                     manifest_annotations=annotations,
                     disable_path_validation=True,

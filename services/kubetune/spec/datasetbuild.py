@@ -286,8 +286,9 @@ class CardSpec(SpecModel):
 
 
 class OciTargetSpec(SpecModel):
-    """An OCI registry an output is pushed to as an ORAS artifact (one layer per file; an adapter's lineage.json,
-    or a dataset's manifest.json, as its config). Credentials come from a file, never from the spec."""
+    """An OCI registry an output is pushed to: as an ORAS artifact (one layer per file; an adapter's lineage.json,
+    or a dataset's manifest.json, as its config), or an adapter as an image KAITO mounts. Credentials come from a
+    file, never from the spec."""
 
     repository: str = Field(
         pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$",
@@ -301,6 +302,13 @@ class OciTargetSpec(SpecModel):
         "content, a new tag; the same content is never pushed twice).",
     )
     plain_http: bool = Field(False, description="Talk HTTP, not HTTPS (a registry on loopback or a test network).")
+    layout: Literal["artifact", "kaito"] = Field(
+        "artifact",
+        description="artifact: an ORAS artifact, one layer per file (oras pull gives the folder back). kaito: an "
+        "adapter as a KAITO Workspace's inference.adapters[].source.image takes it: an OCI image of one tar+gzip "
+        "layer holding /data/adapter_config.json and /data/adapter_model.safetensors (and the lineage at "
+        "/kubetune/lineage.json); its default tag ends in -kaito. Adapters only.",
+    )
     credentials_file: str | None = Field(
         None,
         description="A file holding the credentials: a Docker config (a kubernetes.io/dockerconfigjson Secret's "
@@ -332,6 +340,14 @@ class DatasetPublishSpec(SpecModel):
         max_length=8,
         description="OCI registries the dataset is pushed to (the splits, manifest.json as the artifact's config "
         "and a layer, the card and the funnel chart).",
+    )
+
+    cel_rules: ClassVar = (
+        CelRule(
+            "self.oci.all(t, !has(t.layout) || t.layout == 'artifact')",
+            "layout kaito is an adapter image: a dataset is pushed as an artifact",
+            lambda s: all(t.layout == "artifact" for t in s.oci),
+        ),
     )
 
 
