@@ -40,7 +40,7 @@ $(HELM): charts/fetch-helm.sh
 # The OCI registry the publishing tests push to and pull from (Debian's docker-registry, on loopback), and skopeo,
 # with which a test pulls the KAITO layout as KAITO's adapter puller does.
 OCI_REGISTRY := /usr/bin/docker-registry /usr/bin/skopeo
-$(OCI_REGISTRY):
+$(OCI_REGISTRY) &:
 	@if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry skopeo; \
 	else \

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -149,12 +148,12 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
     if status.get("phase") == Phase.WAITING:
         # kopf retries a waiting resource with the body it saw last, which may predate what a wake-up (or the
         # retry before) did since: the Job created, even its end. Read it again rather than plan twice.
-        body = client.CustomObjectsApi().get_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL[kind], meta["name"]
-        )
-        status = dict(body.get("status") or {})
-    if status.get("phase") in TERMINAL_PHASES or status.get("jobName"):
-        return  # already running or done: the Job's status drives the rest
+        fresh = _get(kind, meta["namespace"], meta["name"])
+        if fresh is None:
+            return  # deleted meanwhile
+        body, meta, status = fresh, fresh["metadata"], dict(fresh.get("status") or {})
+    if status.get("phase") in TERMINAL_PHASES or status.get("jobName") or meta.get("deletionTimestamp"):
+        return  # already running or done (the Job's status drives the rest), or going
     try:
         resource = parse_resource(dict(body))
     except SpecError as exc:
@@ -169,8 +168,8 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
     patch = planner.status_patch(decision, status, meta.get("generation"))
     if job_name and not decision.permanent:
         patch["status"]["jobName"] = job_name
-    # Only from the phase read: of two reconciles of one resource at once (a wake-up and kopf's retry), one
-    # writes; the other is told (PhaseChanged), and looks again.
+    # Only from the phase read (once there is one): of two reconciles of one resource at once (a wake-up and
+    # kopf's retry), one writes; the other is told (PhaseChanged), and looks again.
     _patch_status_from(kind, meta["namespace"], meta["name"], status.get("phase"), patch)
     metrics.RECONCILES.labels(kind, decision.reason).inc()
     if decision.permanent:
@@ -206,7 +205,7 @@ def _dependencies(spec: Any, namespace: str) -> tuple[dict[str, Any] | None, dic
 
 
 def _get(kind: str, namespace: str, name: str | None) -> dict[str, Any] | None:
-    """The resource a FineTuneJob depends on, or None when it names none or it does not exist (yet)."""
+    """The resource ``kind`` ``name`` as stored now, or None when no name is given or it does not exist (yet)."""
     if not name:
         return None
     try:
@@ -234,17 +233,12 @@ def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
     """A resource finished: reconcile now the FineTuneJobs that wait on it, rather than at their next retry
     (KUBETUNE_WAIT_SECONDS is the safety net, not the clock). A job already started is left alone."""
     for waiting in index.get((namespace, kind, name), []):
-        try:
-            body = client.CustomObjectsApi().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL[FINE_TUNE_JOB], waiting
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                continue
-            raise
-        # Still waiting (on its other dependency), or failed: its status says so already.
+        # As a waiting job: the reconcile reads it (one request; gone, started or done: nothing to do). Still
+        # waiting (on its other dependency), or failed: its status says so already.
+        stub = {"kind": FINE_TUNE_JOB, "metadata": {"namespace": namespace, "name": waiting},
+                "status": {"phase": Phase.WAITING}}  # fmt: skip
         with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
-            reconcile_fine_tune_job(body)
+            reconcile_fine_tune_job(stub)
 
 
 @kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")
@@ -280,8 +274,9 @@ def job_status(
                 resource = parse_resource(dict(current))
                 waited = _dependencies(current.get("spec") or {}, namespace) if kind == FINE_TUNE_JOB else (None, None)
                 decision = planner.next_step(resource, step, decision, SETTINGS, result, *waited)
-            if current["metadata"].get("deletionTimestamp"):
-                decision = replace(decision, children=[])  # being deleted: no next step's Job
+            if current["metadata"].get("deletionTimestamp") and decision.children:
+                log.info("%s %s/%s: being deleted: no next step", kind, namespace, name)
+                return
             decision, next_job = _create_children(current, decision)
             phase = (current.get("status") or {}).get("phase")
             if not planner.moves_forward(phase, decision.phase):
@@ -344,7 +339,9 @@ def fine_tune_job_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
 
 
 def _running(status: dict[str, Any], **_: Any) -> bool:
-    return status.get("phase") == Phase.RUNNING and bool(status.get("jobName"))
+    """Running with a Job whose pod may be running: not a later step that Kueue still holds (no pod to read)."""
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return status.get("phase") == Phase.RUNNING and bool(status.get("jobName")) and ready.get("reason") != "Queued"
 
 
 def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo) -> None:

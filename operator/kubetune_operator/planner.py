@@ -252,10 +252,10 @@ def _sized(
         return decision
     if not decision.children:  # what the job was sized for went away (or is being rebuilt) meanwhile
         message = (
-            f"{decision.message}: the job was sized for what was there when it started, and cannot train on "
-            "what is not there now; create the FineTuneJob again"
+            f"{decision.message} ({decision.reason}): the job was sized for what was there when it started, and "
+            "cannot train on what is not there now; create the FineTuneJob again"
         )
-        return Decision(Phase.FAILED, decision.reason, message, permanent=True)
+        return Decision(Phase.FAILED, "DependencyGone", message, permanent=True)
     if decision.phase == Phase.RUNNING:
         decision = replace(decision, reason="Sized", message=f"{verdict}: training on {gpus} GPU(s)")
     return _onward(decision)

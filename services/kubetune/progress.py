@@ -80,7 +80,8 @@ ERROR_LIMIT = 512  # characters of a failure's reason kept in a termination mess
 def fitted(message: dict[str, Any]) -> str:
     """``message`` as compact JSON within the kubelet's TERMINATION_LIMIT, never cut short (the operator parses
     it). What gives way, in order: the progress record, the length of the error, the digest each published
-    entry repeats, and last the published entries themselves, counted under ``publishedOmitted``."""
+    entry repeats, the published entries themselves, counted under ``publishedOmitted``, and last every other
+    key but the digest and the error."""
     message = dict(message)
 
     def text() -> str:
@@ -99,4 +100,6 @@ def fitted(message: dict[str, Any]) -> str:
         while not fits() and entries:
             entries.pop()
             message["publishedOmitted"] = message.get("publishedOmitted", 0) + 1
+    if not fits():
+        message = {k: v for k, v in message.items() if k in ("digest", "error", "publishedOmitted")}
     return text()

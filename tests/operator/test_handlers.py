@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
+import pytest
 from kubernetes import client
 
 from kubetune.spec.constants import GROUP, VERSION
@@ -32,5 +33,38 @@ def test_a_retry_with_a_stale_body_neither_creates_again_nor_moves_the_phase_bac
         assert await cluster.jobs() == []  # no second Job (here: none at all)
         now = (await cluster.get("FineTuneJob", "tune"))["status"]
         assert (now["phase"], now["jobName"]) == ("Succeeded", "tune-train")
+
+    api(scenario)
+
+
+def test_of_two_reconciles_at_once_only_one_writes_the_status(api, monkeypatch):
+    """A wake-up and kopf's retry plan the same waiting job at once: both create (the second answered 409), and
+    only the first to write moves the phase; the second is told (PhaseChanged, a retry) and writes nothing."""
+    import kopf
+
+    from kubetune_operator import handlers
+
+    async def scenario(cluster: Cluster):
+        tune = copy.deepcopy(FTJ)
+        tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+        await cluster.apply(tune)
+        status = client.CustomObjectsApi().patch_namespaced_custom_object_status
+
+        def set_status(value: dict) -> None:
+            status(GROUP, VERSION, "default", "finetunejobs", "tune", {"status": value})
+
+        await asyncio.to_thread(set_status, {"phase": "Waiting", "message": "waiting"})
+        create_children = handlers._create_children
+
+        def the_other_one_wrote_first(body, decision):  # between this reconcile's read and its write
+            set_status({"phase": "Running", "jobName": "tune-train", "message": "the other reconcile"})
+            return create_children(body, decision)
+
+        monkeypatch.setattr(handlers, "_create_children", the_other_one_wrote_first)
+        stale = {**tune, "metadata": {"name": "tune", "namespace": "default"}, "status": {"phase": "Waiting"}}
+        with pytest.raises(kopf.TemporaryError, match="left phase Waiting meanwhile"):
+            await asyncio.to_thread(handlers.reconcile_fine_tune_job, stale)
+        now = (await cluster.get("FineTuneJob", "tune"))["status"]
+        assert (now["phase"], now["message"]) == ("Running", "the other reconcile")
 
     api(scenario)

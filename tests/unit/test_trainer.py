@@ -249,6 +249,24 @@ def test_a_target_that_is_down_fails_the_pod_saying_what_was_published(tmp_path,
     assert partial["error"].startswith(f"trainer failed: publishing: oci {down}: failed after 3 attempts: ")
 
 
+def test_registry_credentials_that_are_not_there_fail_the_job_before_it_trains(tmp_path, tiny_model, dataset,
+                                                                                capsys, monkeypatch):  # fmt: skip
+    """A credentialsSecret not mounted (the Secret missing; its volume is optional, so the pod starts): the trainer
+    says so at once, not after the training it would have to do again on every retry."""
+    from kubetune.trainer.__main__ import main
+
+    monkeypatch.setenv("KUBETUNE_SECRETS_DIR", str(tmp_path / "secrets"))
+    spec = spec_for(tiny_model, maxSteps=2).to_wire() | {
+        "publish": {"oci": [{"repository": "r.example/team/tiny", "credentialsSecret": "team-registry"}]}
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    args = ["--spec", str(tmp_path / "spec.json"), "--dataset", str(dataset), "--output", str(tmp_path / "out")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "trainer failed: credentialsSecret team-registry: nothing at " in err and "does the Secret exist" in err
+    assert not (tmp_path / "out").exists()  # nothing trained
+
+
 def test_entrypoint_reports_a_bad_spec(tmp_path, capsys):
     from kubetune.trainer.__main__ import main
 

@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             print(json.dumps(plan(spec).to_dict()))
             return 0
+        for target in spec.publish.oci if args.shard is None else []:  # the run that publishes: check first
+            oci_store.credentials_of(target)
         manifest = build(spec, args.output, name=args.name, shard=args.shard, log=lambda m: print(m, flush=True))
-    except (SpecError, InputError, EmptyDatasetError, OSError, StaleOutputError) as exc:
+    except (SpecError, InputError, EmptyDatasetError, OSError, StaleOutputError, oci_store.PublishError) as exc:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
     if manifest is not None:

@@ -16,12 +16,14 @@ Layout (what ``oras pull`` restores byte for byte, file names from each layer's
 puller runs ``skopeo copy --dest-decompress`` and untars each layer's ``data/``): an OCI image, config
 ``application/vnd.oci.image.config.v1+json`` whose ``rootfs.diff_ids`` names the layer's uncompressed digest, one
 ``application/vnd.oci.image.layer.v1.tar+gzip`` layer holding ``data/`` (the adapter's files) and
-``kubetune/lineage.json``, written reproducibly (sorted, owner 0, time 0), so one adapter is one layer digest.
+``kubetune/lineage.json``, written reproducibly (sorted, owner 0, time 0): the same files and lineage make the
+same bytes.
 KServe's modelcars are not served: they run the image (a shell, ``ln`` and ``sleep`` in it, under ``/models``),
 and KServe does not take LoRA adapters from ``oci://``.
 
 Idempotent by digest: the default tag is derived from the adapter's digest, and a tag that already holds a
-manifest whose ``kubetune.dev/adapter-digest`` is this adapter's is not pushed again. Credentials come from a
+manifest whose ``kubetune.dev/adapter-digest`` is this adapter's, in this layout (``kubetune.dev/layout``; none:
+an artifact), is not pushed again. Credentials come from a
 file only (a mounted Secret: a ``.dockerconfigjson`` or ``username:password``), never from the spec; they are
 sent as basic auth, or to the token service a registry names (GHCR, Docker Hub, Harbor) for bearer tokens.
 """
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -116,25 +118,31 @@ def secret_credentials(name: str, registry: str) -> tuple[str, str]:
         ) from None
 
 
-RESCOPING_TOKEN = "kubetune-token"  # oras-py's token backend, rescoped: see _client
+RESCOPING_TOKEN = "kubetune-token"  # oras-py's token backend, rescoped: see _rescoping_token_backend
 
 
-def _client(registry: str, plain_http: bool, credentials: tuple[str, str] | None, backend: str = "token"):
+@functools.cache
+def _rescoping_token_backend() -> str:
+    """oras-py's token backend offers the token it holds again on every 401; a registry answers 401 to a token
+    whose scope falls short (pull, from reading the tag, then the upload that needs pull and push), so the push
+    fails. This one asks the token service again on a 401, for the scope of that challenge. Registered once among
+    oras-py's backends (it builds a client's backend by name); its name is returned."""
     import oras.auth
     import oras.auth.token
-    import oras.provider
 
     class RescopingTokenAuth(oras.auth.token.TokenAuth):
-        """oras-py's token backend offers the token it holds again on every 401; a registry answers 401 to a token
-        whose scope falls short (pull, from reading the tag, then the upload that needs pull and push), so the
-        push fails. A 401 here asks the token service again, for the scope of that challenge."""
-
         def authenticate_request(self, original: Any, headers: dict, refresh: bool = False) -> Any:
             return super().authenticate_request(original, headers, refresh=refresh or original.status_code == 401)
 
-    oras.auth.auth_backends.setdefault(RESCOPING_TOKEN, RescopingTokenAuth)
+    oras.auth.auth_backends[RESCOPING_TOKEN] = RescopingTokenAuth
+    return RESCOPING_TOKEN
+
+
+def _client(registry: str, plain_http: bool, credentials: tuple[str, str] | None, backend: str = "token"):
+    import oras.provider
+
     if backend == "token":
-        backend = RESCOPING_TOKEN
+        backend = _rescoping_token_backend()
     client = oras.provider.Registry(hostname=registry, insecure=plain_http, auth_backend=backend)
     if credentials:
         client.auth.set_basic_auth(*credentials)
@@ -223,31 +231,43 @@ IMAGE_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 def kaito_image(files: list[Path], lineage: dict[str, Any], workdir: Path) -> tuple[Path, dict[str, Any]]:
     """KAITO's adapter image as a layer file and its image config: ``data/`` with the adapter's ``files`` and
-    ``kubetune/lineage.json``, in one tar, gzipped; the same adapter makes the same bytes."""
-    entries = [(f"data/{p.name}", p.read_bytes()) for p in files]
-    entries.append(("kubetune/lineage.json", json.dumps(lineage, indent=2, sort_keys=True).encode()))
-    tar_bytes = io.BytesIO()
-    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for folder in ("data/", "kubetune/"):
-            tar.addfile(_entry(folder, tarfile.DIRTYPE, 0o755))
-        for name, data in sorted(entries):
-            tar.addfile(_entry(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
-    uncompressed = tar_bytes.getvalue()
+    ``kubetune/lineage.json``, in one tar, gzipped, streamed through files in ``workdir`` (an adapter can be
+    large); the same files and lineage make the same bytes."""
+    (workdir / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True))
+    members = sorted([(f"data/{p.name}", p) for p in files] + [("kubetune/lineage.json", workdir / "lineage.json")])
+    plain = workdir / "adapter.tar"
+    with tarfile.open(plain, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in ("data", "kubetune"):
+            tar.addfile(_owned_by_nobody(tarfile.TarInfo(folder), tarfile.DIRTYPE, 0o755))
+        for name, path in members:
+            info = _owned_by_nobody(tar.gettarinfo(path, arcname=name), tarfile.REGTYPE, 0o644)
+            with path.open("rb") as data:
+                tar.addfile(info, data)
     layer = workdir / "adapter.tar.gz"
-    with layer.open("wb") as out, gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as gz:
-        gz.write(uncompressed)
+    digest = hashlib.sha256()
+    with (
+        plain.open("rb") as source,
+        layer.open("wb") as out,
+        gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as gz,
+    ):
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            gz.write(chunk)
+    plain.unlink()
     config = {
         "architecture": "amd64",
         "os": "linux",
         "config": {},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(uncompressed).hexdigest()]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{digest.hexdigest()}"]},
     }
     return layer, config
 
 
-def _entry(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.size, info.mtime = kind, mode, size, 0
+def _owned_by_nobody(info: tarfile.TarInfo, kind: bytes, mode: int) -> tarfile.TarInfo:
+    """A tar entry with nothing of the machine that wrote it: owner 0, no names, time 0, a fixed mode."""
+    info.type, info.mode, info.mtime = kind, mode, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
     return info
 
 
@@ -284,7 +304,9 @@ def _source(resource: dict[str, Any], plural: str) -> str:
     return f"kubetune://{resource.get('namespace') or 'local'}/{plural}/{resource.get('name')}"
 
 
-def _credentials(target: OciTargetSpec) -> tuple[str, str] | None:
+def credentials_of(target: OciTargetSpec) -> tuple[str, str] | None:
+    """The target's (username, password), or None for an open registry; PublishError, naming the field, when its
+    file or mounted Secret cannot be read (a service checks this before its work, not after)."""
     registry = target.repository.split("/", 1)[0]
     if target.credentials_secret:
         return secret_credentials(target.credentials_secret, registry)
@@ -308,7 +330,7 @@ def _push(
     repository, plain_http = target.repository, target.plain_http
     registry = repository.split("/", 1)[0]
     reference = f"{repository}:{target.tag or default_tag}"
-    credentials = _credentials(target)
+    credentials = credentials_of(target)
     last: Exception | None = None
     for attempt in range(attempts):
         if attempt:
@@ -316,7 +338,9 @@ def _push(
         try:
             client = _client(registry, plain_http, credentials, _probe(registry, plain_http, credentials))
             found = _existing(client, reference)
-            if found and identity.items() <= (found.get("annotations") or {}).items():
+            # A manifest pushed before layouts existed has no layout annotation: it is an artifact.
+            held = {TAG_PREFIX + "layout": "artifact", **(found or {}).get("annotations", {})}
+            if found and identity.items() <= held.items():
                 manifest_digest = _digest_of(client, reference)
                 return {"reference": f"{reference}@{manifest_digest}", "digest": manifest_digest, "pushed": "false"}
             with tempfile.TemporaryDirectory() as tmp:

@@ -306,8 +306,8 @@ class OciTargetSpec(SpecModel):
         "artifact",
         description="artifact: an ORAS artifact, one layer per file (oras pull gives the folder back). kaito: an "
         "adapter as a KAITO Workspace's inference.adapters[].source.image takes it: an OCI image of one tar+gzip "
-        "layer holding /data/adapter_config.json and /data/adapter_model.safetensors (and the lineage at "
-        "/kubetune/lineage.json); its default tag ends in -kaito. Adapters only.",
+        "layer holding the adapter's files under /data (adapter_config.json, adapter_model.safetensors, ...) and "
+        "the lineage at /kubetune/lineage.json; its default tag ends in -kaito. Adapters only.",
     )
     credentials_file: str | None = Field(
         None,

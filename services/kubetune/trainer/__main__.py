@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
         if (spec.start_from is None) != (args.start_from is None):
             raise StartFromError("--start-from is given exactly when spec.startFrom is set")
+        for target in spec.publish.oci:  # before training, not after: a missing Secret costs no GPU hours
+            oci_store.credentials_of(target)
         metrics = train(spec, args.dataset, args.output, start_from=args.start_from)
-    except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError, CapabilityError) as exc:
+    except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError, CapabilityError,
+            oci_store.PublishError) as exc:  # fmt: skip
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}
