@@ -37,7 +37,6 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import tarfile
 import tempfile
 import time
@@ -163,10 +162,12 @@ def _probe(registry: str, plain_http: bool, credentials: tuple[str, str] | None)
     if response.status_code == 401 and challenge.startswith("bearer"):
         # The token service decides; ask it now, as `docker login` does (no scope), so that refused credentials
         # are said here, once, rather than by oras-py's own retries of each request (minutes of sleeping).
-        found = dict(re.findall(r'(\w+)="([^"]*)"', response.headers["WWW-Authenticate"]))
-        if credentials and found.get("realm"):
-            params = {"service": found["service"]} if found.get("service") else {}
-            answer = requests.get(found["realm"], params=params, auth=credentials, timeout=30)
+        import oras.auth.utils
+
+        bearer = oras.auth.utils.parse_auth_header(response.headers["WWW-Authenticate"])  # as oras-py reads it
+        if credentials and bearer.realm:
+            params = {"service": bearer.service} if bearer.service else {}
+            answer = requests.get(bearer.realm, params=params, auth=credentials, timeout=30)
             if answer.status_code in (401, 403):
                 raise PublishError(f"oci {registry}: {answer.status_code}: the credentials were refused")
             answer.raise_for_status()
