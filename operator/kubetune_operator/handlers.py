@@ -10,10 +10,13 @@ import contextlib
 import json
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 import kopf
 import pydantic
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -47,6 +50,20 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     except config.ConfigException:
         # The client reads $KUBECONFIG once, at import; read it again here so a later setting counts.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    global API
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = SETTINGS.workers + 2  # every handler thread, the poller, a spare
+    API = client.ApiClient(configuration)
+
+
+# One API client for every handler: its connection pool keeps connections open between requests. (An API
+# object made without one makes a client of its own: a copy of the configuration and a new connection, with
+# a TLS handshake, per request.) Set at start-up; until then (handlers called outside an operator) a new one.
+API: client.ApiClient | None = None
+
+
+def _api() -> client.ApiClient:
+    return API or client.ApiClient()
 
 
 @kopf.on.login(id="login")
@@ -55,7 +72,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def _patch_status(kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
-    client.CustomObjectsApi().patch_namespaced_custom_object_status(
+    client.CustomObjectsApi(_api()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL[kind], name, patch
     )
 
@@ -74,7 +91,7 @@ def _patch_status_from(kind: str, namespace: str, name: str, phase: str | None, 
     operations = [{"op": "test", "path": "/status/phase", "value": phase}]
     operations += [{"op": "add", "path": f"/status/{key}", "value": value} for key, value in patch["status"].items()]
     try:
-        client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        client.CustomObjectsApi(_api()).patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL[kind], name, operations
         )
     except ApiException as exc:
@@ -88,9 +105,9 @@ def _create(child: dict[str, Any]) -> None:
     ns = child["metadata"]["namespace"]
     try:
         if child["kind"] == "ConfigMap":
-            client.CoreV1Api().create_namespaced_config_map(ns, child, field_manager=FIELD_MANAGER)
+            client.CoreV1Api(_api()).create_namespaced_config_map(ns, child, field_manager=FIELD_MANAGER)
         elif child["kind"] == "Job":
-            client.BatchV1Api().create_namespaced_job(ns, child, field_manager=FIELD_MANAGER)
+            client.BatchV1Api(_api()).create_namespaced_job(ns, child, field_manager=FIELD_MANAGER)
         else:
             raise ValueError(f"no creator for {child['kind']}")
     except ApiException as exc:
@@ -100,7 +117,7 @@ def _create(child: dict[str, Any]) -> None:
 
 def _pods_of(namespace: str, job_name: str) -> list[dict[str, Any]]:
     """The pods the Job controller made for a Job (it labels them job-name=NAME)."""
-    raw = client.CoreV1Api().list_namespaced_pod(
+    raw = client.CoreV1Api(_api()).list_namespaced_pod(
         namespace, label_selector=f"job-name={job_name}", _preload_content=False
     )
     return json.loads(raw.data).get("items") or []
@@ -146,8 +163,9 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
     kind, meta = body["kind"], body["metadata"]
     status = dict(body.get("status") or {})
     if status.get("phase") == Phase.WAITING:
-        # kopf retries a waiting resource with the body it saw last, which may predate what a wake-up (or the
-        # retry before) did since: the Job created, even its end. Read it again rather than plan twice.
+        # A waiting job is looked at again (woken, or by the poller) from a stub, or by kopf at a restart from
+        # its listing, which may predate what another look did since: the Job created, even its end. Read it
+        # again rather than plan twice.
         fresh = _get(kind, meta["namespace"], meta["name"])
         if fresh is None:
             return  # deleted meanwhile
@@ -162,14 +180,16 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
         waited = dependencies(body.get("spec") or {}, meta["namespace"]) if dependencies else ()
         decision = planner.plan(resource, SETTINGS, *waited)
     decision, job_name = _create_children(body, decision)
-    log.info(
-        "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
-    )
     patch = planner.status_patch(decision, status, meta.get("generation"))
     if job_name and not decision.permanent:
         patch["status"]["jobName"] = job_name
+    if not planner.changes(patch, status):
+        return  # looked again, and nothing changed (still waiting on the same)
+    log.info(
+        "%s %s/%s: %s (%s) %s", kind, meta["namespace"], meta["name"], decision.phase, decision.reason, decision.message
+    )
     # Only from the phase read (once there is one): of two reconciles of one resource at once (a wake-up and
-    # kopf's retry), one writes; the other is told (PhaseChanged), and looks again.
+    # the poller's look), one writes; the other is told (PhaseChanged), and looks again.
     _patch_status_from(kind, meta["namespace"], meta["name"], status.get("phase"), patch)
     metrics.RECONCILES.labels(kind, decision.reason).inc()
     if decision.permanent:
@@ -178,8 +198,8 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
         kopf.info(body, reason=decision.reason, message=decision.message)
     if decision.permanent:
         raise kopf.PermanentError(decision.message)
-    if decision.retry_after is not None:
-        raise kopf.TemporaryError(decision.message, delay=decision.retry_after)
+    # A waiting job is done with as far as kopf goes (so it records the spec handled, and an edit is seen at
+    # once): what it waits for wakes it when it finishes, and the poller looks again every KUBETUNE_WAIT_SECONDS.
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
@@ -209,7 +229,8 @@ def _get(kind: str, namespace: str, name: str | None) -> dict[str, Any] | None:
     if not name:
         return None
     try:
-        return client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL[kind], name)
+        api = client.CustomObjectsApi(_api())
+        return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL[kind], name)
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -230,36 +251,77 @@ def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tup
 
 
 def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
-    """A resource finished: reconcile now the FineTuneJobs that wait on it, rather than at their next retry
+    """A resource finished: reconcile now the FineTuneJobs that wait on it, rather than at the poller's next look
     (KUBETUNE_WAIT_SECONDS is the safety net, not the clock). A job already started is left alone."""
     for waiting in index.get((namespace, kind, name), []):
-        # As a waiting job: the reconcile reads it (one request; gone, started or done: nothing to do). Still
-        # waiting (on its other dependency), or failed: its status says so already.
-        stub = {"kind": FINE_TUNE_JOB, "metadata": {"namespace": namespace, "name": waiting},
-                "status": {"phase": Phase.WAITING}}  # fmt: skip
         with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
-            reconcile_fine_tune_job(stub)
+            reconcile_fine_tune_job(_waiting_stub(namespace, waiting))
 
 
-@kopf.on.field("batch", "v1", "jobs", field="status", labels={MANAGED_BY: "kubetune"}, id="job-status")
+def _waiting_stub(namespace: str, name: str) -> dict[str, Any]:
+    """A FineTuneJob as a waiting one, to reconcile: the reconcile reads it first (one request; gone, started or
+    done: nothing to do). Still waiting, or failed: its status says so already."""
+    return {"kind": FINE_TUNE_JOB, "metadata": {"namespace": namespace, "name": name},
+            "status": {"phase": Phase.WAITING}}  # fmt: skip
+
+
+JOB_EVENT_ATTEMPTS = 6  # a Job's last event is its only word: keep at it through API trouble (about 30 s)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune"}, id="job-status")
 @metrics.counted("Job", "job-status")
 def job_status(
-    labels: dict[str, str], namespace: str, name: str, new: dict[str, Any] | None, dependents: kopf.Index, **_: Any
+    type: str | None, labels: dict[str, str], namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo,
+    dependents: kopf.Index, **_: Any,
+) -> None:  # fmt: skip
+    """A Job moved: copy its outcome into the status of the resource that owns it.
+
+    An event handler, not a field handler: kopf would keep the field's last value in two annotation patches per
+    Job (each a write, and an event back to every watcher), and this needs none. What it gives up, kopf's
+    retries, it does itself: a Job's terminal event is the last word it says, so a conflict (PhaseChanged) or
+    an unwell API is tried again here. The status last carried over is remembered (kopf's per-object memo), so
+    an event that changed only the Job's metadata costs nothing."""
+    status = json.loads(json.dumps(dict(status or {})))
+    if type == "DELETED" or not status or memo.get("carried") == status:
+        return  # gone, just created (the reconcile that made it wrote the resource's status), or already said
+    if planner.settling(status):
+        return  # the controller has decided the end and writes it next: one write for the pair, not two
+    for attempt in range(JOB_EVENT_ATTEMPTS):
+        try:
+            _carry_job_status(labels, namespace, name, status, dependents)
+        except PhaseChanged:
+            pass  # another writer moved the owner meanwhile: read it again
+        except ApiException as exc:
+            if exc.status not in (429, 500, 502, 503, 504) or attempt == JOB_EVENT_ATTEMPTS - 1:
+                raise
+            log.warning("Job %s/%s: the API answered %s; trying again", namespace, name, exc.status)
+        except urllib3.exceptions.HTTPError as exc:
+            if attempt == JOB_EVENT_ATTEMPTS - 1:
+                raise
+            log.warning("Job %s/%s: %s; trying again", namespace, name, exc)
+        else:
+            memo["carried"] = status
+            return
+        time.sleep(min(0.5 * 2**attempt, 8.0))
+    log.warning("Job %s/%s: its owner kept changing; its next event carries the status", namespace, name)
+
+
+def _carry_job_status(
+    labels: dict[str, str], namespace: str, job_name: str, status: dict[str, Any], dependents: kopf.Index
 ) -> None:
-    """A Job moved: copy its outcome into the status of the resource that owns it."""
-    job_name = name
+    """Write what the Job's ``status`` means into its owner's status (and start the owner's next step)."""
     for kind, label in OWNER_LABEL.items():
         if label in labels:
-            name = labels[label]  # from here on, the owner's name
-            current = client.CustomObjectsApi().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL[kind], name
-            )
+            name = labels[label]
+            current = _get(kind, namespace, name)
+            if current is None:
+                return  # the owner is gone; its Jobs follow (ownerReferences)
             current_job = (current.get("status") or {}).get("jobName")
             if current_job and current_job != job_name:
                 return  # a step done with (the shards' Job, after the merge Job took over)
             suspend = bool((current.get("spec") or {}).get("suspend"))
             decision = planner.job_outcome(
-                kind, namespace, name, new or {}, SETTINGS, labels.get(QUEUE_LABEL), suspend=suspend
+                kind, namespace, name, status, SETTINGS, labels.get(QUEUE_LABEL), suspend=suspend
             )
             step, result = labels.get(STEP_LABEL), None
             if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
@@ -308,7 +370,7 @@ def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
         return
     job_patch, decision = planner.suspension(bool(new), status.get("jobName"))
     if job_patch is not None:
-        client.BatchV1Api().patch_namespaced_job(
+        client.BatchV1Api(_api()).patch_namespaced_job(
             status["jobName"], meta["namespace"], job_patch, field_manager=FIELD_MANAGER
         )
     generation = meta.get("generation")
@@ -344,12 +406,12 @@ def _running(status: dict[str, Any], **_: Any) -> bool:
     return status.get("phase") == Phase.RUNNING and bool(status.get("jobName")) and ready.get("reason") != "Queued"
 
 
-def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo) -> None:
+def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo: dict[str, Any]) -> None:
     """Copy the last progress record in the running pod's log into status.progress and status.progressDetail.
 
     The pods have no API access (no token), so they cannot write status themselves; their log, read through
-    the API's ``pods/log``, is the channel (DESIGN.md, "Progress in status"). The pod's name is remembered
-    (kopf's per-resource memo) with its Job's, so a look costs one request, two when the pod changed."""
+    the API's ``pods/log``, is the channel (the README says why). The pod's name is remembered
+    (``memo``, the poller's per resource) with its Job's, so a look costs one request, two when the pod changed."""
     job_name = status["jobName"]
     for attempt in range(2):
         # The pod read last time, if it belongs to the Job of this step (the merge after the shards, training
@@ -362,7 +424,7 @@ def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo
             pod_name = pod["metadata"]["name"]
             memo["pod"] = (job_name, pod_name)
         try:
-            raw = client.CoreV1Api().read_namespaced_pod_log(
+            raw = client.CoreV1Api(_api()).read_namespaced_pod_log(
                 pod_name, namespace, tail_lines=PROGRESS_TAIL_LINES, _preload_content=False
             )
         except ApiException as exc:
@@ -379,36 +441,11 @@ def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo
 PROGRESS_TAIL_LINES = 200  # a trainer logs a few lines between two records; vLLM at start-up many more
 
 
-def _progress_timer(kind: str):
-    """Every ``KUBETUNE_PROGRESS_SECONDS`` (0: never) while a resource of ``kind`` runs, starting that long after."""
-
-    def decorate(fn):
-        if SETTINGS.progress_seconds <= 0:
-            return fn
-        interval = SETTINGS.progress_seconds
-        return kopf.timer(GROUP, VERSION, PLURAL[kind], id="progress", interval=interval, initial_delay=interval,
-                          when=_running)(fn)  # fmt: skip
-
-    return decorate
-
-
-@_progress_timer(DATASET_BUILD)
-@metrics.counted(DATASET_BUILD, "progress")
-def dataset_build_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    _progress(DATASET_BUILD, namespace, name, status, memo)
-
-
-@_progress_timer(FINE_TUNE_JOB)
-@metrics.counted(FINE_TUNE_JOB, "progress")
-def fine_tune_job_progress(namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    _progress(FINE_TUNE_JOB, namespace, name, status, memo)
-
-
 def _read_job(namespace: str, name: str | None) -> dict[str, Any] | None:
     if not name:
         return None
     try:
-        raw = client.BatchV1Api().read_namespaced_job(name, namespace, _preload_content=False)
+        raw = client.BatchV1Api(_api()).read_namespaced_job(name, namespace, _preload_content=False)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -427,7 +464,7 @@ def _clean_up(kind: str, body: kopf.Body, namespace: str, name: str) -> None:
     step, message = planner.deletion(work, cleanup)
     log.info("%s %s/%s: deleting: %s", kind, namespace, name, message)
     if step == "stop":
-        client.BatchV1Api().patch_namespaced_job(
+        client.BatchV1Api(_api()).patch_namespaced_job(
             status["jobName"], namespace, {"spec": {"suspend": True}}, field_manager=FIELD_MANAGER
         )
     elif step == "clean":
@@ -458,11 +495,110 @@ def fine_tune_job_clean_up(body: kopf.Body, namespace: str, name: str, **_: Any)
     _clean_up(FINE_TUNE_JOB, body, namespace, name)
 
 
+class _Poller:
+    """Looks again at the resources the watch shows in two states, each on its own clock, on one thread of its
+    own: a running resource's progress every ``KUBETUNE_PROGRESS_SECONDS`` (0: never), and a waiting FineTuneJob
+    every ``KUBETUNE_WAIT_SECONDS`` (a safety net: the operator starts it when what it waits for finishes), each
+    first that long after it entered the state.
+
+    Not kopf's timers and retries: kopf holds a resource with a timer by a finalizer (two more writes per
+    resource, and its deletion blocked while the operator is away), and while a create handler is being retried
+    kopf has not recorded the spec it handled, so an edit (``spec.suspend``) would go unseen until the job
+    stopped waiting."""
+
+    TICK_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (kind, namespace, name) -> (duty, when next, the status as the watch last showed it)
+        self._tracked: dict[tuple[str, str, str], tuple[str, float, dict[str, Any]]] = {}
+        self._memos: dict[tuple[str, str, str], dict[str, Any]] = {}  # per running resource, for _progress
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _interval(duty: str) -> float:
+        return SETTINGS.progress_seconds if duty == "progress" else SETTINGS.wait_seconds
+
+    def seen(self, kind: str, namespace: str, name: str, status: dict[str, Any] | None, deleted: bool) -> None:
+        status = json.loads(json.dumps(dict(status or {})))
+        duty = None
+        if not deleted and _running(status):
+            duty = "progress"
+        elif not deleted and kind == FINE_TUNE_JOB and status.get("phase") == Phase.WAITING:
+            duty = "wait"
+        key = (kind, namespace, name)
+        with self._lock:
+            if duty is None or self._interval(duty) <= 0:
+                self._tracked.pop(key, None)
+                return
+            old = self._tracked.get(key)
+            due = old[1] if old is not None and old[0] == duty else time.monotonic() + self._interval(duty)
+            self._tracked[key] = (duty, due, status)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.TICK_SECONDS):
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """One look at each resource whose time has come."""
+        now_ = time.monotonic()
+        with self._lock:
+            due = [(key, duty, status) for key, (duty, at, status) in self._tracked.items() if at <= now_]
+            for key, duty, status in due:
+                self._tracked[key] = (duty, now_ + self._interval(duty), status)
+            self._memos = {key: memo for key, memo in self._memos.items() if key in self._tracked}
+        for (kind, namespace, name), duty, status in due:
+            if self._stop.is_set():
+                return
+            try:
+                if duty == "progress":
+                    _progress(kind, namespace, name, status, self._memos.setdefault((kind, namespace, name), {}))
+                else:
+                    reconcile_fine_tune_job(_waiting_stub(namespace, name))
+            except (kopf.TemporaryError, kopf.PermanentError):
+                pass  # moved meanwhile, or cannot run: its status says so, and the watch tells this poller
+            except ApiException as exc:
+                if exc.status != 404:  # 404: deleted meanwhile
+                    metrics.ERRORS.labels(kind, duty).inc()
+                    log.warning("%s %s/%s: %s: %s", kind, namespace, name, duty, _api_message(exc))
+            except Exception:  # one resource's trouble must not hold up the others
+                metrics.ERRORS.labels(kind, duty).inc()
+                log.exception("%s %s/%s: %s", kind, namespace, name, duty)
+
+
+POLLER = _Poller()
+
+
+@kopf.on.startup(id="poller")
+def start_poller(**_: Any) -> None:
+    POLLER.start()
+
+
+@kopf.on.cleanup(id="poller")
+def stop_poller(**_: Any) -> None:
+    POLLER.stop()
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL[DATASET_BUILD], id="metrics")
 def dataset_build_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
     metrics.PHASES.observe(DATASET_BUILD, namespace, name, status.get("phase"), deleted=type == "DELETED")
+    POLLER.seen(DATASET_BUILD, namespace, name, status, deleted=type == "DELETED")
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="metrics")
 def fine_tune_job_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
     metrics.PHASES.observe(FINE_TUNE_JOB, namespace, name, status.get("phase"), deleted=type == "DELETED")
+    POLLER.seen(FINE_TUNE_JOB, namespace, name, status, deleted=type == "DELETED")

@@ -198,6 +198,14 @@ def job_outcome(
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
 
 
+def settling(job_status: dict[str, Any]) -> bool:
+    """Whether the Job controller has decided a Job's end (``SuccessCriteriaMet`` or ``FailureTarget``) and not
+    yet written it (``Complete`` or ``Failed`` follows once its pods are counted): a moment that says nothing the
+    resource's status should show, and whose write the terminal one would overwrite at once."""
+    true = {c.get("type") for c in job_status.get("conditions") or [] if c.get("status") == "True"}
+    return bool(true & {"SuccessCriteriaMet", "FailureTarget"}) and not true & {"Complete", "Failed"}
+
+
 def next_step(
     resource: Resource,
     step: str | None,

@@ -59,6 +59,15 @@ async def _job_of(cluster: Cluster, name: str, timeout: float = 15) -> dict:
     raise AssertionError(f"no Job {name}; operator log:\n{cluster.log()[-3000:]}")
 
 
+async def _job_when(cluster: Cluster, name: str, holds, timeout: float = 10) -> dict:
+    for _ in range(int(timeout * 4)):
+        job = await _job_of(cluster, name)
+        if holds(job):
+            return job
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"Job {name} never held; last {job}\n{cluster.log()[-3000:]}")
+
+
 async def _event_reasons(cluster: Cluster, name: str, until: str) -> list[str]:
     for _ in range(60):
         events = await cluster.events(name)
@@ -116,6 +125,8 @@ async def full_flow(cluster: Cluster) -> None:
     log.write_text(f"[4/9] generate ...\nkubetune-progress: {json.dumps(record)}\nINFO vLLM: 12 prompts\n")
     await cluster.start_pod(pod, log)
     running = await _status_when(cluster, "DatasetBuild", "docs", lambda s: s.get("progress"))
+    # Reading progress holds nothing: with the default deletionPolicy a running resource has no finalizer.
+    assert not (await cluster.get("DatasetBuild", "docs"))["metadata"].get("finalizers")
     assert running["progress"] == "3/9 stages done; generate part 2/4"
     assert {k: v for k, v in running["progressDetail"].items() if k != "updated"} == record
     # What the pod made: its termination message, written by the service at the end.
@@ -139,6 +150,16 @@ async def full_flow(cluster: Cluster) -> None:
     train = await _job_of(cluster, "tune-train", timeout=30)
     command = train["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--dataset") + 1] == "/var/lib/kubetune/datasets/default/docs"
+    # Suspended while it runs, then resumed: the operator stops its Job, then starts it again.
+    await cluster.set_job_status(train, {"active": 1})
+    await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": True}})
+    await cluster.wait_for("FineTuneJob", "tune", {"Suspended"}, timeout=10)
+    await _job_when(cluster, "tune-train", lambda job: job["spec"].get("suspend") is True)
+    await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": False}})
+    await cluster.wait_for("FineTuneJob", "tune", {"Pending"}, timeout=10)
+    await _job_when(cluster, "tune-train", lambda job: job["spec"].get("suspend") is False)
+    await cluster.set_job_status(train, {"active": 1, "ready": 1})
+    await cluster.wait_for("FineTuneJob", "tune", {"Running"}, timeout=10)
     # The pod says why it failed (the end of its log is its termination message); the Job only how often.
     pod = await cluster.add_pod(train)
     await cluster.end_pod(pod, 1, "loading the dataset\ntrainer failed: /data/d holds no train.parquet\n")

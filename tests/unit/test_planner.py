@@ -173,6 +173,10 @@ FAILURE_TARGET = {"type": "FailureTarget", "status": "True", "reason": "BackoffL
 )
 def test_job_outcome(job_status, phase):
     decision = planner.job_outcome("DatasetBuild", "team", "docs", job_status, SETTINGS)
+    # Only the controller's decided-but-unwritten end is passed over without a status write.
+    assert planner.settling(job_status) == (
+        decision.reason in ("JobFinishing", "JobFailing") and bool(job_status.get("conditions"))
+    )
     assert decision.phase == phase
     if job_status.get("active"):  # an Indexed Job with some pods done is still running, not finishing
         assert decision.reason == "JobRunning"
