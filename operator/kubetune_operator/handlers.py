@@ -317,7 +317,9 @@ def _carry_job_status(
             if current is None:
                 return  # the owner is gone; its Jobs follow (ownerReferences)
             current_job = (current.get("status") or {}).get("jobName")
-            if current_job and current_job != job_name:
+            if current_job is None:  # the reconcile that created the Job writes it next: then this is said
+                raise PhaseChanged(f"{kind} {namespace}/{name} has not recorded its Job {job_name} yet")
+            if current_job != job_name:
                 return  # a step done with (the shards' Job, after the merge Job took over)
             suspend = bool((current.get("spec") or {}).get("suspend"))
             decision = planner.job_outcome(
@@ -363,12 +365,32 @@ def _carry_job_status(
             return
 
 
-def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
-    """spec.suspend changed: stop or start the resource's Job, and say so in status (observedGeneration too)."""
-    meta, status = body["metadata"], dict(body.get("status") or {})
+def _suspend(kind: str, body: kopf.Body) -> None:
+    """spec.suspend changed: stop or start the resource's Job as the field says, and say so in status.
+
+    When another writer moved the status meanwhile (the Job's own event, read with the new spec), the resource
+    is read again and this is done again, here: were kopf to retry it instead, an edit back (suspend, then
+    resume) would reach kopf as no change at all, and the Job would stay as the first edit left it."""
+    resource: dict[str, Any] | None = dict(body)
+    for attempt in range(JOB_EVENT_ATTEMPTS):
+        if resource is None:
+            return  # deleted meanwhile
+        try:
+            _suspend_as_read(kind, resource)
+            return
+        except PhaseChanged:
+            if attempt == JOB_EVENT_ATTEMPTS - 1:
+                raise
+        time.sleep(min(0.2 * 2**attempt, 2.0))
+        resource = _get(kind, body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _suspend_as_read(kind: str, resource: dict[str, Any]) -> None:
+    meta, status = resource["metadata"], dict(resource.get("status") or {})
     if status.get("phase") in TERMINAL_PHASES:
         return
-    job_patch, decision = planner.suspension(bool(new), status.get("jobName"))
+    suspend = bool((resource.get("spec") or {}).get("suspend"))
+    job_patch, decision = planner.suspension(suspend, status.get("jobName"))
     if job_patch is not None:
         client.BatchV1Api(_api()).patch_namespaced_job(
             status["jobName"], meta["namespace"], job_patch, field_manager=FIELD_MANAGER
@@ -384,20 +406,20 @@ def _suspend(kind: str, body: kopf.Body, new: Any) -> None:
         kind, meta["namespace"], meta["name"], status.get("phase"), planner.status_patch(decision, status, generation)
     )
     metrics.RECONCILES.labels(kind, decision.reason).inc()
-    kopf.info(body, reason=decision.reason, message=decision.message)
+    kopf.info(resource, reason=decision.reason, message=decision.message)
 
 
 # On updates only: at creation the create handler makes the Job as the field says.
 @kopf.on.update(GROUP, VERSION, PLURAL[DATASET_BUILD], field="spec.suspend", id="suspend")
 @metrics.counted(DATASET_BUILD, "suspend")
-def dataset_build_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
-    _suspend(DATASET_BUILD, body, new)
+def dataset_build_suspend(body: kopf.Body, **_: Any) -> None:
+    _suspend(DATASET_BUILD, body)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], field="spec.suspend", id="suspend")
 @metrics.counted(FINE_TUNE_JOB, "suspend")
-def fine_tune_job_suspend(body: kopf.Body, new: Any, **_: Any) -> None:
-    _suspend(FINE_TUNE_JOB, body, new)
+def fine_tune_job_suspend(body: kopf.Body, **_: Any) -> None:
+    _suspend(FINE_TUNE_JOB, body)
 
 
 def _running(status: dict[str, Any], **_: Any) -> bool:

@@ -169,6 +169,11 @@ class CrdSchema:
         self.group = crd["spec"]["group"]
         self.openapi = version["schema"]["openAPIV3Schema"]
         self.validator = jsonschema.Draft7Validator(as_json_schema(self.openapi))
+        # One per top-level field, for updates: only the fields an update changed are validated (ratcheting).
+        self._parts = {
+            key: jsonschema.Draft7Validator(as_json_schema(sub))
+            for key, sub in (self.openapi.get("properties") or {}).items()
+        }
         self.status_subresource = "status" in (version.get("subresources") or {})
         self.printer_columns = version.get("additionalPrinterColumns") or []
         self._programs: dict[str, Any] = {}
@@ -209,12 +214,21 @@ class CrdSchema:
                 errors += self._cel_errors(item, None, schema["items"], [*where, index])
         return errors
 
+    def _schema_errors(self, obj: dict[str, Any], old: dict[str, Any] | None) -> list[tuple[list[Any], Any]]:
+        """The schema's errors in ``obj``, each with its path. On an update only the top-level fields it changed
+        are checked: with validation ratcheting (Kubernetes 1.33+) an unchanged value's errors do not count, and
+        a status write then costs a check of the status alone, not of the whole object."""
+        changed = {key for key in {*obj, *(old or {})} if obj.get(key) != (old or {}).get(key)}
+        if old is None or any(key not in obj or key not in self._parts for key in changed):
+            return [(list(e.absolute_path), e) for e in self.validator.iter_errors(obj)]
+        return [([key, *e.absolute_path], e) for key in sorted(changed) for e in self._parts[key].iter_errors(obj[key])]
+
     def admit(self, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
         """The object as the server would store it (nulls pruned, defaults set), or an ApiError."""
         name = (obj.get("metadata") or {}).get("name", "")
         unknown = [
-            field_path([*e.absolute_path, extra])
-            for e in self.validator.iter_errors(obj)
+            field_path([*path, extra])
+            for path, e in self._schema_errors(obj, old)
             if e.validator == "additionalProperties"
             for extra in sorted(set(e.instance) - set(e.schema.get("properties", {})))
         ]
@@ -226,8 +240,8 @@ class CrdSchema:
             )
         stored = prune_nulls_and_default(obj, self.openapi)
         errors = [
-            f"{field_path(list(e.absolute_path))}: Invalid value: {e.instance!r}: {e.message}"
-            for e in sorted(self.validator.iter_errors(stored), key=lambda e: list(map(str, e.absolute_path)))
+            f"{field_path(path)}: Invalid value: {e.instance!r}: {e.message}"
+            for path, e in sorted(self._schema_errors(stored, old), key=lambda pe: list(map(str, pe[0])))
         ]
         if not errors:  # the server runs CEL only on a schema-valid object
             errors = self._cel_errors(stored, old, self.openapi, [])

@@ -114,6 +114,13 @@ class Cluster:
         admin.write_text(yaml.safe_dump(kubeconfig(url, ADMIN)))
         operator.write_text(yaml.safe_dump(kubeconfig(url, OPERATOR)))
         config.load_kube_config(str(admin))
+        # One client for the test's requests, its connections kept open (a client per call would copy the
+        # configuration and connect anew each time, in the process that also runs the server).
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = 32
+        api_client = client.ApiClient(configuration)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core, self.batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
         # Progress read from pod logs every second, not every 15: tests wait for it.
         env = {**os.environ, "KUBETUNE_PROGRESS_SECONDS": "1", **self.operator_env, "KUBECONFIG": str(operator)}
         self._log = self.operator_log.open("wb")
@@ -176,19 +183,24 @@ class Cluster:
     async def apply(self, resource: dict[str, Any]) -> dict[str, Any]:
         namespace = resource["metadata"].get("namespace", "default")
         return await _body(
-            client.CustomObjectsApi().create_namespaced_custom_object,
+            self.custom.create_namespaced_custom_object,
             GROUP, VERSION, namespace, NAMES[resource["kind"]][0], resource,
         )  # fmt: skip
 
     async def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default") -> dict:
         return await _body(
-            client.CustomObjectsApi().patch_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name,
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name,
             patch,
         )  # fmt: skip
 
     async def delete(self, kind: str, name: str, namespace: str = "default") -> None:
         await asyncio.to_thread(
-            client.CustomObjectsApi().delete_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name
+            self.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            NAMES[kind][0],
+            name,
         )
 
     async def gone(self, kind: str, name: str, timeout: float, namespace: str = "default") -> None:
@@ -206,30 +218,35 @@ class Cluster:
 
     async def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
         return await asyncio.to_thread(
-            client.CustomObjectsApi().get_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name
+            self.custom.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            NAMES[kind][0],
+            name,
         )
 
     async def jobs(self) -> list[dict[str, Any]]:
-        return (await _body(client.BatchV1Api().list_job_for_all_namespaces))["items"]
+        return (await _body(self.batch.list_job_for_all_namespaces))["items"]
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         """The Events about object ``name`` so far (kopf posts them in batches: poll)."""
-        listing = await _body(client.CoreV1Api().list_event_for_all_namespaces)
+        listing = await _body(self.core.list_event_for_all_namespaces)
         return [e for e in listing["items"] if e.get("involvedObject", {}).get("name") == name]
 
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
-        return await _body(client.CoreV1Api().read_namespaced_config_map, name, namespace)
+        return await _body(self.core.read_namespaced_config_map, name, namespace)
 
     async def create_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
         """An Opaque Secret holding ``data`` (plain text here, base64 on the wire as in a cluster)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         body = {"metadata": {"name": name}, "type": "Opaque", "data": encoded}
-        await asyncio.to_thread(client.CoreV1Api().create_namespaced_secret, namespace, body)
+        await asyncio.to_thread(self.core.create_namespaced_secret, namespace, body)
 
     async def secret(self, name: str, namespace: str) -> dict[str, Any] | None:
         """The Secret as the kubelet reads it (None: there is none)."""
         try:
-            return await _body(client.CoreV1Api().read_namespaced_secret, name, namespace)
+            return await _body(self.core.read_namespaced_secret, name, namespace)
         except client.exceptions.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -238,7 +255,10 @@ class Cluster:
     async def set_job_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
         await asyncio.to_thread(
-            client.BatchV1Api().patch_namespaced_job_status, meta["name"], meta["namespace"], {"status": status}
+            self.batch.patch_namespaced_job_status,
+            meta["name"],
+            meta["namespace"],
+            {"status": status},
         )
 
     async def finish_job(self, job: dict[str, Any], succeeded: bool, message: str = "") -> None:
@@ -288,7 +308,7 @@ class Cluster:
             },
             "spec": template["spec"],
         }
-        return await _body(client.CoreV1Api().create_namespaced_pod, meta["namespace"], pod)
+        return await _body(self.core.create_namespaced_pod, meta["namespace"], pod)
 
     async def start_pod(self, pod: dict[str, Any], log: Path) -> None:
         """The kubelet started the pod's container: phase Running, its output (``log``) served as pods/log."""
@@ -302,7 +322,10 @@ class Cluster:
         }  # fmt: skip
         self.api.pod_logs[(meta["namespace"], meta["name"])] = log
         await asyncio.to_thread(
-            client.CoreV1Api().patch_namespaced_pod_status, meta["name"], meta["namespace"], {"status": status}
+            self.core.patch_namespaced_pod_status,
+            meta["name"],
+            meta["namespace"],
+            {"status": status},
         )
 
     async def end_pod(self, pod: dict[str, Any], exit_code: int, message: str) -> None:
@@ -317,7 +340,10 @@ class Cluster:
                                    "ready": False, "restartCount": 0, "state": {"terminated": terminated}}],
         }  # fmt: skip
         await asyncio.to_thread(
-            client.CoreV1Api().patch_namespaced_pod_status, meta["name"], meta["namespace"], {"status": status}
+            self.core.patch_namespaced_pod_status,
+            meta["name"],
+            meta["namespace"],
+            {"status": status},
         )
 
     async def wait_for(
