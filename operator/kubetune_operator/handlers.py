@@ -6,7 +6,7 @@ client, configured once at start-up from the in-cluster service account or the k
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -53,7 +53,20 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global API
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = SETTINGS.workers + 2  # every handler thread, the poller, a spare
-    API = client.ApiClient(configuration)
+    API = _TimedApiClient(configuration)
+
+
+REQUEST_TIMEOUT = (10, 60)  # seconds to connect, to read
+
+
+class _TimedApiClient(client.ApiClient):
+    """Every request with a timeout: a connection left half-open (kept alive in the pool) must not hold a
+    handler thread, or the poller, forever."""
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return super().call_api(*args, **kwargs)
 
 
 # One API client for every handler: its connection pool keeps connections open between requests. (An API
@@ -100,8 +113,8 @@ def _patch_status_from(kind: str, namespace: str, name: str, phase: str | None, 
         raise
 
 
-def _create(child: dict[str, Any]) -> None:
-    """Create a child unless it exists (a resumed operator plans the same children again)."""
+def _create(child: dict[str, Any]) -> bool:
+    """Create a child unless it exists (a resumed operator plans the same children again): whether it did."""
     ns = child["metadata"]["namespace"]
     try:
         if child["kind"] == "ConfigMap":
@@ -113,6 +126,8 @@ def _create(child: dict[str, Any]) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
+        return False
+    return True
 
 
 def _pods_of(namespace: str, job_name: str) -> list[dict[str, Any]]:
@@ -133,33 +148,34 @@ def _api_message(exc: Exception) -> str:
 
 def _create_children(
     body: kopf.Body | dict[str, Any], decision: planner.Decision
-) -> tuple[planner.Decision, str | None]:
+) -> tuple[planner.Decision, str | None, bool]:
     """Create the decision's children, owned by ``body``: the decision (a child the server refuses makes it the
-    resource's failure) and the name of the Job created."""
+    resource's failure), the name of the Job, and whether that Job existed already."""
     kind, meta = body["kind"], body["metadata"]
-    job_name = None
+    job_name, existed = None, False
     for child in decision.children:
         kopf.adopt(child, owner=body)
         try:
-            _create(child)
+            created = _create(child)
         except (ApiException, pydantic.ValidationError) as exc:
             if isinstance(exc, ApiException) and exc.status not in (400, 422):
                 raise  # the API is unwell: kopf retries
             # The server (or the client's own schema check) refuses what the operator built from this spec and its
             # settings (e.g. a default limit below a request): retrying cannot help, so it becomes the
             # resource's status, not a retry loop.
-            return planner.child_refused(child, _api_message(exc)), None
-        log.info(
-            "%s %s/%s: created %s %s", kind, meta["namespace"], meta["name"], child["kind"], child["metadata"]["name"]
-        )
+            return planner.child_refused(child, _api_message(exc)), None, False
+        if created:
+            log.info("%s %s/%s: created %s %s", kind, meta["namespace"], meta["name"], child["kind"],
+                     child["metadata"]["name"])  # fmt: skip
         if child["kind"] == "Job":
-            job_name = child["metadata"]["name"]
-    return decision, job_name
+            job_name, existed = child["metadata"]["name"], not created
+    return decision, job_name, existed
 
 
-def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> None:
+def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, dependents: Any = None) -> None:
     """Plan a resource that has no Job yet and create its children. ``dependencies`` (a FineTuneJob's): a function
-    of its spec and namespace that reads what it depends on, called only when there is something to plan."""
+    of its spec and namespace that reads what it depends on, called only when there is something to plan.
+    ``dependents``: kopf's index of who waits on whom, to wake them when this resource fails at once."""
     kind, meta = body["kind"], body["metadata"]
     status = dict(body.get("status") or {})
     if status.get("phase") == Phase.WAITING:
@@ -179,7 +195,7 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
     else:
         waited = dependencies(body.get("spec") or {}, meta["namespace"]) if dependencies else ()
         decision = planner.plan(resource, SETTINGS, *waited)
-    decision, job_name = _create_children(body, decision)
+    decision, job_name, existed = _create_children(body, decision)
     patch = planner.status_patch(decision, status, meta.get("generation"))
     if job_name and not decision.permanent:
         patch["status"]["jobName"] = job_name
@@ -197,7 +213,16 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
     elif decision.children:
         kopf.info(body, reason=decision.reason, message=decision.message)
     if decision.permanent:
+        if dependents is not None:
+            _wake(kind, meta["namespace"], meta["name"], dependents)
         raise kopf.PermanentError(decision.message)
+    if existed and job_name:
+        # Planned before, its status write lost (a retry after an API error): the Job may have moved, even
+        # ended, meanwhile, and its events then found no record of it. Carry its status now.
+        job = _read_job(meta["namespace"], job_name)
+        if job and job.get("status"):
+            labels = job["metadata"].get("labels") or {}
+            _carry_job_status(labels, meta["namespace"], job_name, job["status"], dependents or {})
     # A waiting job is done with as far as kopf goes (so it records the spec handled, and an edit is seen at
     # once): what it waits for wakes it when it finishes, and the poller looks again every KUBETUNE_WAIT_SECONDS.
 
@@ -205,15 +230,15 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None) -> No
 @kopf.on.resume(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL[DATASET_BUILD], id="reconcile")
 @metrics.counted(DATASET_BUILD, "reconcile")
-def reconcile_dataset_build(body: kopf.Body, **_: Any) -> None:
-    _reconcile(body)
+def reconcile_dataset_build(body: kopf.Body, dependents: kopf.Index, **_: Any) -> None:
+    _reconcile(body, dependents=dependents)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="reconcile")
 @metrics.counted(FINE_TUNE_JOB, "reconcile")
-def reconcile_fine_tune_job(body: kopf.Body | dict[str, Any], **_: Any) -> None:
-    _reconcile(body, _dependencies)
+def reconcile_fine_tune_job(body: kopf.Body | dict[str, Any], dependents: kopf.Index | None = None, **_: Any) -> None:
+    _reconcile(body, _dependencies, dependents)
 
 
 def _dependencies(spec: Any, namespace: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -254,8 +279,13 @@ def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
     """A resource finished: reconcile now the FineTuneJobs that wait on it, rather than at the poller's next look
     (KUBETUNE_WAIT_SECONDS is the safety net, not the clock). A job already started is left alone."""
     for waiting in index.get((namespace, kind, name), []):
-        with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
-            reconcile_fine_tune_job(_waiting_stub(namespace, waiting))
+        try:
+            reconcile_fine_tune_job(_waiting_stub(namespace, waiting), index)
+        except (kopf.TemporaryError, kopf.PermanentError):
+            pass  # moved meanwhile, or cannot run: its status says so
+        except Exception:  # one dependent's trouble must not keep the others waiting
+            metrics.ERRORS.labels(FINE_TUNE_JOB, "wake").inc()
+            log.exception("%s %s/%s: waking it", FINE_TUNE_JOB, namespace, waiting)
 
 
 def _waiting_stub(namespace: str, name: str) -> dict[str, Any]:
@@ -320,6 +350,10 @@ def _carry_job_status(
             if current_job is None:  # the reconcile that created the Job writes it next: then this is said
                 raise PhaseChanged(f"{kind} {namespace}/{name} has not recorded its Job {job_name} yet")
             if current_job != job_name:
+                if STEP_LABEL not in labels and (current.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+                    # The last step's Job, created by the event that ended the step before it, which records
+                    # it next.
+                    raise PhaseChanged(f"{kind} {namespace}/{name} has not recorded its Job {job_name} yet")
                 return  # a step done with (the shards' Job, after the merge Job took over)
             suspend = bool((current.get("spec") or {}).get("suspend"))
             decision = planner.job_outcome(
@@ -341,7 +375,7 @@ def _carry_job_status(
             if current["metadata"].get("deletionTimestamp") and decision.children:
                 log.info("%s %s/%s: being deleted: no next step", kind, namespace, name)
                 return
-            decision, next_job = _create_children(current, decision)
+            decision, next_job, _ = _create_children(current, decision)
             phase = (current.get("status") or {}).get("phase")
             if not planner.moves_forward(phase, decision.phase):
                 log.debug(
@@ -396,9 +430,13 @@ def _suspend_as_read(kind: str, resource: dict[str, Any]) -> None:
             status["jobName"], meta["namespace"], job_patch, field_manager=FIELD_MANAGER
         )
     generation = meta.get("generation")
-    if decision is None or status.get("phase") == decision.phase:
-        # No Job yet (it is created as the field says), or the Job's own status got there first (and said so):
-        # only the generation is now observed.
+    if (
+        decision is None
+        or status.get("phase") == decision.phase
+        or (not suspend and status.get("phase") != Phase.SUSPENDED)
+    ):
+        # No Job yet (it is created as the field says), or the Job's own status got there first (and said so,
+        # a resumed Job's pod even running): only the generation is now observed.
         _patch_status(kind, meta["namespace"], meta["name"], {"status": {"observedGeneration": generation}})
         return
     log.info("%s %s/%s: %s (%s)", kind, meta["namespace"], meta["name"], decision.phase, decision.reason)
@@ -455,8 +493,8 @@ def _progress(kind: str, namespace: str, name: str, status: dict[str, Any], memo
             memo.pop("pod", None)  # gone (a retried pod), or not started: find the running one
             continue
         patch = planner.progress_patch(kind, status, raw.data.decode(errors="replace"), now())
-        if patch is not None:
-            _patch_status(kind, namespace, name, patch)
+        if patch is not None:  # only while it runs: a look that lost the race to the end must not undo it
+            _patch_status_from(kind, namespace, name, Phase.RUNNING, patch)
         return
 
 
@@ -557,12 +595,15 @@ class _Poller:
             old = self._tracked.get(key)
             due = old[1] if old is not None and old[0] == duty else time.monotonic() + self._interval(duty)
             self._tracked[key] = (duty, due, status)
+            if self._thread is None and not self._stop.is_set():
+                self._start()
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
-            self._thread.start()
+    def _start(self) -> None:
+        """Started from a handler, with its context: kopf posts Events (a woken job's) through context variables
+        that only its handlers have."""
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="poller", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -602,11 +643,6 @@ class _Poller:
 
 
 POLLER = _Poller()
-
-
-@kopf.on.startup(id="poller")
-def start_poller(**_: Any) -> None:
-    POLLER.start()
 
 
 @kopf.on.cleanup(id="poller")

@@ -128,3 +128,64 @@ def test_a_job_event_that_loses_a_race_for_the_status_is_carried_by_the_handler_
         assert reads == ["docs", "docs"]  # neither the same status again nor the settling one read anything
 
     api(scenario)
+
+
+def test_a_reconcile_retried_after_its_status_write_failed_carries_the_status_of_the_job_it_made(api, monkeypatch):
+    """The create handler made the Job, then its status write failed (a 500): the Job's events found no record
+    of it and changed nothing. kopf's retry plans the same Job (409: it exists) and must then carry the status
+    the Job reached meanwhile, here its end; otherwise the resource would stay Running for good."""
+    import kopf
+    from kubernetes.client.exceptions import ApiException
+
+    from kubetune_operator import handlers
+    from tests.operator.test_operator import DSB
+
+    async def scenario(cluster: Cluster):
+        build = await cluster.apply(copy.deepcopy(DSB))
+        posted = []
+        monkeypatch.setattr(kopf, "info", lambda body, reason, message: posted.append(reason))
+        write = handlers._patch_status_from
+
+        def unwell(*args):
+            raise ApiException(status=500, reason="etcdserver: request timed out")
+
+        monkeypatch.setattr(handlers, "_patch_status_from", unwell)
+        with pytest.raises(ApiException):
+            await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
+        (job,) = await cluster.jobs()
+        await cluster.finish_job(job, succeeded=True)
+        monkeypatch.setattr(handlers, "_patch_status_from", write)
+        await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
+        now = (await cluster.get("DatasetBuild", "docs"))["status"]
+        assert (now["phase"], now["jobName"]) == ("Succeeded", "docs-datagen")
+        assert posted == ["JobCreated", "JobSucceeded"]
+        assert len(await cluster.jobs()) == 1
+
+    api(scenario)
+
+
+def test_a_resume_read_after_the_job_said_it_runs_again_keeps_running(api, monkeypatch):
+    """spec.suspend set back to false, handled after the Job's own event already moved the resource to Running:
+    the Job is unsuspended and the new generation observed, but the phase does not go back to Pending."""
+    import kopf
+
+    from kubetune_operator import handlers
+    from tests.operator.test_operator import DSB
+
+    async def scenario(cluster: Cluster):
+        build = await cluster.apply({**copy.deepcopy(DSB), "spec": {**DSB["spec"], "suspend": True}})
+        monkeypatch.setattr(kopf, "info", lambda body, reason, message: None)
+        await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
+        (job,) = await cluster.jobs()
+        assert job["spec"]["suspend"] is True
+        await cluster.patch("DatasetBuild", "docs", {"spec": {"suspend": False}})
+        status = client.CustomObjectsApi().patch_namespaced_custom_object_status
+        running = {"phase": "Running", "message": "the pod is running"}
+        await asyncio.to_thread(status, GROUP, VERSION, "default", "datasetbuilds", "docs", {"status": running})
+        await asyncio.to_thread(handlers.dataset_build_suspend, body=await cluster.get("DatasetBuild", "docs"))
+        (job,) = await cluster.jobs()
+        assert job["spec"]["suspend"] is False
+        now = await cluster.get("DatasetBuild", "docs")
+        assert (now["status"]["phase"], now["status"]["observedGeneration"]) == ("Running", 2)
+
+    api(scenario)
