@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -210,19 +211,19 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, depen
     metrics.RECONCILES.labels(kind, decision.reason).inc()
     if decision.permanent:
         kopf.warn(body, reason=decision.reason, message=decision.message)
-    elif decision.children:
-        kopf.info(body, reason=decision.reason, message=decision.message)
-    if decision.permanent:
         if dependents is not None:
             _wake(kind, meta["namespace"], meta["name"], dependents)
         raise kopf.PermanentError(decision.message)
-    if existed and job_name:
+    if decision.children:
+        kopf.info(body, reason=decision.reason, message=decision.message)
+    job = _read_job(meta["namespace"], job_name) if existed else None
+    if job and job.get("status"):
         # Planned before, its status write lost (a retry after an API error): the Job may have moved, even
-        # ended, meanwhile, and its events then found no record of it. Carry its status now.
-        job = _read_job(meta["namespace"], job_name)
-        if job and job.get("status"):
-            labels = job["metadata"].get("labels") or {}
-            _carry_job_status(labels, meta["namespace"], job_name, job["status"], dependents or {})
+        # ended, meanwhile, and its events then found no record of it. Carry its status now (kopf's retry of
+        # this handler would stop at the jobName just written).
+        labels = job["metadata"].get("labels") or {}
+        _retried(lambda _: _carry_job_status(labels, meta["namespace"], job_name, job["status"], dependents or {}),
+                 f"{kind} {meta['namespace']}/{meta['name']}")  # fmt: skip
     # A waiting job is done with as far as kopf goes (so it records the spec handled, and an edit is seen at
     # once): what it waits for wakes it when it finishes, and the poller looks again every KUBETUNE_WAIT_SECONDS.
 
@@ -295,7 +296,38 @@ def _waiting_stub(namespace: str, name: str) -> dict[str, Any]:
             "status": {"phase": Phase.WAITING}}  # fmt: skip
 
 
-JOB_EVENT_ATTEMPTS = 6  # a Job's last event is its only word: keep at it through API trouble (about 30 s)
+RETRY_ATTEMPTS = 6  # with the sleeps between them, about 15 s
+
+
+def _retried(step: Callable[[int], None], what: str) -> bool:
+    """Run ``step(attempt)`` until it returns, again after a short sleep when the resource moved meanwhile
+    (PhaseChanged) or the API was briefly unwell (429, 5xx, a dropped connection); False when it kept moving.
+
+    For what kopf's retry cannot carry: a Job's terminal event is the last word it says (event handlers are not
+    retried), and a retried change handler sees edits made meanwhile merged with the one it failed on."""
+    for attempt in range(RETRY_ATTEMPTS):
+        last = attempt == RETRY_ATTEMPTS - 1
+        try:
+            step(attempt)
+            return True
+        except PhaseChanged:
+            pass  # another writer moved it meanwhile: read it again
+        except ApiException as exc:
+            if exc.status not in (429, 500, 502, 503, 504) or last:
+                raise
+            log.warning("%s: the API answered %s; trying again", what, exc.status)
+        except urllib3.exceptions.HTTPError as exc:
+            if last:
+                raise
+            log.warning("%s: %s; trying again", what, exc)
+        if not last:
+            time.sleep(min(0.5 * 2**attempt, 8.0))
+    return False
+
+
+def _plain(view: Any) -> dict[str, Any]:
+    """A deep copy of one of kopf's body views (status, spec) as plain data, to keep past the handler."""
+    return json.loads(json.dumps(dict(view or {})))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune"}, id="job-status")
@@ -308,32 +340,17 @@ def job_status(
 
     An event handler, not a field handler: kopf would keep the field's last value in two annotation patches per
     Job (each a write, and an event back to every watcher), and this needs none. What it gives up, kopf's
-    retries, it does itself: a Job's terminal event is the last word it says, so a conflict (PhaseChanged) or
-    an unwell API is tried again here. The status last carried over is remembered (kopf's per-object memo), so
-    an event that changed only the Job's metadata costs nothing."""
-    status = json.loads(json.dumps(dict(status or {})))
+    retries, it does itself (:func:`_retried`). The status last carried over is remembered (kopf's per-object
+    memo), so an event that changed only the Job's metadata costs nothing."""
+    status = _plain(status)
     if type == "DELETED" or not status or memo.get("carried") == status:
         return  # gone, just created (the reconcile that made it wrote the resource's status), or already said
     if planner.settling(status):
         return  # the controller has decided the end and writes it next: one write for the pair, not two
-    for attempt in range(JOB_EVENT_ATTEMPTS):
-        try:
-            _carry_job_status(labels, namespace, name, status, dependents)
-        except PhaseChanged:
-            pass  # another writer moved the owner meanwhile: read it again
-        except ApiException as exc:
-            if exc.status not in (429, 500, 502, 503, 504) or attempt == JOB_EVENT_ATTEMPTS - 1:
-                raise
-            log.warning("Job %s/%s: the API answered %s; trying again", namespace, name, exc.status)
-        except urllib3.exceptions.HTTPError as exc:
-            if attempt == JOB_EVENT_ATTEMPTS - 1:
-                raise
-            log.warning("Job %s/%s: %s; trying again", namespace, name, exc)
-        else:
-            memo["carried"] = status
-            return
-        time.sleep(min(0.5 * 2**attempt, 8.0))
-    log.warning("Job %s/%s: its owner kept changing; its next event carries the status", namespace, name)
+    if _retried(lambda _: _carry_job_status(labels, namespace, name, status, dependents), f"Job {namespace}/{name}"):
+        memo["carried"] = status
+    else:
+        log.warning("Job %s/%s: its owner kept changing; its next event carries the status", namespace, name)
 
 
 def _carry_job_status(
@@ -405,18 +422,15 @@ def _suspend(kind: str, body: kopf.Body) -> None:
     When another writer moved the status meanwhile (the Job's own event, read with the new spec), the resource
     is read again and this is done again, here: were kopf to retry it instead, an edit back (suspend, then
     resume) would reach kopf as no change at all, and the Job would stay as the first edit left it."""
-    resource: dict[str, Any] | None = dict(body)
-    for attempt in range(JOB_EVENT_ATTEMPTS):
-        if resource is None:
-            return  # deleted meanwhile
-        try:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+
+    def step(attempt: int) -> None:
+        resource = dict(body) if attempt == 0 else _get(kind, namespace, name)
+        if resource is not None:  # None: deleted meanwhile
             _suspend_as_read(kind, resource)
-            return
-        except PhaseChanged:
-            if attempt == JOB_EVENT_ATTEMPTS - 1:
-                raise
-        time.sleep(min(0.2 * 2**attempt, 2.0))
-        resource = _get(kind, body["metadata"]["namespace"], body["metadata"]["name"])
+
+    if not _retried(step, f"{kind} {namespace}/{name}"):
+        raise PhaseChanged(f"{kind} {namespace}/{name} kept changing while its Job was suspended or resumed")
 
 
 def _suspend_as_read(kind: str, resource: dict[str, Any]) -> None:
@@ -581,7 +595,7 @@ class _Poller:
         return SETTINGS.progress_seconds if duty == "progress" else SETTINGS.wait_seconds
 
     def seen(self, kind: str, namespace: str, name: str, status: dict[str, Any] | None, deleted: bool) -> None:
-        status = json.loads(json.dumps(dict(status or {})))
+        status = status or {}
         duty = None
         if not deleted and _running(status):
             duty = "progress"
@@ -594,7 +608,7 @@ class _Poller:
                 return
             old = self._tracked.get(key)
             due = old[1] if old is not None and old[0] == duty else time.monotonic() + self._interval(duty)
-            self._tracked[key] = (duty, due, status)
+            self._tracked[key] = (duty, due, _plain(status))
             if self._thread is None and not self._stop.is_set():
                 self._start()
 

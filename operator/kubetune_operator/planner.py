@@ -166,7 +166,7 @@ def job_outcome(
     ``suspend`` is the resource's ``spec.suspend``: its unfinished Job is Suspended, not waiting or running.
     """
     every = {c.get("type"): c for c in job_status.get("conditions") or []}
-    conditions = {t: c for t, c in every.items() if c.get("status") == "True"}
+    conditions = _true_conditions(job_status)
     if "Complete" in conditions:
         output = {"path": builders.output_path(settings.storage_root, kind, namespace, name)}
         return Decision(Phase.SUCCEEDED, "JobSucceeded", "done", output=output)
@@ -198,11 +198,16 @@ def job_outcome(
     return Decision(Phase.PENDING, "JobPending", "waiting for the pod to start")
 
 
+def _true_conditions(job_status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A Job status's conditions that hold, by type."""
+    return {c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
+
+
 def settling(job_status: dict[str, Any]) -> bool:
     """Whether the Job controller has decided a Job's end (``SuccessCriteriaMet`` or ``FailureTarget``) and not
     yet written it (``Complete`` or ``Failed`` follows once its pods are counted): a moment that says nothing the
     resource's status should show, and whose write the terminal one would overwrite at once."""
-    true = {c.get("type") for c in job_status.get("conditions") or [] if c.get("status") == "True"}
+    true = _true_conditions(job_status).keys()
     return bool(true & {"SuccessCriteriaMet", "FailureTarget"}) and not true & {"Complete", "Failed"}
 
 

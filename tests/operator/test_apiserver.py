@@ -67,6 +67,15 @@ def test_defaults_generation_and_the_status_subresource(api):
         )  # fmt: skip
         assert status["status"]["phase"] == "Running"
         assert status["spec"]["split"]["seed"] == 42 and status["metadata"]["generation"] == 1
+        # An update has only what it changed validated again (ratcheting): a bad status write is still refused.
+        with pytest.raises(ApiException) as info:
+            await asyncio.to_thread(
+                client.CustomObjectsApi().patch_namespaced_custom_object_status,
+                "kubetune.dev", "v1alpha1", "default", "datasetbuilds", "docs", {"status": {"phase": "Done"}},
+            )  # fmt: skip
+        assert (
+            info.value.status == 422 and "status.phase: Invalid value: 'Done'" in json.loads(info.value.body)["message"]
+        )
 
         # The spec is immutable (a CEL transition rule); an update must pass the schema and every rule.
         with pytest.raises(ApiException) as info:
