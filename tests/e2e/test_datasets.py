@@ -220,7 +220,12 @@ def test_a_sharded_build_through_the_operator_makes_the_same_dataset(tmp_path, r
             done = await cluster.wait_for("DatasetBuild", "sharded", {"Succeeded", "Failed"}, timeout=900)
             logs = {name: path.read_text() for name, path in kubelet.logs.items()}
             assert done["status"]["phase"] == "Succeeded", "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
-            return done, logs, sorted(e["reason"] for e in await cluster.events("sharded"))
+            for _ in range(40):  # kopf posts Events in batches, after the status write
+                reasons = sorted(e["reason"] for e in await cluster.events("sharded"))
+                if "JobSucceeded" in reasons:
+                    break
+                await asyncio.sleep(0.25)
+            return done, logs, reasons
 
     done, logs, reasons = asyncio.run(scenario())
     assert done["status"]["output"]["digest"] == small_build["digest"]
