@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -231,9 +232,10 @@ def test_a_sharded_build_through_the_operator_makes_the_same_dataset(tmp_path, r
     assert done["status"]["output"]["digest"] == small_build["digest"]
     assert sorted(logs) == ["sharded-datagen", "sharded-datagen-shards-0", "sharded-datagen-shards-1"]
     n_parts = next(s["input"] for s in small_build["stages"] if s["name"] == "generate")
-    for index in (0, 1):  # each pod wrote its own parts (index, index + 2, ...), and only those
-        others = n_parts - len(range(index, n_parts, 2))
-        shard_log = logs[f"sharded-datagen-shards-{index}"]
-        assert f"generate: shard {index}/2 done; {others} parts are other shards'" in shard_log
-    assert f"generate: {n_parts} of {n_parts} parts kept from an earlier run" in logs["sharded-datagen"]
+    # Each pod asked the LLM for its own parts (index, index + 2, ...) and only those. A pod that starts
+    # late may find the other's parts already written and finish the stage itself; it still asks for none.
+    asked = {index: [int(n) - 1 for n in re.findall(r"generate: part (\d+)/", logs[f"sharded-datagen-shards-{index}"])]
+             for index in (0, 1)}  # fmt: skip
+    assert asked == {index: list(range(index, n_parts, 2)) for index in (0, 1)}, asked
+    assert "generate: part" not in logs["sharded-datagen"]  # the merge found every part written
     assert reasons == ["JobCreated", "JobSucceeded", "ShardsSucceeded"]
