@@ -6,14 +6,17 @@ client, configured once at start-up from the in-cluster service account or the k
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
+import functools
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 import pydantic
@@ -45,6 +48,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The handlers are synchronous and wait on the API, not the CPU: more threads than kopf's default (the CPU
     # count + 4), so that a thousand resources starting at once do not queue behind each other's requests.
     settings.execution.max_workers = SETTINGS.workers
+    global EXECUTOR
+    EXECUTOR = settings.execution.executor
     health.READINESS.contact("leading" if health.READINESS.elected else "running")
     try:
         config.load_incluster_config()
@@ -78,6 +83,19 @@ API: client.ApiClient | None = None
 
 def _api() -> client.ApiClient:
     return API or client.ApiClient()
+
+
+# kopf's pool of threads for synchronous handlers, set at start-up; the async handlers (those that mostly decide
+# there is nothing to do, from what the watch shows) hand it their blocking work. None: asyncio's default pool.
+EXECUTOR: concurrent.futures.Executor | None = None
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, blocking, run from an async handler in kopf's handler threads, with the handler's context
+    (kopf posts Events through its context variables)."""
+    run = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(EXECUTOR, run)
 
 
 @kopf.on.login(id="login")
@@ -117,11 +135,13 @@ def _patch_status_from(kind: str, namespace: str, name: str, phase: str | None, 
 def _create(child: dict[str, Any]) -> bool:
     """Create a child unless it exists (a resumed operator plans the same children again): whether it did."""
     ns = child["metadata"]["namespace"]
+    # The client checks the child against the kind's model; the answer, which nothing reads, is left unparsed.
+    options = {"field_manager": FIELD_MANAGER, "_preload_content": False}
     try:
         if child["kind"] == "ConfigMap":
-            client.CoreV1Api(_api()).create_namespaced_config_map(ns, child, field_manager=FIELD_MANAGER)
+            client.CoreV1Api(_api()).create_namespaced_config_map(ns, child, **options)
         elif child["kind"] == "Job":
-            client.BatchV1Api(_api()).create_namespaced_job(ns, child, field_manager=FIELD_MANAGER)
+            client.BatchV1Api(_api()).create_namespaced_job(ns, child, **options)
         else:
             raise ValueError(f"no creator for {child['kind']}")
     except ApiException as exc:
@@ -264,7 +284,7 @@ def _get(kind: str, namespace: str, name: str | None) -> dict[str, Any] | None:
 
 
 @kopf.index(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="dependents")
-def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
+async def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
     """Which FineTuneJobs wait on which resource: (namespace, kind, name) -> the FineTuneJob's name."""
     found = {}
     dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
@@ -332,7 +352,7 @@ def _plain(view: Any) -> dict[str, Any]:
 
 @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune"}, id="job-status")
 @metrics.counted("Job", "job-status")
-def job_status(
+async def job_status(
     type: str | None, labels: dict[str, str], namespace: str, name: str, status: dict[str, Any], memo: kopf.Memo,
     dependents: kopf.Index, **_: Any,
 ) -> None:  # fmt: skip
@@ -341,13 +361,21 @@ def job_status(
     An event handler, not a field handler: kopf would keep the field's last value in two annotation patches per
     Job (each a write, and an event back to every watcher), and this needs none. What it gives up, kopf's
     retries, it does itself (:func:`_retried`). The status last carried over is remembered (kopf's per-object
-    memo), so an event that changed only the Job's metadata costs nothing."""
+    memo), so an event that changed only the Job's metadata costs nothing.
+
+    A coroutine: most Job events need no request, and are decided on kopf's event loop without a thread; the
+    carrying, which reads and writes, goes to kopf's handler threads."""
     status = _plain(status)
     if type == "DELETED" or not status or memo.get("carried") == status:
         return  # gone, just created (the reconcile that made it wrote the resource's status), or already said
     if planner.settling(status):
         return  # the controller has decided the end and writes it next: one write for the pair, not two
-    if _retried(lambda _: _carry_job_status(labels, namespace, name, status, dependents), f"Job {namespace}/{name}"):
+    labels = dict(labels)
+
+    def carry(_: int) -> None:
+        _carry_job_status(labels, namespace, name, status, dependents)
+
+    if await _in_thread(_retried, carry, f"Job {namespace}/{name}"):
         memo["carried"] = status
     else:
         log.warning("Job %s/%s: its owner kept changing; its next event carries the status", namespace, name)
@@ -664,13 +692,14 @@ def stop_poller(**_: Any) -> None:
     POLLER.stop()
 
 
+# Coroutines, as every event of every resource comes here: a thread for each would cost more than the work.
 @kopf.on.event(GROUP, VERSION, PLURAL[DATASET_BUILD], id="metrics")
-def dataset_build_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
+async def dataset_build_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
     metrics.PHASES.observe(DATASET_BUILD, namespace, name, status.get("phase"), deleted=type == "DELETED")
     POLLER.seen(DATASET_BUILD, namespace, name, status, deleted=type == "DELETED")
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="metrics")
-def fine_tune_job_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
+async def fine_tune_job_seen(type: str, namespace: str, name: str, status: dict[str, Any], **_: Any) -> None:
     metrics.PHASES.observe(FINE_TUNE_JOB, namespace, name, status.get("phase"), deleted=type == "DELETED")
     POLLER.seen(FINE_TUNE_JOB, namespace, name, status, deleted=type == "DELETED")

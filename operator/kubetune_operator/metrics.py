@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,15 +79,29 @@ def counted(kind: str, handler: str) -> Callable:
     """Count a handler's unexpected failures in ``kubetune_reconcile_errors_total``."""
 
     def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        @contextlib.contextmanager
+        def counting() -> Iterator[None]:
             try:
-                return fn(*args, **kwargs)
+                yield
             except (kopf.TemporaryError, kopf.PermanentError):
                 raise  # a resource waiting, or a spec that cannot run: in status and Events, not an error here
             except Exception:
                 ERRORS.labels(kind, handler).inc()
                 raise
+
+        if inspect.iscoroutinefunction(fn):  # kopf runs a coroutine handler on its event loop, not in a thread
+
+            @functools.wraps(fn)
+            async def awaiting(*args: Any, **kwargs: Any) -> Any:
+                with counting():
+                    return await fn(*args, **kwargs)
+
+            return awaiting
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with counting():
+                return fn(*args, **kwargs)
 
         return wrapper
 

@@ -113,17 +113,17 @@ def test_a_job_event_that_loses_a_race_for_the_status_is_carried_by_the_handler_
         posted = []  # kopf posts Events only inside a running operator
         monkeypatch.setattr(kopf, "info", lambda body, reason, message: posted.append(reason))
         memo = kopf.Memo()
-        await asyncio.to_thread(handlers.job_status, type="MODIFIED", status=COMPLETE, memo=memo, dependents={},
+        await handlers.job_status(type="MODIFIED", status=COMPLETE, memo=memo, dependents={},
                                 **DOCS_JOB)  # fmt: skip
         now = (await cluster.get("DatasetBuild", "docs"))["status"]
         assert (now["phase"], now["message"]) == ("Succeeded", "done")
         assert reads == ["docs", "docs"]  # read, lost the race (PhaseChanged), read again and wrote
         assert posted == ["JobSucceeded"]
 
-        await asyncio.to_thread(handlers.job_status, type="MODIFIED", status=COMPLETE, memo=memo, dependents={},
+        await handlers.job_status(type="MODIFIED", status=COMPLETE, memo=memo, dependents={},
                                 **DOCS_JOB)  # fmt: skip
         settling = {"conditions": COMPLETE["conditions"][:1], "uncountedTerminatedPods": {"succeeded": ["u1"]}}
-        await asyncio.to_thread(handlers.job_status, type="MODIFIED", status=settling, memo=kopf.Memo(),
+        await handlers.job_status(type="MODIFIED", status=settling, memo=kopf.Memo(),
                                 dependents={}, **DOCS_JOB)  # fmt: skip
         assert reads == ["docs", "docs"]  # neither the same status again nor the settling one read anything
 
