@@ -46,6 +46,7 @@ import copy
 import datetime
 import functools
 import itertools
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ import celpy
 import jsonpatch
 import jsonschema
 import yaml
-from kmock import KubernetesEmulator, Request, ResourceInfo, action, method
+from kmock import KubernetesEmulator, RawHandler, Request, ResourceInfo, action, method
 from kmock._internal.k8s import KubernetesError, KubernetesScaffold
 
 from kubetune.spec.resources import field_path
@@ -177,11 +178,38 @@ class CrdSchema:
         self.status_subresource = "status" in (version.get("subresources") or {})
         self.printer_columns = version.get("additionalPrinterColumns") or []
         self._programs: dict[str, Any] = {}
+        self._reads: dict[str, list[list[str]] | None] = {}
+        self._results: dict[str, bool] = {}
 
     def _program(self, rule: str) -> Any:
         if rule not in self._programs:
             self._programs[rule] = self._cel.program(self._cel.compile(rule))
+            self._reads[rule] = _fields_read(rule)
         return self._programs[rule]
+
+    RESULTS_KEPT = 20_000
+
+    def _holds(self, rule: str, value: Any, old: Any) -> bool:
+        """Whether ``rule`` holds for ``value`` (``oldSelf``: ``old``), an evaluation error counting as no.
+
+        The rule is given only the fields it reads (``self.a.b``: a.b, and nothing beside it), so an object's
+        status does not have to become CEL values for a rule on its name; and a rule's result, a function of
+        what it reads, is kept: a thousand resources of one spec are checked once, a status write finds its
+        root rule's answer kept from the create."""
+        program, reads = self._program(rule), self._reads[rule]
+        bindings = {"self": _narrowed(value, reads)}
+        if "oldSelf" in rule:
+            bindings["oldSelf"] = _narrowed(old, reads)
+        key = json.dumps([rule, bindings], sort_keys=True)
+        if key not in self._results:
+            if len(self._results) >= self.RESULTS_KEPT:
+                self._results.clear()
+            try:
+                result = program.evaluate({name: celpy.json_to_cel(v) for name, v in bindings.items()})
+            except celpy.CELEvalError as exc:
+                result = exc
+            self._results[key] = not isinstance(result, celpy.CELEvalError) and bool(result)
+        return self._results[key]
 
     def _cel_errors(self, value: Any, old: Any, schema: dict[str, Any], where: list[Any]) -> list[str]:
         if old is not None and value == old:
@@ -190,17 +218,9 @@ class CrdSchema:
             return []
         errors = []
         for rule in schema.get("x-kubernetes-validations") or []:
-            transition = "oldSelf" in rule["rule"]
-            if transition and old is None:
+            if "oldSelf" in rule["rule"] and old is None:
                 continue  # transition rules apply to updates only
-            bindings = {"self": celpy.json_to_cel(value)}
-            if transition:
-                bindings["oldSelf"] = celpy.json_to_cel(old)
-            try:
-                result = self._program(rule["rule"]).evaluate(bindings)
-            except celpy.CELEvalError as exc:
-                result = exc
-            if isinstance(result, celpy.CELEvalError) or not bool(result):
+            if not self._holds(rule["rule"], value, old):
                 errors.append(
                     f'{field_path(where) or "<root>"}: Invalid value: "object": {rule.get("message") or rule["rule"]}'
                 )
@@ -253,6 +273,32 @@ class CrdSchema:
         return stored
 
 
+def _fields_read(rule: str) -> list[list[str]] | None:
+    """The paths of fields a CEL rule reads from ``self`` and ``oldSelf`` (``self.a.b.size()``: ["a", "b"]), or
+    None when it uses either as a whole (``self == oldSelf``, ``size(self)``): then it is given all of it."""
+    paths = []
+    for match in re.finditer(r"\b(?:self|oldSelf)\b((?:\.\w+)*)(\s*\()?", rule):
+        steps = match.group(1).split(".")[1:]
+        if match.group(2) and steps:
+            steps.pop()  # a method called on the value (self.name.matches(...)), not a field of it
+        if not steps:
+            return None
+        paths.append(steps)
+    return paths
+
+
+def _narrowed(value: Any, paths: list[list[str]] | None) -> Any:
+    """``value`` with only the fields at ``paths`` (all of it when None, or where a path meets a non-object)."""
+    if paths is None or not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for first in dict.fromkeys(path[0] for path in paths):
+        if first in value:
+            rest = [path[1:] for path in paths if path[0] == first]
+            out[first] = value[first] if any(not r for r in rest) else _narrowed(value[first], rest)
+    return out
+
+
 def load_crds(folder: Path) -> tuple[dict[str, CrdSchema], dict[str, ResourceInfo]]:
     """For every CRD file in ``folder``, keyed ``group/version/plural``: its schema for admission, and its
     kmock discovery entry (kopf only watches what discovery lists)."""
@@ -277,8 +323,31 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _Routed(RawHandler):
+    """kmock's routing of an API request, kept by action: kmock finds a request's reaction by testing it against
+    every reaction's filters in turn (discovery paths first) on every request; an API request's reaction is the
+    emulator's own for its action, so once found for an action it is kept, while there are no reactions but the
+    emulator's own. Placed just above kmock's routing in the method order (``StrictApiServer.__mro__``)."""
+
+    __slots__ = ()
+
+    async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
+        routes: dict[Any, Any] = self._routes  # type: ignore[attr-defined]
+        if request.resource is None or not request.resource.plural or len(self._payloads) != self._own_reactions:  # type: ignore[attr-defined]
+            return await super()._handle(request)
+        if request.action not in routes:
+            depth = max(len(p.priorities) for p in self._payloads)  # kmock's order: by priority, padded
+            ordered = sorted(
+                self._payloads, key=lambda p: tuple(-x for x in p.priorities) + (0,) * (depth - len(p.priorities))
+            )
+            routes[request.action] = next((p for p in ordered if request in p._source), None)
+        if routes[request.action] is None or routes[request.action]._disabled.is_set():
+            return await super()._handle(request)
+        return await routes[request.action](request)
+
+
 @attrs.define(kw_only=True)
-class StrictApiServer(KubernetesEmulator):
+class StrictApiServer(KubernetesEmulator, _Routed):
     """kmock's emulator with a real server's admission of custom resources and bookkeeping (module doc)."""
 
     crds: dict[str, CrdSchema] = attrs.field(factory=dict)
@@ -362,6 +431,13 @@ class StrictApiServer(KubernetesEmulator):
         return aiohttp.web.json_response(table)
 
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _routes: dict[Any, Any] = attrs.field(factory=dict, init=False)  # see _Routed
+    _own_reactions: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._own_reactions = len(self._payloads)
+
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
 
     def _record(self, request: Request) -> AuditRecord:

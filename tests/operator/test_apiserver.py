@@ -199,3 +199,52 @@ def test_a_list_after_deletions_and_creations_shows_what_exists(api):
         assert await names() == ["a", "b", "c"]
 
     api(scenario)
+
+
+OBJ = {"metadata": {"name": "n", "resourceVersion": "7"}, "oci": [{"layout": "x"}], "status": {"phase": "Running"}}
+
+
+@pytest.mark.parametrize(
+    ("rule", "reads", "seen"),
+    [
+        pytest.param(
+            "size(self.metadata.name) <= 63 && self.metadata.name.matches('^a')",
+            [["metadata", "name"]] * 2,
+            {"metadata": {"name": "n"}},
+            id="a-method-call-is-not-a-field",
+        ),
+        pytest.param("self.oci.all(t, !has(t.layout))", [["oci"]], {"oci": OBJ["oci"]}, id="a-macro"),
+        pytest.param("has(self.a) ? self.a == oldSelf.a : true", [["a"]] * 3, {}, id="transition"),
+        pytest.param("type(self) == int ? self >= 0 : self in ['auto']", None, OBJ, id="self-as-a-whole"),
+        pytest.param("self == oldSelf", None, OBJ, id="equality-of-wholes"),
+    ],
+)
+def test_a_cel_rule_is_given_the_fields_it_reads(rule, reads, seen):
+    """The server evaluates a rule on only the fields it reads (and keeps the result by them): which those are."""
+    from tests.operator.apiserver import _fields_read, _narrowed
+
+    assert _fields_read(rule) == reads
+    assert _narrowed(OBJ, reads) == seen
+
+
+def test_a_kept_cel_result_is_not_reused_for_another_value(api):
+    """Rule results are kept by the values the rule reads: a name refused once is refused again, a valid object
+    after an invalid one is admitted, and after status writes a rule still refuses a bad edit."""
+
+    async def scenario(cluster: Cluster):
+        for _ in range(2):
+            with pytest.raises(ApiException) as info:
+                await cluster.apply(_variant("metadata.name", "a.b"))
+            assert "metadata.name must be a DNS label" in json.loads(info.value.body)["message"]
+        await cluster.apply(copy.deepcopy(DSB))
+        for phase in ("Pending", "Running"):
+            await asyncio.to_thread(cluster.custom.patch_namespaced_custom_object_status, "kubetune.dev", "v1alpha1",
+                                    "default", "datasetbuilds", DSB["metadata"]["name"],
+                                    {"status": {"phase": phase}})  # fmt: skip
+        with pytest.raises(ApiException) as info:
+            await asyncio.to_thread(cluster.custom.patch_namespaced_custom_object, "kubetune.dev", "v1alpha1",
+                                    "default", "datasetbuilds", DSB["metadata"]["name"],
+                                    {"spec": {"chunking": {"maxChars": 10}}})  # fmt: skip
+        assert "minChars must not exceed maxChars" in json.loads(info.value.body)["message"]
+
+    api(scenario)
