@@ -475,7 +475,7 @@ class StrictApiServer(KubernetesEmulator, _Routed):
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
             return None
-        return copy.deepcopy(self.objects[key].raw)
+        return _copied(self.objects[key].raw)
 
     def _has_status_subresource(self, request: Request) -> bool:
         if request.resource not in self.resources:
@@ -483,7 +483,7 @@ class StrictApiServer(KubernetesEmulator, _Routed):
         return "status" in (self.resources[request.resource].subresources or ())
 
     def _admit_create(self, request: Request) -> None:
-        obj = copy.deepcopy(request.data)
+        obj = _copied(request.data)
         res = request.resource
         # A client may leave them out (kopf's Events do): the server knows them from the URL.
         obj.setdefault("apiVersion", f"{res.group}/{res.version}" if res.group else res.version)
@@ -512,11 +512,11 @@ class StrictApiServer(KubernetesEmulator, _Routed):
     def _admit_update(self, request: Request, old: dict[str, Any]) -> None:
         try:
             if isinstance(request.data, list):
-                new = jsonpatch.apply_patch(old, request.data)
+                new = jsonpatch.apply_patch(_copied(old), request.data, in_place=True)
             elif request.method == method.PUT:
-                new = copy.deepcopy(request.data)
+                new = _copied(request.data)
             else:
-                new = _merge_patch(old, request.data or {})
+                new = _merge_patch(_copied(old), request.data or {})
         except jsonpatch.JsonPatchTestFailed as exc:
             raise ApiError(message=f"the server rejected our request due to an error in our request: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -574,7 +574,7 @@ class StrictApiServer(KubernetesEmulator, _Routed):
                 response = await super()._handle(request)
                 created = request.action == action.CREATE and 200 <= response.status < 300
                 if created and self.on_job_created is not None and self._key(request) == "batch/v1/jobs":
-                    self.on_job_created(copy.deepcopy(request.data))  # a Job made, not one refused (409) as existing
+                    self.on_job_created(_copied(request.data))  # a Job made, not one refused (409) as existing
                 return response
         except KubernetesError as exc:
             # Answered as a real server answers, not collected as a server-side failure of the test.
@@ -714,11 +714,17 @@ def _replace_data(request: Request, data: Any) -> None:
     object.__setattr__(request, "data", data)
 
 
+def _copied(value: Any) -> Any:
+    """A deep copy of JSON data (a JSON round trip: several times quicker than ``copy.deepcopy``)."""
+    return json.loads(json.dumps(value))
+
+
 def _merge_patch(old: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch (lists are replaced; null removes a key, at any depth)."""
+    """RFC 7386 JSON merge patch (lists are replaced; null removes a key, at any depth). What the patch leaves
+    alone is shared with ``old``: give it a copy."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(old) if isinstance(old, dict) else {}
+        return _copied(patch)
+    out = dict(old) if isinstance(old, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
