@@ -10,7 +10,8 @@ What it adds to kmock, as a kube-apiserver does it:
   structural defaulting does, so a stored object shows what will run;
 - ``x-kubernetes-validations`` (CEL, evaluated with cel-python; ``oldSelf`` on updates) refuse an object
   with the rule's message, as HTTP 422 ``Invalid``; on an update, values left unchanged are not checked again
-  (validation ratcheting, as since Kubernetes 1.33);
+  (validation ratcheting, as since Kubernetes 1.33); a rule is given only the fields it reads, and its result
+  is kept by their values (the same answers, without converting a whole object for a rule on its name);
 - ``metadata.generation`` starts at 1 and goes up on a change outside metadata and status, never on a
   status write; ``resourceVersion`` goes up on every write; uid, creationTimestamp and a name from
   ``generateName`` are set on create;
