@@ -93,9 +93,19 @@ T = TypeVar("T")
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``, blocking, run from an async handler in kopf's handler threads, with the handler's context
-    (kopf posts Events through its context variables)."""
+    (kopf posts Events through its context variables). Cancelled (the operator stopping), it still waits for the
+    thread, as kopf does for its synchronous handlers, so nothing is written after the handler has ended."""
     run = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await asyncio.get_running_loop().run_in_executor(EXECUTOR, run)
+    future = asyncio.get_running_loop().run_in_executor(EXECUTOR, run)
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return future.result()
 
 
 @kopf.on.login(id="login")
@@ -135,15 +145,17 @@ def _patch_status_from(kind: str, namespace: str, name: str, phase: str | None, 
 def _create(child: dict[str, Any]) -> bool:
     """Create a child unless it exists (a resumed operator plans the same children again): whether it did."""
     ns = child["metadata"]["namespace"]
-    # The client checks the child against the kind's model; the answer, which nothing reads, is left unparsed.
+    # The client checks the child against the kind's model; the answer, which nothing needs, is read (so that its
+    # connection goes back to the pool) but not parsed into the client's models.
     options = {"field_manager": FIELD_MANAGER, "_preload_content": False}
     try:
         if child["kind"] == "ConfigMap":
-            client.CoreV1Api(_api()).create_namespaced_config_map(ns, child, **options)
+            answer = client.CoreV1Api(_api()).create_namespaced_config_map(ns, child, **options)
         elif child["kind"] == "Job":
-            client.BatchV1Api(_api()).create_namespaced_job(ns, child, **options)
+            answer = client.BatchV1Api(_api()).create_namespaced_job(ns, child, **options)
         else:
             raise ValueError(f"no creator for {child['kind']}")
+        answer.read()
     except ApiException as exc:
         if exc.status != 409:
             raise
