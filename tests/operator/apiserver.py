@@ -675,7 +675,31 @@ def _builtin_validator(kind: str, api_version: str) -> jsonschema.protocols.Vali
         raise ApiError(status=404, reason="NotFound", message=f"no schema for {api_version} {kind}") from None
     definitions = utils.schema_contents(f"{folder}/_definitions.json", KUBERNETES_VERSION)
     registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
-    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+    return _RefsKept(schema, registry=registry)
+
+
+_VALID_REFS: set[str] = set()  # (reference, value) pairs checked and found valid, as JSON
+VALID_REFS_KEPT = 50_000
+
+
+def _ref_kept(validator: Any, ref: str, instance: Any, schema: Any) -> Any:
+    """``$ref``, with the values found valid for each definition kept: the objects an operator creates share
+    most of their parts (a pod's security context, its mounts, an Event's source), and a definition's answer is
+    a function of the value alone (the references here are absolute). A value with errors is checked again,
+    so that they are reported as before."""
+    key = json.dumps([ref, instance], sort_keys=True)
+    if key in _VALID_REFS:
+        return
+    errors = list(validator._validate_reference(ref=ref, instance=instance))
+    if errors:
+        yield from errors
+    else:
+        if len(_VALID_REFS) >= VALID_REFS_KEPT:
+            _VALID_REFS.clear()
+        _VALID_REFS.add(key)
+
+
+_RefsKept = jsonschema.validators.extend(jsonschema.validators.Draft202012Validator, {"$ref": _ref_kept})
 
 
 def _check_builtin(obj: dict[str, Any]) -> None:

@@ -189,3 +189,30 @@ def test_a_resume_read_after_the_job_said_it_runs_again_keeps_running(api, monke
         assert (now["status"]["phase"], now["status"]["observedGeneration"]) == ("Running", 2)
 
     api(scenario)
+
+
+def test_the_diff_base_is_kept_in_memory_and_built_for_the_custom_resources_only():
+    """kopf builds a diff base on every event of everything watched; only the custom resources have change
+    handlers (creation, spec.suspend), so a Job's is empty, and a resource's is kopf's own (spec, not status).
+    It is kept in this process, per uid, until the resource is deleted: nothing is written to the resource."""
+    import kopf
+
+    from kubetune_operator import handlers
+
+    storage = handlers._DiffBase()
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "uid": "j1", "labels": {"a": "b"}},
+           "spec": {"template": {}}, "status": {"active": 1}}  # fmt: skip
+    assert storage.build(body=kopf.Body(job)) == {}
+    tune = {**copy.deepcopy(FTJ), "status": {"phase": "Running"}}
+    tune["metadata"]["uid"] = "t1"
+    essence = storage.build(body=kopf.Body(tune))
+    assert essence == kopf.AnnotationsDiffBaseStorage(prefix=GROUP).build(body=kopf.Body(tune))
+    assert essence["spec"] == FTJ["spec"] and "status" not in essence
+
+    body, patch = kopf.Body(tune), kopf.Patch()
+    assert storage.fetch(body=body) is None  # never handled: kopf's creation (or, at a start, resume) cause
+    storage.store(body=body, patch=patch, essence=essence)
+    assert not patch  # nothing written to the resource
+    assert storage.fetch(body=body) == essence
+    storage.forget("t1")
+    assert storage.fetch(body=body) is None

@@ -186,7 +186,12 @@ async def full_flow(cluster: Cluster) -> None:
     await cluster.finish_job(cleanup, succeeded=True)
     await cluster.gone("DatasetBuild", "docs", timeout=15)
     assert "OutputDeleted" in {e["reason"] for e in await cluster.events("docs")}
-    await cluster.delete("FineTuneJob", "tune")  # Retain: goes at once
+    # A policy set to Delete and back to Retain: the finalizer comes, then goes; then the resource goes at once.
+    await cluster.patch("FineTuneJob", "tune", {"spec": {"deletionPolicy": "Delete"}})
+    await _metadata_when(cluster, "FineTuneJob", "tune", lambda m: m.get("finalizers") == ["kubetune.dev/finalizer"])
+    await cluster.patch("FineTuneJob", "tune", {"spec": {"deletionPolicy": "Retain"}})
+    await _metadata_when(cluster, "FineTuneJob", "tune", lambda m: not m.get("finalizers"))
+    await cluster.delete("FineTuneJob", "tune")
     await cluster.gone("FineTuneJob", "tune", timeout=5)
 
 
@@ -492,6 +497,51 @@ def test_suspend_stops_the_job_and_resume_starts_it_again(run_in_cluster):
         await cluster.wait_for("FineTuneJob", "tune", {"Succeeded"}, timeout=10)
         reasons = await _event_reasons(cluster, "tune", until="JobSucceeded")
         assert reasons == sorted(["JobCreated", "Suspended", "Resumed", "JobRunning", "JobSucceeded"]), reasons
+
+    run_in_cluster(scenario)
+
+
+def test_a_suspend_edit_made_while_no_operator_ran_is_carried_out_at_its_start(run_in_cluster):
+    """The operator keeps the spec it last handled in memory, not on the resource: one that starts afresh sees
+    every resource as new. A Job it made before, left running, and a spec.suspend edit made while it was stopped:
+    at its start it suspends the Job (and creates nothing again); resumed the same way, it starts it again."""
+    job_spec = copy.deepcopy(FTJ)
+    job_spec["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+
+    async def restart(cluster: Cluster) -> None:
+        await cluster.stop_operator()
+        cluster.operator = await cluster.start_replica("operator", ["operator"])
+
+    async def scenario(cluster: Cluster) -> None:
+        await cluster.apply(job_spec)
+        job = await _job_of(cluster, "tune-train")
+        await cluster.set_job_status(job, {"active": 1})
+        await cluster.wait_for("FineTuneJob", "tune", {"Running"}, timeout=10)
+        assert not [k for k in (await cluster.get("FineTuneJob", "tune"))["metadata"].get("annotations") or {}
+                    if k.startswith("kubetune.dev/")]  # fmt: skip
+
+        await cluster.stop_operator()
+        await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": True}})
+        cluster.operator = await cluster.start_replica("operator", ["operator"])
+        status = await _status_when(cluster, "FineTuneJob", "tune", lambda s: s.get("phase") == "Suspended")
+        assert status["observedGeneration"] == 2
+        await _job_when(cluster, "tune-train", lambda j: j["spec"].get("suspend") is True)
+
+        await restart(cluster)  # nothing changed meanwhile: it reads the resource and its Job, and writes nothing
+        seen = len(cluster.api.audit)
+        await _job_when(cluster, "tune-train", lambda _: any(
+            r.verb == "get" and r.resource == "jobs" for r in cluster.api.audit[seen:]))  # fmt: skip
+        await asyncio.sleep(1)
+        assert [r for r in cluster.api.audit[seen:] if r.verb in ("patch", "create") and r.resource != "leases"] == []
+        await cluster.stop_operator()
+        await cluster.patch("FineTuneJob", "tune", {"spec": {"suspend": False}})
+        cluster.operator = await cluster.start_replica("operator", ["operator"])
+        status = await _status_when(cluster, "FineTuneJob", "tune", lambda s: s.get("observedGeneration") == 3)
+        # Pending (resumed), or Running: the Job's last status (a pod active) read first, with the new spec.
+        assert status["phase"] in ("Pending", "Running")
+        await _job_when(cluster, "tune-train", lambda j: j["spec"].get("suspend") is False)
+        creates = [r for r in cluster.api.audit if r.verb == "create" and r.resource in ("jobs", "configmaps")]
+        assert len(creates) == 2, creates  # the ConfigMap and the Job, once
 
     run_in_cluster(scenario)
 
