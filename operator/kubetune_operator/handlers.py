@@ -45,7 +45,9 @@ class _DiffBase(kopf.DiffBaseStorage):
     no operator ran (:func:`_reconcile`).
 
     It is built only for the resources that have change handlers: kopf builds it on every event of everything
-    watched, a deep copy of the whole object, and for a Job (its pod template, its status) nothing reads it."""
+    watched, a deep copy of the whole object, and for a Job (its pod template, its status) nothing reads it.
+    An entry goes with its resource's DELETED event; one whose deletion fell in a gap of the watch stays, as
+    kopf's own memory of that resource does (a spec's worth of memory each, until the operator restarts)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -269,8 +271,7 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, depen
         return  # done (the Job's status drove it there), or going
     if status.get("jobName"):  # already running: the Job's status drives the rest
         if not looked_again:  # kopf's own call, at an operator's start: spec.suspend may have changed meanwhile
-            what = f"{kind} {meta['namespace']}/{meta['name']}"
-            _retried(lambda _: _suspension_kept(kind, meta["namespace"], meta["name"]), what)
+            _keep_suspension(kind, meta["namespace"], meta["name"])
         return
     try:
         resource = parse_resource(dict(body))
@@ -307,6 +308,8 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, depen
         labels = job["metadata"].get("labels") or {}
         _retried(lambda _: _carry_job_status(labels, meta["namespace"], job_name, job["status"], dependents or {}),
                  f"{kind} {meta['namespace']}/{meta['name']}")  # fmt: skip
+    if existed:  # made by an operator that stopped before recording it, with the spec of then
+        _keep_suspension(kind, meta["namespace"], meta["name"])
     # A waiting job is done with as far as kopf goes (so it records the spec handled, and an edit is seen at
     # once): what it waits for wakes it when it finishes, and the poller looks again every KUBETUNE_WAIT_SECONDS.
 
@@ -550,6 +553,14 @@ def _suspend_as_read(kind: str, resource: dict[str, Any]) -> None:
     )
     metrics.RECONCILES.labels(kind, decision.reason).inc()
     kopf.info(resource, reason=decision.reason, message=decision.message)
+
+
+def _keep_suspension(kind: str, namespace: str, name: str) -> None:
+    """:func:`_suspension_kept`, retried while the resource moves; if it keeps moving, kopf retries the handler
+    (which, done, records the spec as handled: the edit would not be seen again)."""
+    what = f"{kind} {namespace}/{name}"
+    if not _retried(lambda _: _suspension_kept(kind, namespace, name), what):
+        raise PhaseChanged(f"{what} kept changing while its Job was checked against spec.suspend")
 
 
 def _suspension_kept(kind: str, namespace: str, name: str) -> None:

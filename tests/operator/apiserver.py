@@ -685,7 +685,9 @@ VALID_REFS_KEPT = 50_000
 def _ref_kept(validator: Any, ref: str, instance: Any, schema: Any) -> Any:
     """``$ref``, with the values found valid for each definition kept: the objects an operator creates share
     most of their parts (a pod's security context, its mounts, an Event's source), and a definition's answer is
-    a function of the value alone (the references here are absolute). A value with errors is checked again,
+    a function of the value alone. Every reference here names a definition of the one ``_definitions.json`` of
+    one Kubernetes version (``/api/_definitions.json#/$defs/X`` from a kind's schema, ``#/$defs/X`` inside it),
+    so the text of a reference names one definition wherever it appears. A value with errors is checked again,
     so that they are reported as before."""
     key = json.dumps([ref, instance], sort_keys=True)
     if key in _VALID_REFS:

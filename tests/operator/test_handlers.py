@@ -216,3 +216,37 @@ def test_the_diff_base_is_kept_in_memory_and_built_for_the_custom_resources_only
     assert storage.fetch(body=body) == essence
     storage.forget("t1")
     assert storage.fetch(body=body) is None
+
+
+def test_a_job_made_before_a_suspend_edit_and_never_recorded_is_suspended_as_the_spec_now_says(api, monkeypatch):
+    """An operator made the Job and stopped before recording it in status; spec.suspend was then set. The next
+    operator plans again from the edited spec, finds the Job made (409) and suspends it: the status says
+    Suspended and so does the Job, not a running Job under a Suspended status."""
+    import kopf
+    from kubernetes.client.exceptions import ApiException
+
+    from kubetune_operator import handlers
+    from tests.operator.test_operator import DSB
+
+    async def scenario(cluster: Cluster):
+        build = await cluster.apply(copy.deepcopy(DSB))
+        monkeypatch.setattr(kopf, "info", lambda body, reason, message: None)
+        write = handlers._patch_status_from
+
+        def stopped(*args):
+            raise ApiException(status=503, reason="the operator stopped here")
+
+        monkeypatch.setattr(handlers, "_patch_status_from", stopped)
+        with pytest.raises(ApiException):
+            await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
+        monkeypatch.setattr(handlers, "_patch_status_from", write)
+        (job,) = await cluster.jobs()
+        assert not job["spec"].get("suspend")
+        edited = await cluster.patch("DatasetBuild", "docs", {"spec": {"suspend": True}})
+        await asyncio.to_thread(handlers.reconcile_dataset_build, edited, dependents={})
+        (job,) = await cluster.jobs()
+        assert job["spec"]["suspend"] is True
+        now = (await cluster.get("DatasetBuild", "docs"))["status"]
+        assert (now["phase"], now["jobName"], now["observedGeneration"]) == ("Suspended", "docs-datagen", 2)
+
+    api(scenario)
