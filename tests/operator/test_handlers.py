@@ -130,12 +130,31 @@ def test_a_job_event_that_loses_a_race_for_the_status_is_carried_by_the_handler_
     api(scenario)
 
 
+async def _job_made_and_status_write_lost(cluster: Cluster, build: dict, monkeypatch) -> dict:
+    """Reconcile ``build`` with its status write failing (a 500, or the operator stopping there): the Job is
+    made and never recorded. Returns that Job."""
+    from kubernetes.client.exceptions import ApiException
+
+    from kubetune_operator import handlers
+
+    write = handlers._patch_status_from
+
+    def unwell(*args):
+        raise ApiException(status=500, reason="etcdserver: request timed out")
+
+    monkeypatch.setattr(handlers, "_patch_status_from", unwell)
+    with pytest.raises(ApiException):
+        await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
+    monkeypatch.setattr(handlers, "_patch_status_from", write)
+    (job,) = await cluster.jobs()
+    return job
+
+
 def test_a_reconcile_retried_after_its_status_write_failed_carries_the_status_of_the_job_it_made(api, monkeypatch):
     """The create handler made the Job, then its status write failed (a 500): the Job's events found no record
     of it and changed nothing. kopf's retry plans the same Job (409: it exists) and must then carry the status
     the Job reached meanwhile, here its end; otherwise the resource would stay Running for good."""
     import kopf
-    from kubernetes.client.exceptions import ApiException
 
     from kubetune_operator import handlers
     from tests.operator.test_operator import DSB
@@ -144,17 +163,8 @@ def test_a_reconcile_retried_after_its_status_write_failed_carries_the_status_of
         build = await cluster.apply(copy.deepcopy(DSB))
         posted = []
         monkeypatch.setattr(kopf, "info", lambda body, reason, message: posted.append(reason))
-        write = handlers._patch_status_from
-
-        def unwell(*args):
-            raise ApiException(status=500, reason="etcdserver: request timed out")
-
-        monkeypatch.setattr(handlers, "_patch_status_from", unwell)
-        with pytest.raises(ApiException):
-            await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
-        (job,) = await cluster.jobs()
+        job = await _job_made_and_status_write_lost(cluster, build, monkeypatch)
         await cluster.finish_job(job, succeeded=True)
-        monkeypatch.setattr(handlers, "_patch_status_from", write)
         await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
         now = (await cluster.get("DatasetBuild", "docs"))["status"]
         assert (now["phase"], now["jobName"]) == ("Succeeded", "docs-datagen")
@@ -223,7 +233,6 @@ def test_a_job_made_before_a_suspend_edit_and_never_recorded_is_suspended_as_the
     operator plans again from the edited spec, finds the Job made (409) and suspends it: the status says
     Suspended and so does the Job, not a running Job under a Suspended status."""
     import kopf
-    from kubernetes.client.exceptions import ApiException
 
     from kubetune_operator import handlers
     from tests.operator.test_operator import DSB
@@ -231,16 +240,7 @@ def test_a_job_made_before_a_suspend_edit_and_never_recorded_is_suspended_as_the
     async def scenario(cluster: Cluster):
         build = await cluster.apply(copy.deepcopy(DSB))
         monkeypatch.setattr(kopf, "info", lambda body, reason, message: None)
-        write = handlers._patch_status_from
-
-        def stopped(*args):
-            raise ApiException(status=503, reason="the operator stopped here")
-
-        monkeypatch.setattr(handlers, "_patch_status_from", stopped)
-        with pytest.raises(ApiException):
-            await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
-        monkeypatch.setattr(handlers, "_patch_status_from", write)
-        (job,) = await cluster.jobs()
+        job = await _job_made_and_status_write_lost(cluster, build, monkeypatch)
         assert not job["spec"].get("suspend")
         edited = await cluster.patch("DatasetBuild", "docs", {"spec": {"suspend": True}})
         await asyncio.to_thread(handlers.reconcile_dataset_build, edited, dependents={})
