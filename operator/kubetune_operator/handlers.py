@@ -271,7 +271,7 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, depen
         return  # done (the Job's status drove it there), or going
     if status.get("jobName"):  # already running: the Job's status drives the rest
         if not looked_again:  # kopf's own call, at an operator's start: spec.suspend may have changed meanwhile
-            _keep_suspension(kind, meta["namespace"], meta["name"])
+            _suspend(kind, body, if_apart=True)
         return
     try:
         resource = parse_resource(dict(body))
@@ -309,7 +309,7 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, depen
         _retried(lambda _: _carry_job_status(labels, meta["namespace"], job_name, job["status"], dependents or {}),
                  f"{kind} {meta['namespace']}/{meta['name']}")  # fmt: skip
     if existed:  # made by an operator that stopped before recording it, with the spec of then
-        _keep_suspension(kind, meta["namespace"], meta["name"])
+        _suspend(kind, body, if_apart=True, read_first=True)
     # A waiting job is done with as far as kopf goes (so it records the spec handled, and an edit is seen at
     # once): what it waits for wakes it when it finishes, and the poller looks again every KUBETUNE_WAIT_SECONDS.
 
@@ -510,17 +510,24 @@ def _carry_job_status(
             return
 
 
-def _suspend(kind: str, body: kopf.Body) -> None:
+def _suspend(
+    kind: str, body: kopf.Body | dict[str, Any], *, if_apart: bool = False, read_first: bool = False
+) -> None:  # fmt: skip
     """spec.suspend changed: stop or start the resource's Job as the field says, and say so in status.
+
+    ``if_apart``: only where the Job (or the phase) and the field disagree (:func:`_apart`), as an operator that
+    has just started finds them when the field was edited while none ran: it cannot tell the edit from kopf's
+    diff (:class:`_DiffBase`). ``read_first``: ``body`` is older than a write of this process; read it again.
 
     When another writer moved the status meanwhile (the Job's own event, read with the new spec), the resource
     is read again and this is done again, here: were kopf to retry it instead, an edit back (suspend, then
-    resume) would reach kopf as no change at all, and the Job would stay as the first edit left it."""
+    resume) would reach kopf as no change at all, and the Job would stay as the first edit left it. If it keeps
+    moving, kopf retries the handler."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
 
     def step(attempt: int) -> None:
-        resource = dict(body) if attempt == 0 else _get(kind, namespace, name)
-        if resource is not None:  # None: deleted meanwhile
+        resource = dict(body) if attempt == 0 and not read_first else _get(kind, namespace, name)
+        if resource is not None and (not if_apart or _apart(resource)):  # None: deleted meanwhile
             _suspend_as_read(kind, resource)
 
     if not _retried(step, f"{kind} {namespace}/{name}"):
@@ -555,30 +562,18 @@ def _suspend_as_read(kind: str, resource: dict[str, Any]) -> None:
     kopf.info(resource, reason=decision.reason, message=decision.message)
 
 
-def _keep_suspension(kind: str, namespace: str, name: str) -> None:
-    """:func:`_suspension_kept`, retried while the resource moves; if it keeps moving, kopf retries the handler
-    (which, done, records the spec as handled: the edit would not be seen again)."""
-    what = f"{kind} {namespace}/{name}"
-    if not _retried(lambda _: _suspension_kept(kind, namespace, name), what):
-        raise PhaseChanged(f"{what} kept changing while its Job was checked against spec.suspend")
-
-
-def _suspension_kept(kind: str, namespace: str, name: str) -> None:
-    """A resource already running, seen by an operator that has just started: its Job suspended or resumed, and
-    its phase, as ``spec.suspend`` says now. The edit may have been made while no operator ran, which the
-    handler of its change, this process not having seen the spec before, cannot tell (:class:`_DiffBase`). A Job
-    that Kueue holds (created suspended, its queue's to start) is left to Kueue."""
-    resource = _get(kind, namespace, name)
-    status = (resource or {}).get("status") or {}
-    if resource is None or status.get("phase") in TERMINAL_PHASES or not status.get("jobName"):
-        return
-    job = _read_job(namespace, status["jobName"])
+def _apart(resource: dict[str, Any]) -> bool:
+    """Whether a running resource's Job (read now), or its phase, disagrees with its ``spec.suspend``. A Job that
+    Kueue holds (created suspended, its queue's to start) is Kueue's to start, not a disagreement."""
+    status = resource.get("status") or {}
+    if status.get("phase") in TERMINAL_PHASES or not status.get("jobName"):
+        return False
+    job = _read_job(resource["metadata"]["namespace"], status["jobName"])
     if job is None:
-        return
+        return False
     wanted, held = bool((resource.get("spec") or {}).get("suspend")), bool(job["spec"].get("suspend"))
     queued = QUEUE_LABEL in (job["metadata"].get("labels") or {})
-    if (wanted != held and (wanted or not queued)) or wanted != (status.get("phase") == Phase.SUSPENDED):
-        _suspend_as_read(kind, resource)
+    return (wanted != held and (wanted or not queued)) or wanted != (status.get("phase") == Phase.SUSPENDED)
 
 
 # On updates only: at creation the create handler makes the Job as the field says.
