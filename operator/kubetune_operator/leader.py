@@ -72,7 +72,9 @@ class LeaderElection:
     def _patch(self, operations: list[dict[str, Any]]) -> bool:
         """Apply a JSON patch; False when a ``test`` failed (someone else wrote the Lease meanwhile)."""
         try:
-            self.api.patch_namespaced_lease(LEASE_NAME, self.namespace, operations)
+            self.api.patch_namespaced_lease(
+                LEASE_NAME, self.namespace, operations, _content_type="application/json-patch+json"
+            )
         except ApiException as exc:
             if exc.status in (409, 422):
                 return False

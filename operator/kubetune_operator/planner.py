@@ -59,7 +59,8 @@ def _wait_for(
     status = dependency.get("status") or {}
     phase = status.get("phase")
     if phase == Phase.FAILED:
-        return Decision(Phase.FAILED, f"{kind}Failed", f"{kind} {name} failed", permanent=True)
+        cause = status.get("message") or "no cause given"
+        return Decision(Phase.FAILED, "DependencyFailed", f"{kind} {name} failed: {cause}", permanent=True)
     if phase != Phase.SUCCEEDED:
         return Decision(
             Phase.WAITING,

@@ -62,11 +62,11 @@ def kubeconfig(server: str, token: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def _body(call: Any, *args: Any) -> Any:
+async def _body(call: Any, *args: Any, **kwargs: Any) -> Any:
     """An API call's JSON answer, the call and the reading of its body both off the event loop: the test API
     server runs on this loop, and a large body read from the loop's thread would wait for the server, which
     waits for the loop."""
-    return json.loads(await asyncio.to_thread(lambda: call(*args, _preload_content=False).data))
+    return json.loads(await asyncio.to_thread(lambda: call(*args, _preload_content=False, **kwargs).data))
 
 
 class Cluster:
@@ -178,19 +178,21 @@ class Cluster:
     def operator_requests(self) -> list[AuditRecord]:
         return [r for r in self.api.audit if r.user == OPERATOR]
 
-    # The test's own client (user admin), run off the event loop that serves the API.
+    # The test's own client (user admin), run off the event loop that serves the API. It writes as kubectl
+    # does (``kubectl apply``, ``kubectl patch``: fieldValidation=Strict, kubectl's default since 1.27), so a
+    # typo in a test's resource is refused, not dropped.
 
     async def apply(self, resource: dict[str, Any]) -> dict[str, Any]:
         namespace = resource["metadata"].get("namespace", "default")
         return await _body(
             self.custom.create_namespaced_custom_object,
-            GROUP, VERSION, namespace, NAMES[resource["kind"]][0], resource,
+            GROUP, VERSION, namespace, NAMES[resource["kind"]][0], resource, field_validation="Strict",
         )  # fmt: skip
 
     async def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default") -> dict:
         return await _body(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, NAMES[kind][0], name,
-            patch,
+            patch, field_validation="Strict",
         )  # fmt: skip
 
     async def delete(self, kind: str, name: str, namespace: str = "default") -> None:

@@ -619,3 +619,41 @@ def test_two_replicas_one_leader(tmp_path):
             assert await readiness(second) == (200, "leading")
 
     asyncio.run(asyncio.wait_for(main(), timeout=90))
+
+
+def test_a_failed_build_fails_with_its_cause_and_so_does_the_job_waiting_for_it(run_in_cluster):
+    """A Job that reached its backoff limit, in the two writes the Job controller makes (FailureTarget with the
+    pod uncounted, then Failed with the count): the DatasetBuild fails with the pod's own cause in its message
+    and Ready condition and a Warning Event; the FineTuneJob waiting for it fails too (DependencyFailed),
+    carrying that cause, instead of waiting for ever."""
+
+    async def scenario(cluster: Cluster):
+        await cluster.apply(copy.deepcopy(DSB))
+        await cluster.apply(copy.deepcopy(FTJ))
+        await cluster.wait_for("FineTuneJob", "tune", {"Waiting"}, timeout=30)
+        job = await _job_of(cluster, "docs-datagen")
+        await cluster.set_job_status(job, {"active": 1, "ready": 1})
+        await cluster.wait_for("DatasetBuild", "docs", {"Running"}, timeout=10)
+        pod = await cluster.add_pod(job)
+        await cluster.end_pod(pod, 1, "reading corpus\ndatagen failed: no documents under /data/corpus\n")
+        await cluster.finish_job(job, succeeded=False)
+
+        failed = await cluster.wait_for("DatasetBuild", "docs", {"Failed"}, timeout=15)
+        cause = "Job has reached the specified backoff limit: datagen failed: no documents under /data/corpus"
+        assert failed["status"]["message"] == cause
+        ready = next(c for c in failed["status"]["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"], ready["message"]) == ("False", "BackoffLimitExceeded", cause)
+        await _event_reasons(cluster, "docs", until="BackoffLimitExceeded")
+        warnings = {e["reason"] for e in await cluster.events("docs") if e["type"] == "Warning"}
+        assert warnings == {"BackoffLimitExceeded"}
+
+        dependent = await cluster.wait_for("FineTuneJob", "tune", {"Failed"}, timeout=15)
+        assert dependent["status"]["message"] == f"DatasetBuild docs failed: {cause}"
+        ready = next(c for c in dependent["status"]["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "DependencyFailed")
+        assert await _event_reasons(cluster, "tune", until="DependencyFailed") == ["DependencyFailed"]
+        assert [e["type"] for e in await cluster.events("tune")] == ["Warning"]
+        assert [j["metadata"]["name"] for j in await cluster.jobs()] == ["docs-datagen"]  # no training Job
+
+    cluster = run_in_cluster(scenario)
+    assert "failed with an exception" not in cluster.log()  # every write taken: no handler gave up

@@ -58,12 +58,17 @@ def test_dataset_build_gets_a_config_map_and_a_job():
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+CAUSE = "the container exited with 1: no documents under /data/corpus"
+
+
 @pytest.mark.parametrize(
     ("dependency", "phase", "reason", "retry"),
     [
         pytest.param(None, Phase.WAITING, "DatasetBuildNotFound", True, id="absent"),
         pytest.param({"status": {"phase": "Running"}}, Phase.WAITING, "WaitingForDataset", True, id="running"),
-        pytest.param({"status": {"phase": "Failed"}}, Phase.FAILED, "DatasetBuildFailed", False, id="failed"),
+        pytest.param(
+            {"status": {"phase": "Failed", "message": CAUSE}}, Phase.FAILED, "DependencyFailed", False, id="failed"
+        ),
         pytest.param(
             {"status": {"phase": "Succeeded", "output": {"path": "/data/datasets/team/docs"}}},
             Phase.RUNNING,
@@ -78,6 +83,8 @@ def test_fine_tune_job_waits_for_its_dataset(dependency, phase, reason, retry):
     assert (decision.phase, decision.reason) == (phase, reason)
     assert (decision.retry_after == SETTINGS.wait_seconds) is retry
     assert decision.permanent is (phase == Phase.FAILED)
+    if phase == Phase.FAILED:  # the dependency's own cause, so that nobody has to look for it
+        assert decision.message == f"DatasetBuild {FTJ.spec.dataset.dataset_build_ref.name} failed: {CAUSE}"
     if phase == Phase.RUNNING:
         container = decision.children[1]["spec"]["template"]["spec"]["containers"][0]
         assert container["command"][-2:] == ["--dataset", "/data/datasets/team/docs"]
@@ -105,7 +112,7 @@ spec:
     [
         pytest.param(None, Phase.WAITING, "FineTuneJobNotFound", id="absent"),
         pytest.param({"status": {"phase": "Running"}}, Phase.WAITING, "WaitingForBaseModel", id="running"),
-        pytest.param({"status": {"phase": "Failed"}}, Phase.FAILED, "FineTuneJobFailed", id="failed"),
+        pytest.param({"status": {"phase": "Failed"}}, Phase.FAILED, "DependencyFailed", id="failed"),
         pytest.param(
             {"status": {"phase": "Succeeded", "output": {"path": "/data/finetunes/team/tune"}}},
             Phase.RUNNING,
