@@ -143,6 +143,9 @@ class Cluster:
         self._log.close()
         await self.server.__aexit__(None, None, None)
         await self.api.__aexit__(None, None, None)
+        dropped = [message for user, message in self.api.warnings if user == OPERATOR]
+        if exc[0] is None and dropped:  # a real server would have dropped these fields of the operator's writes
+            raise AssertionError(f"the API server warned the operator: {dropped}")
 
     async def start_replica(self, token: str, args: list[str]) -> asyncio.subprocess.Process:
         """Another operator process, as another replica of the Deployment: its own user (``token``) and log."""
