@@ -803,15 +803,17 @@ def _check_builtin(obj: dict[str, Any], directive: str = "Strict", warnings: lis
     """A built-in object against Kubernetes' OpenAPI schema: unknown fields as ``directive`` says (the strict
     decoder's errors, ``runtime.AsStrictDecodingError`` in create.go), then the first other error refused."""
     validator = _builtin_validator(obj.get("kind", ""), obj.get("apiVersion", ""))
+    errors = list(validator.iter_errors(obj))
     unknown = [
         (list(e.absolute_path), extra)
-        for e in validator.iter_errors(obj)
+        for e in errors
         if e.validator == "additionalProperties"
         for extra in sorted(set(e.instance) - set(e.schema.get("properties", {})))
     ]
     if unknown:
         obj = _unknown_fields_handled(obj, unknown, directive, warnings)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+        errors = list(validator.iter_errors(obj))
+    error = jsonschema.exceptions.best_match(errors)
     if error is not None:
         first = error.message.splitlines()[0]
         where = ".".join(str(p) for p in error.path)
