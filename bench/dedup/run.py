@@ -238,8 +238,8 @@ class Meter:
 
 
 def work_kubetune(folder: Path, repeats: int, spec_args: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    from kubetune.api.v1alpha1.datasetbuild import NearDedupSpec
     from kubetune.datagen.minhash import find_near_duplicates
-    from kubetune.spec.datasetbuild import NearDedupSpec
 
     spec = NearDedupSpec(**spec_args)
     t0 = time.perf_counter()

@@ -51,7 +51,7 @@ def log(msg: str) -> None:
 
 
 def quickstart_spec():
-    from kubetune.spec.resources import load_resources
+    from kubetune.api.v1alpha1.resources import load_resources
 
     path = ROOT / "examples" / "quickstart.yaml"
     (res,) = [r for r in load_resources(path.read_text(), str(path)) if r.kind == "DatasetBuild"]
@@ -60,7 +60,7 @@ def quickstart_spec():
 
 def with_generation(spec, **changes):
     """The spec with generation fields changed (camelCase wire names), validated again."""
-    from kubetune.spec.resources import parse_spec
+    from kubetune.api.v1alpha1.resources import parse_spec
 
     wire = spec.to_wire()
     wire["generation"] = {**wire["generation"], **changes}

@@ -106,7 +106,7 @@ def spec_for(model: Path, dataset: Path, objective: str, method: str, args) -> d
 
 
 def plan(spec: dict, model: Path, gpu: str) -> dict:
-    from kubetune.spec.finetunejob import FineTuneJobSpec
+    from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
     from kubetune.trainer.memory import load_config, plan_memory
 
     p = plan_memory(load_config(model), FineTuneJobSpec.model_validate(spec), gpu)

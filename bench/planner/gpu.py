@@ -273,7 +273,7 @@ def versions() -> dict:
 
 def predict(r: dict, bench):
     """``plan_memory`` for one measured case: its FineTuneJobSpec (method, checkpointing) and its LM head."""
-    from kubetune.spec.finetunejob import FineTuneJobSpec
+    from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
     from kubetune.trainer.memory import Assumptions, plan_memory
 
     spec = FineTuneJobSpec.model_validate(

@@ -39,7 +39,7 @@ BATCH, MAX_LENGTH = 4, 256
 
 
 def spec_for(method: str, dataset: Path, steps: int):
-    from kubetune.spec.finetunejob import FineTuneJobSpec
+    from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 
     return FineTuneJobSpec.model_validate(
         {

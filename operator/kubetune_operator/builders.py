@@ -11,8 +11,8 @@ import json
 from pathlib import PurePosixPath
 from typing import Any
 
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
-from kubetune.spec.resources import Resource
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.api.v1alpha1.resources import Resource
 from kubetune_operator.constants import (
     COMPONENT,
     COMPONENT_OF,

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kubetune.spec.resources import NAME_RULE, Resource, SpecError, load_resources
-from kubetune.spec.status import Phase
+from kubetune.api.v1alpha1.resources import NAME_RULE, Resource, SpecError, load_resources
+from kubetune.api.v1alpha1.status import Phase
 
 app = typer.Typer(
     help="kubetune: instruction datasets and LLM fine-tuning, on Kubernetes or on one machine.",

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP
 
 MANAGED_BY = "app.kubernetes.io/managed-by"  # value: kubetune; what the operator owns
 COMPONENT = "app.kubernetes.io/component"  # datagen | trainer

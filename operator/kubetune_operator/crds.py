@@ -18,10 +18,10 @@ import yaml
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
-from kubetune.spec.resources import NAME_RULE, SPEC_MODELS
-from kubetune.spec.scheduling import SchedulingSpec
-from kubetune.spec.status import ResourceStatus
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, NAMES, VERSION
+from kubetune.api.v1alpha1.resources import NAME_RULE, SPEC_MODELS
+from kubetune.api.v1alpha1.scheduling import SchedulingSpec
+from kubetune.api.v1alpha1.status import ResourceStatus
 
 _KEEP = {
     "type", "properties", "items", "required", "description", "default", "enum", "minimum", "maximum",

@@ -21,9 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
-from kubetune.spec.resources import Resource
-from kubetune.spec.status import Phase
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.api.v1alpha1.resources import Resource
+from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import builders
 
 

@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.api.v1alpha1.resources import FieldError, Resource
+from kubetune.api.v1alpha1.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
 from kubetune.progress import last_record
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
-from kubetune.spec.resources import FieldError, Resource
-from kubetune.spec.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
 from kubetune_operator import builders, reporting
 from kubetune_operator.constants import SHARDS_STEP, SIZING_STEP, Settings
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from kubetune.spec.resources import Resource
-from kubetune.spec.status import Phase
+from kubetune.api.v1alpha1.resources import Resource
+from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import local
 from kubetune_operator.reporting import report
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.spec.constants import DATASET_BUILD
+from kubetune.api.v1alpha1.constants import DATASET_BUILD
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import json
 import jsonschema
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import GenerationSpec
 from kubetune.llm.chat import Request, is_json
 from kubetune.llm.endpoint import EndpointEngine, EndpointError
-from kubetune.spec.datasetbuild import GenerationSpec
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 def test_a_batch_over_the_token_budget_completes(root: Path, smollm2: Path):
     from transformers import AutoTokenizer
 
+    from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
     from kubetune.datagen import documents, generate, pipeline
     from kubetune.llm.engine import VllmEngine
-    from kubetune.spec.datasetbuild import DatasetBuildSpec
 
     wire = next(yaml.safe_load_all((root / "examples" / "quickstart.yaml").read_text()))["spec"]
     wire["source"]["paths"] = [str(root / "examples" / "data")]

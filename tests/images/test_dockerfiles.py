@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from kubetune.spec.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune_operator.builders import service_command
 from tests.conftest import ROOT
 from tests.images.dockerfile import Dockerfile, parse, pip_installs, split_requirement

@@ -56,7 +56,7 @@ def runtime_imports(module: str) -> list[tuple[str, str | None]]:
             continue
         seen.add(name)
         path = _module_file(name)
-        if path is None:  # `from kubetune.spec import parse_spec`: a name, not a module
+        if path is None:  # `from kubetune.api.v1alpha1 import parse_spec`: a name, not a module
             continue
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages' __init__ run first

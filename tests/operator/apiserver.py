@@ -91,7 +91,7 @@ import yaml
 from kmock import KubernetesEmulator, RawHandler, Request, ResourceInfo, action, method
 from kmock._internal.k8s import KubernetesError, KubernetesScaffold
 
-from kubetune.spec.resources import field_path
+from kubetune.api.v1alpha1.resources import field_path
 
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 BUILTIN_RESOURCES = {

@@ -33,7 +33,7 @@ import yaml
 from kmock import Server
 from kubernetes import client, config
 
-from kubetune.spec.constants import GROUP, NAMES, VERSION
+from kubetune.api.v1alpha1.constants import GROUP, NAMES, VERSION
 from tests.operator.apiserver import (
     BUILTIN_RESOURCES,
     AuditRecord,

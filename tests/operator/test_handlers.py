@@ -9,7 +9,7 @@ import copy
 import pytest
 from kubernetes import client
 
-from kubetune.spec.constants import GROUP, VERSION
+from kubetune.api.v1alpha1.constants import GROUP, VERSION
 from tests.operator.cluster import Cluster
 from tests.operator.test_operator import FTJ
 
@@ -88,7 +88,7 @@ def test_a_job_event_that_loses_a_race_for_the_status_is_carried_by_the_handler_
     (SuccessCriteriaMet before Complete) none either."""
     import kopf
 
-    from kubetune_operator import handlers
+    from kubetune_operator import handlers, kube
     from tests.operator.test_operator import DSB
 
     async def scenario(cluster: Cluster):
@@ -100,7 +100,7 @@ def test_a_job_event_that_loses_a_race_for_the_status_is_carried_by_the_handler_
 
         await asyncio.to_thread(set_status, {"phase": "Pending", "jobName": "docs-datagen", "message": "pending"})
         reads = []
-        get = handlers._get
+        get = kube.get
 
         def the_pod_started_meanwhile(kind, namespace, name):
             found = get(kind, namespace, name)
@@ -109,7 +109,7 @@ def test_a_job_event_that_loses_a_race_for_the_status_is_carried_by_the_handler_
                 set_status({"phase": "Running", "message": "the pod is running"})
             return found
 
-        monkeypatch.setattr(handlers, "_get", the_pod_started_meanwhile)
+        monkeypatch.setattr(kube, "get", the_pod_started_meanwhile)
         posted = []  # kopf posts Events only inside a running operator
         monkeypatch.setattr(kopf, "info", lambda body, reason, message: posted.append(reason))
         memo = kopf.Memo()
@@ -136,17 +136,17 @@ async def _job_made_and_status_write_lost(cluster: Cluster, build: dict, monkeyp
     made and never recorded. Returns that Job."""
     from kubernetes.client.exceptions import ApiException
 
-    from kubetune_operator import handlers
+    from kubetune_operator import handlers, kube
 
-    write = handlers._patch_status_from
+    write = kube.patch_status_from
 
     def unwell(*args):
         raise ApiException(status=500, reason="etcdserver: request timed out")
 
-    monkeypatch.setattr(handlers, "_patch_status_from", unwell)
+    monkeypatch.setattr(kube, "patch_status_from", unwell)
     with pytest.raises(ApiException):
         await asyncio.to_thread(handlers.reconcile_dataset_build, build, dependents={})
-    monkeypatch.setattr(handlers, "_patch_status_from", write)
+    monkeypatch.setattr(kube, "patch_status_from", write)
     (job,) = await cluster.jobs()
     return job
 
@@ -208,9 +208,9 @@ def test_the_diff_base_is_kept_in_memory_and_built_for_the_custom_resources_only
     It is kept in this process, per uid, until the resource is deleted: nothing is written to the resource."""
     import kopf
 
-    from kubetune_operator import handlers
+    from kubetune_operator.storage import MemoryDiffBase
 
-    storage = handlers._DiffBase()
+    storage = MemoryDiffBase()
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "uid": "j1", "labels": {"a": "b"}},
            "spec": {"template": {}}, "status": {"active": 1}}  # fmt: skip
     assert storage.build(body=kopf.Body(job)) == {}

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from kubetune.spec import load_resources
-from kubetune.spec.resources import Resource
+from kubetune.api.v1alpha1 import load_resources
+from kubetune.api.v1alpha1.resources import Resource
 from kubetune_operator import builders
 from kubetune_operator.constants import QUEUE_LABEL, Settings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kubetune.spec import load_resources
+from kubetune.api.v1alpha1 import load_resources
 from kubetune_operator import local
 from kubetune_operator.cli import app
 
@@ -175,7 +175,7 @@ def test_readme_commands_as_typed(root):
 
 
 def test_local_order_puts_a_job_after_the_one_it_starts_from(tmp_path):
-    from kubetune.spec.finetunejob import StartFrom
+    from kubetune.api.v1alpha1.finetunejob import StartFrom
 
     resources = load_resources(
         """

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from kubetune.spec import SpecError, load_resources
-from kubetune.spec.base import SpecModel
+from kubetune.api.v1alpha1 import SpecError, load_resources
+from kubetune.api.v1alpha1.base import SpecModel
 from kubetune_operator.crds import render_all
 from tests.conftest import with_field
 from tests.operator.apiserver import ApiError, CrdSchema
@@ -58,7 +58,7 @@ def test_every_nullable_field_defaults_to_none():
                 if isinstance(arg, type) and issubclass(arg, SpecModel):
                     yield from models(arg)
 
-    from kubetune.spec.resources import RESOURCE_MODELS
+    from kubetune.api.v1alpha1.resources import RESOURCE_MODELS
 
     for resource in RESOURCE_MODELS.values():
         for model in models(resource):
@@ -275,10 +275,10 @@ def test_the_cluster_kustomization_renders_the_cluster_quickstart(root):
 
 def _rules_with_samples():
     """Every CelRule of the models with objects (wire form, Python form) on both sides of it."""
-    from kubetune.spec.datasetbuild import ChunkingSpec
-    from kubetune.spec.finetunejob import DatasetSource
-    from kubetune.spec.resources import NAME_RULE
-    from kubetune.spec.scheduling import Toleration
+    from kubetune.api.v1alpha1.datasetbuild import ChunkingSpec
+    from kubetune.api.v1alpha1.finetunejob import DatasetSource
+    from kubetune.api.v1alpha1.resources import NAME_RULE
+    from kubetune.api.v1alpha1.scheduling import Toleration
 
     chunking = [{"minChars": a, "maxChars": b} for a, b in ((1, 1), (1000, 2000), (2001, 2000), (5, 4))]
     sources = [{"path": "d"}, {"datasetBuildRef": {"name": "b"}}, {}, {"path": "d", "datasetBuildRef": {"name": "b"}}]

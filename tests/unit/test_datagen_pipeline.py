@@ -14,10 +14,10 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
 from kubetune.datagen import card, formatting, generate, pipeline
 from kubetune.datagen.stages import StaleOutputError
 from kubetune.llm.chat import Completion, Request
-from kubetune.spec.datasetbuild import DatasetBuildSpec
 
 LORA = (
     "Low-rank adaptation trains two small matrices per layer while the base model stays frozen. "

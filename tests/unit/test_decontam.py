@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import DecontaminationSpec, EvalSetSpec
 from kubetune.datagen.decontam import EvalIndex, check_eval_sets
-from kubetune.spec.datasetbuild import DecontaminationSpec, EvalSetSpec
 
 QUESTION = (
     "Which gas do green plants absorb from the atmosphere during photosynthesis in order to build sugars "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import ChunkingSpec, CleaningSpec, SourceSpec
 from kubetune.datagen import documents
-from kubetune.spec.datasetbuild import ChunkingSpec, CleaningSpec, SourceSpec
 
 
 def test_clean_strips_markdown_urls_and_controls():

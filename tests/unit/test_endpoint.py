@@ -19,10 +19,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import GenerationSpec
 from kubetune.llm import endpoint
 from kubetune.llm.chat import Completion, Request
 from kubetune.llm.endpoint import EndpointEngine, EndpointError
-from kubetune.spec.datasetbuild import GenerationSpec
 
 KEY = "sk-test-0123456789abcdef"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import CleaningSpec, SourceSpec
 from kubetune.datagen import documents
 from kubetune.datagen.documents import Document
-from kubetune.spec.datasetbuild import CleaningSpec, SourceSpec
 
 PAGE = """<!DOCTYPE html>
 <html><head><title>Site | Page</title><style>p { color: red }</style>

@@ -15,8 +15,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from kubetune.spec import load_resources
-from kubetune.spec.status import Phase
+from kubetune.api.v1alpha1 import load_resources
+from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import builders, local, progress, reporting
 from kubetune_operator.cli import app
 

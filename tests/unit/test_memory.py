@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kubetune.spec.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 from kubetune.trainer.memory import GIB, GPU_TYPES, Assumptions, MemoryPlan, PlanError, load_config, plan_memory
 from kubetune_operator.cli import app
 
@@ -542,7 +542,7 @@ def test_dpo_plans_two_sequences_per_sample_and_a_reference_copy_for_full(tmp_pa
 
 
 def test_the_spec_names_every_gpu_type_the_planner_sizes():
-    from kubetune.spec.scheduling import GPU_TYPES as SPEC_GPU_TYPES
+    from kubetune.api.v1alpha1.scheduling import GPU_TYPES as SPEC_GPU_TYPES
 
     assert [g.name for g in GPU_TYPES.values()] == list(SPEC_GPU_TYPES)
 

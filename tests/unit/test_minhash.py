@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import NearDedupSpec
 from kubetune.datagen import minhash
 from kubetune.datagen.minhash import (
     NearDuplicateIndex,
@@ -13,7 +14,6 @@ from kubetune.datagen.minhash import (
     signatures,
     words,
 )
-from kubetune.spec.datasetbuild import NearDedupSpec
 
 DEFAULTS = NearDedupSpec()
 

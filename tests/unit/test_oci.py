@@ -14,6 +14,7 @@ import tarfile
 import pytest
 import requests
 
+from kubetune.api.v1alpha1.datasetbuild import OciTargetSpec
 from kubetune.registry.lineage import SCHEMA, record
 from kubetune.registry.oci_store import (
     ADAPTER_CONFIG_MEDIA_TYPE,
@@ -24,7 +25,6 @@ from kubetune.registry.oci_store import (
     push,
     read_credentials,
 )
-from kubetune.spec.datasetbuild import OciTargetSpec
 from tests import registry
 
 
@@ -185,8 +185,8 @@ def test_credentials_from_a_mounted_secret(tmp_path, monkeypatch):
 
 def test_a_dataset_is_pushed_with_its_manifest_as_config_and_pulled_back_whole(tmp_path, monkeypatch):
     """What ``python -m kubetune.datagen`` does after writing a dataset with ``publish.oci`` set."""
+    from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
     from kubetune.datagen.__main__ import publish as publish_dataset
-    from kubetune.spec.datasetbuild import DatasetBuildSpec
 
     folder = tmp_path / "dataset"
     folder.mkdir()
@@ -292,7 +292,7 @@ def test_the_kaito_layout_is_an_image_that_kaitos_puller_unpacks_to_the_adapter(
 
 
 def test_a_dataset_is_never_pushed_in_the_kaito_layout():
-    from kubetune.spec.datasetbuild import DatasetPublishSpec
+    from kubetune.api.v1alpha1.datasetbuild import DatasetPublishSpec
 
     with pytest.raises(ValueError, match="layout kaito is an adapter image"):
         DatasetPublishSpec.model_validate({"oci": [{"repository": "r.example/d", "layout": "kaito"}]})

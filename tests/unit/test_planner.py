@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from kubetune.spec import load_resources
-from kubetune.spec.status import Phase
+from kubetune.api.v1alpha1 import load_resources
+from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import builders, planner
 from kubetune_operator.constants import Settings
 
@@ -294,7 +294,7 @@ def test_status_patch_keeps_transition_times_and_sets_conditions():
 
 
 def test_invalid_spec_is_permanent_and_names_the_field():
-    from kubetune.spec import SpecError, parse_spec
+    from kubetune.api.v1alpha1 import SpecError, parse_spec
 
     with pytest.raises(SpecError) as info:
         parse_spec("FineTuneJob", {"baseModel": "m", "dataset": {"path": "d"}, "training": {"learningRate": -1}})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kubetune.api.v1alpha1.datasetbuild import QualitySpec
 from kubetune.datagen import quality
-from kubetune.spec.datasetbuild import QualitySpec
 
 QUESTION = "What does low-rank adaptation train during fine-tuning?"
 GOOD = "It trains two small matrices per layer while the pretrained weights stay frozen."

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from kubetune.api.v1alpha1.finetunejob import GateSpec
 from kubetune.registry import gate
 from kubetune.registry.lineage import RESOURCE_ENV, SCHEMA, record, tags, this_resource, tree_digest
 from kubetune.registry.mlflow_store import publish
-from kubetune.spec.finetunejob import GateSpec
 
 SPEC = {"baseModel": "models/base", "method": "lora", "objective": "sft", "dataset": {"path": "data"}}
 METRICS = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.spec import SpecError, load_resources, parse_spec
-from kubetune.spec.datasetbuild import DatasetBuildSpec
-from kubetune.spec.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1 import SpecError, load_resources, parse_spec
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 
 GOOD_FTJ = """
 apiVersion: kubetune.dev/v1alpha1

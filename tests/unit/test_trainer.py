@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kubetune.spec.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 from kubetune.trainer.sft import train
 
 
@@ -329,7 +329,7 @@ def test_dpo_starts_from_the_sft_adapter_merged_into_the_base(tmp_path, tiny_mod
 
     sft = spec_for(tiny_model, maxSteps=4)
     train(sft, dataset, tmp_path / "sft", log=lambda _: None)
-    from kubetune.spec.finetunejob import StartFrom
+    from kubetune.api.v1alpha1.finetunejob import StartFrom
 
     start = StartFrom.model_validate({"fineTuneJobRef": {"name": "sft"}})
     dpo = spec_for(tiny_model, maxSteps=4, learningRate=1e-3).model_copy(

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 from kubetune import progress as reporting
+from kubetune.api.v1alpha1 import DATASET_BUILD, SpecError, parse_spec
 from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
 from kubetune.registry import oci_store
-from kubetune.spec import DATASET_BUILD, SpecError, parse_spec
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # what the Job controller sets in each pod of an Indexed Job
 

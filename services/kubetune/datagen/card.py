@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.spec.datasetbuild import DatasetBuildSpec
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
 
 COLUMN_DOCS = {
     "messages": "the conversation (system, user, assistant), for trainers that apply the chat template",

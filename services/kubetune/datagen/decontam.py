@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kubetune.spec.datasetbuild import DecontaminationSpec
+from kubetune.api.v1alpha1.datasetbuild import DecontaminationSpec
 
 _WORD = re.compile(r"\w+")
 _MASK = (1 << 64) - 1

@@ -20,7 +20,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from kubetune.spec.datasetbuild import ChunkingSpec, CleaningSpec, SourceSpec
+from kubetune.api.v1alpha1.datasetbuild import ChunkingSpec, CleaningSpec, SourceSpec
 
 
 @dataclass(frozen=True)

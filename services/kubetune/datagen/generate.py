@@ -13,9 +13,9 @@ from __future__ import annotations
 import random
 import re
 
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec, GenerationSpec
 from kubetune.datagen.documents import Chunk
 from kubetune.llm.chat import Completion, Request, count, read_json, request_seed
-from kubetune.spec.datasetbuild import DatasetBuildSpec, GenerationSpec
 
 DEFAULT_SYSTEM_PROMPT = (
     "You write training data for a helpful assistant. Read the text the user gives and write {n} "

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kubetune.spec.datasetbuild import NearDedupSpec
+from kubetune.api.v1alpha1.datasetbuild import NearDedupSpec
 
 __all__ = ["NearDuplicateIndex", "candidate_probability", "find_near_duplicates", "signatures", "words"]
 

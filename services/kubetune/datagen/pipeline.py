@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from kubetune import progress as reporting
+from kubetune.api.v1alpha1.constants import DATASET_BUILD
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
+from kubetune.api.v1alpha1.status import now
 from kubetune.datagen import card, documents, formatting, generate, quality
 from kubetune.datagen.stages import StageStore
 from kubetune.llm import judge
 from kubetune.llm.chat import ChatEngine, Completion, Request, complete_with_retries, count, request_seed
 from kubetune.llm.engine import open_engine
 from kubetune.registry.lineage import this_resource
-from kubetune.spec.constants import DATASET_BUILD
-from kubetune.spec.datasetbuild import DatasetBuildSpec
-from kubetune.spec.status import now
 
 
 @dataclass

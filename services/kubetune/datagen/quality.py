@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from kubetune.spec.datasetbuild import QualitySpec
+from kubetune.api.v1alpha1.datasetbuild import QualitySpec
 
 _WORD = re.compile(r"\w+")
 

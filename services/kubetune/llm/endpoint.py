@@ -34,8 +34,8 @@ import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from kubetune.api.v1alpha1.datasetbuild import EndpointSpec, GenerationSpec
 from kubetune.llm.chat import Completion, Request
-from kubetune.spec.datasetbuild import EndpointSpec, GenerationSpec
 
 log = logging.getLogger(__name__)
 

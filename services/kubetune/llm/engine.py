@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
+from kubetune.api.v1alpha1.datasetbuild import GenerationSpec
 from kubetune.llm.chat import ChatEngine, Completion, Request
-from kubetune.spec.datasetbuild import GenerationSpec
 
 
 class VllmEngine:

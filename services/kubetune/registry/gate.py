@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.spec.finetunejob import GateSpec
+from kubetune.api.v1alpha1.finetunejob import GateSpec
 
 
 def _f(value: float) -> str:

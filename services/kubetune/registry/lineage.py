@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kubetune.spec.status import now
+from kubetune.api.v1alpha1.status import now
 
 SCHEMA = "kubetune.dev/lineage/v1"
 # MLflow tag keys (and, later, OCI annotation keys) for each lineage field.

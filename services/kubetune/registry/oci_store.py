@@ -44,8 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.v1alpha1.datasetbuild import OciTargetSpec
 from kubetune.registry.lineage import TAG_PREFIX, tags
-from kubetune.spec.datasetbuild import OciTargetSpec
 
 LINEAGE_MEDIA_TYPE = "application/vnd.kubetune.lineage.v1+json"
 WEIGHTS_MEDIA_TYPE = "application/vnd.kubetune.adapter.weights.v1+safetensors"

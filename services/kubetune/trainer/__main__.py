@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from kubetune import progress as reporting
+from kubetune.api.v1alpha1 import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.registry import gate, oci_store
 from kubetune.registry.lineage import record, this_resource
 from kubetune.registry.mlflow_store import publish
-from kubetune.spec import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
 
 

@@ -93,7 +93,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kubetune.spec.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 
 GIB = 1024**3
 CPU = "cpu"

@@ -19,7 +19,7 @@ from typing import Any
 
 from kubetune import plots
 from kubetune import progress as reporting
-from kubetune.spec.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 
 # Where the result goes in the output folder: an adapter (lora, qlora) or the whole model (full).
 ADAPTER_DIR = "adapter"
@@ -392,10 +392,10 @@ def _instructions(rows: list[dict[str, Any]]) -> list[str]:
 def judge_generations(spec: FineTuneJobSpec, generations: list[dict[str, Any]], instructions: list[str]) -> dict:
     """Scores 1-5 for the base and the tuned model's answers from the DatasetBuild's judge, on the same rubric;
     written into each generation row. A verdict the judge cannot give is counted, never guessed."""
+    from kubetune.api.v1alpha1.datasetbuild import GenerationSpec
     from kubetune.llm import judge
     from kubetune.llm.chat import complete_with_retries
     from kubetune.llm.endpoint import EndpointEngine
-    from kubetune.spec.datasetbuild import GenerationSpec
 
     j = spec.evaluation.judge
     assert j is not None

@@ -10,9 +10,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from kubetune.spec.base import CelRule, SpecModel
-from kubetune.spec.datasetbuild import DEFAULT_RUBRIC, EndpointSpec, OciTargetSpec
-from kubetune.spec.scheduling import DNS_LABEL, SchedulingSpec
+from kubetune.api.v1alpha1.base import CelRule, SpecModel
+from kubetune.api.v1alpha1.datasetbuild import DEFAULT_RUBRIC, EndpointSpec, OciTargetSpec
+from kubetune.api.v1alpha1.scheduling import DNS_LABEL, SchedulingSpec
 
 
 class DatasetBuildRef(SpecModel):

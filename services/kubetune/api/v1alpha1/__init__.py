@@ -1,9 +1,9 @@
 """The spec models: the single source of truth for the CRDs, the operator and the services."""
 
-from kubetune.spec.constants import API_VERSION, DATASET_BUILD, FINE_TUNE_JOB, GROUP, VERSION
-from kubetune.spec.datasetbuild import DatasetBuildSpec
-from kubetune.spec.finetunejob import FineTuneJobSpec
-from kubetune.spec.resources import (
+from kubetune.api.v1alpha1.constants import API_VERSION, DATASET_BUILD, FINE_TUNE_JOB, GROUP, VERSION
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1.resources import (
     DatasetBuild,
     FieldError,
     FineTuneJob,
@@ -13,7 +13,7 @@ from kubetune.spec.resources import (
     parse_resource,
     parse_spec,
 )
-from kubetune.spec.status import Condition, ConditionType, Phase, ResourceStatus
+from kubetune.api.v1alpha1.status import Condition, ConditionType, Phase, ResourceStatus
 
 __all__ = [
     "API_VERSION",

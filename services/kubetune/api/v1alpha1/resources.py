@@ -17,12 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kubetune.spec.base import CelRule, SpecModel, drop_nulls
-from kubetune.spec.constants import API_VERSION, DATASET_BUILD, FINE_TUNE_JOB
-from kubetune.spec.datasetbuild import DatasetBuildSpec
-from kubetune.spec.finetunejob import FineTuneJobSpec
-from kubetune.spec.scheduling import DNS_LABEL
-from kubetune.spec.status import ResourceStatus
+from kubetune.api.v1alpha1.base import CelRule, SpecModel, drop_nulls
+from kubetune.api.v1alpha1.constants import API_VERSION, DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
+from kubetune.api.v1alpha1.scheduling import DNS_LABEL
+from kubetune.api.v1alpha1.status import ResourceStatus
 
 # A resource's name becomes a label value and the stem of its Jobs' names, so it must be a DNS label (an API
 # server would otherwise accept any DNS subdomain, dots and 253 characters included). The CRD carries the rule.

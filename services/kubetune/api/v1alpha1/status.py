@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from kubetune.spec.base import SpecModel
+from kubetune.api.v1alpha1.base import SpecModel
 
 
 class Phase(StrEnum):

@@ -11,8 +11,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from kubetune.spec.base import CelRule, SpecModel
-from kubetune.spec.scheduling import DNS_SUBDOMAIN, SchedulingSpec
+from kubetune.api.v1alpha1.base import CelRule, SpecModel
+from kubetune.api.v1alpha1.scheduling import DNS_SUBDOMAIN, SchedulingSpec
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
