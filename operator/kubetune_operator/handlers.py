@@ -15,6 +15,7 @@ import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB, GROUP, VERSION
+from kubetune.api.v1alpha1.finetunejob import Dependencies
 from kubetune.api.v1alpha1.resources import SpecError, parse_resource
 from kubetune.api.v1alpha1.status import TERMINAL_PHASES, Phase, now
 from kubetune_operator import builders, health, kube, metrics, planner, poller, storage
@@ -152,22 +153,16 @@ def reconcile_fine_tune_job(body: kopf.Body | dict[str, Any], dependents: kopf.I
 def _dependencies(spec: Any, namespace: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The DatasetBuild and the startFrom FineTuneJob a FineTuneJob's spec names, as read now (None: it names
     none, or it does not exist)."""
-    dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
-    previous = (((spec.get("startFrom") or {}).get("fineTuneJobRef")) or {}).get("name")
-    return kube.get(DATASET_BUILD, namespace, dataset), kube.get(FINE_TUNE_JOB, namespace, previous)
+    named = Dependencies.of(spec)
+    return kube.get(DATASET_BUILD, namespace, named.dataset_build), kube.get(
+        FINE_TUNE_JOB, namespace, named.fine_tune_job
+    )
 
 
 @kopf.index(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="dependents")
 async def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
     """Which FineTuneJobs wait on which resource: (namespace, kind, name) -> the FineTuneJob's name."""
-    found = {}
-    dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
-    if dataset:
-        found[(namespace, DATASET_BUILD, dataset)] = name
-    previous = (((spec.get("startFrom") or {}).get("fineTuneJobRef")) or {}).get("name")
-    if previous:
-        found[(namespace, FINE_TUNE_JOB, previous)] = name
-    return found
+    return {(namespace, kind, waited): name for kind, waited in Dependencies.of(spec).items()}
 
 
 def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:

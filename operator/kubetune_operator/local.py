@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
+from kubetune.api.v1alpha1.finetunejob import Dependencies
 from kubetune.api.v1alpha1.resources import Resource
 from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import builders
@@ -78,22 +79,20 @@ def order(resources: list[Resource], workdir: Path) -> list[Resource]:
             )
 
     jobs = [r for r in resources if r.kind == FINE_TUNE_JOB]
+    done_file = {DATASET_BUILD: "manifest.json", FINE_TUNE_JOB: "metrics.json"}
     for res in jobs:
-        if (ref := res.spec.dataset.dataset_build_ref) is not None:
-            require(res, DATASET_BUILD, ref.name, "spec.dataset.datasetBuildRef.name", "manifest.json")
-        if res.spec.start_from is not None:
-            name = res.spec.start_from.fine_tune_job_ref.name
-            require(res, FINE_TUNE_JOB, name, "spec.startFrom.fineTuneJobRef.name", "metrics.json")
+        for kind, name in res.spec.dependencies().items():
+            require(res, kind, name, Dependencies.FIELDS[kind], done_file[kind])
     ordered = [r for r in resources if r.kind == DATASET_BUILD]
     placed: set[tuple[str, str]] = set()
     while jobs:
-        ready = [
-            r
-            for r in jobs
-            if r.spec.start_from is None
-            or (r.metadata.namespace, r.spec.start_from.fine_tune_job_ref.name) in placed
-            or (FINE_TUNE_JOB, r.metadata.namespace, r.spec.start_from.fine_tune_job_ref.name) not in in_file
-        ]
+
+        def ready_now(r: Resource) -> bool:
+            previous = r.spec.dependencies().fine_tune_job
+            ns = r.metadata.namespace
+            return previous is None or (ns, previous) in placed or (FINE_TUNE_JOB, ns, previous) not in in_file
+
+        ready = [r for r in jobs if ready_now(r)]
         if not ready:
             names = ", ".join(r.metadata.name for r in jobs)
             raise DependencyError(f"FineTuneJobs {names}: spec.startFrom forms a cycle")
@@ -206,11 +205,12 @@ def run_one(resource: Resource, workdir: Path, force: bool = False, observer: Ob
     output = Path(builders.output_path(str(workdir), kind, ns, name))
     dataset = start_from = None
     if kind == FINE_TUNE_JOB:
-        ref = resource.spec.dataset.dataset_build_ref
-        dataset = resource.spec.dataset.path or builders.output_path(str(workdir), DATASET_BUILD, ns, ref.name)
-        if resource.spec.start_from is not None:
-            previous = resource.spec.start_from.fine_tune_job_ref.name
-            start_from = builders.output_path(str(workdir), FINE_TUNE_JOB, ns, previous)
+        named = resource.spec.dependencies()
+        dataset = resource.spec.dataset.path or builders.output_path(
+            str(workdir), DATASET_BUILD, ns, named.dataset_build
+        )
+        if named.fine_tune_job is not None:
+            start_from = builders.output_path(str(workdir), FINE_TUNE_JOB, ns, named.fine_tune_job)
     fingerprint = _fingerprint(resource, dataset, start_from)
     if _prepare(output, fingerprint, force):
         return Outcome(resource, Phase.SUCCEEDED, str(output), 0.0, {"upToDate": True, **_details(kind, output)})

@@ -5,12 +5,12 @@ No API calls here; the handlers apply what these functions return, and unit test
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.api.v1alpha1.resources import FieldError, Resource
+from kubetune.api.v1alpha1.result import ERROR_LIMIT, PodResult
 from kubetune.api.v1alpha1.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
 from kubetune.progress import last_record
 from kubetune_operator import builders, reporting
@@ -123,18 +123,17 @@ def plan(
         return _started(
             resource, [builders.config_map(resource), builders.job(resource, settings)], "generating the dataset"
         )
-    ref = resource.spec.dataset.dataset_build_ref
-    if ref is None:
+    named = resource.spec.dependencies()
+    if named.dataset_build is None:
         dataset = resource.spec.dataset.path
     else:
-        found = _wait_for(DATASET_BUILD, ref.name, dependency, settings, "WaitingForDataset")
+        found = _wait_for(DATASET_BUILD, named.dataset_build, dependency, settings, "WaitingForDataset")
         if isinstance(found, Decision):
             return found
         dataset = found
     previous = None
-    if resource.spec.start_from is not None:
-        name = resource.spec.start_from.fine_tune_job_ref.name
-        found = _wait_for(FINE_TUNE_JOB, name, start_from, settings, "WaitingForBaseModel")
+    if named.fine_tune_job is not None:
+        found = _wait_for(FINE_TUNE_JOB, named.fine_tune_job, start_from, settings, "WaitingForBaseModel")
         if isinstance(found, Decision):
             return found
         previous = found
@@ -217,7 +216,7 @@ def next_step(
     step: str | None,
     outcome: Decision,
     settings: Settings,
-    result: dict[str, Any] | None = None,
+    result: PodResult | None = None,
     dependency: dict[str, Any] | None = None,
     start_from: dict[str, Any] | None = None,
 ) -> Decision:
@@ -245,7 +244,7 @@ def _sized(
     resource: Resource,
     outcome: Decision,
     settings: Settings,
-    result: dict[str, Any] | None,
+    result: PodResult | None,
     dependency: dict[str, Any] | None,
     start_from: dict[str, Any] | None,
 ) -> Decision:
@@ -253,9 +252,9 @@ def _sized(
         return replace(outcome, message=f"sizing the job failed: {outcome.message}")
     if outcome.phase != Phase.SUCCEEDED:
         return outcome
-    gpus = (result or {}).get("gpus")
-    verdict = (result or {}).get("verdict") or "the sizing pod reported no plan"
-    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+    gpus = result.gpus if result is not None else None
+    verdict = (result.verdict if result is not None else None) or "the sizing pod reported no plan"
+    if gpus is None or gpus < 1:
         advice = (
             "kubetune's trainer runs one process per pod, without FSDP: choose method qlora or lora, a smaller "
             "training.maxLength or batch, gradient checkpointing, or a larger resources.gpuType"
@@ -294,25 +293,17 @@ def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
     if not ended:
         return None
     message = max(ended)[1]
-    partial = _json_object(message)
-    if partial is not None and isinstance(partial.get("error"), str):  # kubetune.progress.fail
-        return partial["error"][:512]
+    partial = PodResult.parse(message)
+    if partial is not None and partial.error is not None:  # kubetune.progress.fail
+        return partial.error[:ERROR_LIMIT]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1][:512] if lines else None
 
 
-def partial_result(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+def partial_result(job_name: str, pods: list[dict[str, Any]]) -> PodResult | None:
     """What a failed pod reported doing before it failed (kubetune.progress.fail), or None."""
     ended = _terminated(job_name, pods, succeeded=False)
-    return _json_object(max(ended)[1]) if ended else None
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        found = json.loads(text)
-    except ValueError:
-        return None
-    return found if isinstance(found, dict) else None
+    return PodResult.parse(max(ended)[1]) if ended else None
 
 
 def _terminated(job_name: str, pods: list[dict[str, Any]], succeeded: bool) -> list[tuple[str, str]]:
@@ -328,66 +319,47 @@ def _terminated(job_name: str, pods: list[dict[str, Any]], succeeded: bool) -> l
     return ended
 
 
-def result_of(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """What a succeeded pod reported (kubetune.progress.finish): its termination message, a JSON object; None
-    when no pod wrote one (an older image) or it is not JSON."""
+def result_of(job_name: str, pods: list[dict[str, Any]]) -> PodResult | None:
+    """What a succeeded pod reported (kubetune.progress.finish): its termination message; None when no pod
+    wrote one (an older image) or it holds no result."""
     ended = _terminated(job_name, pods, succeeded=True)
-    if not ended:
-        return None
-    try:
-        result = json.loads(max(ended)[1])
-    except ValueError:
-        return None
-    return result if isinstance(result, dict) else None
+    return PodResult.parse(max(ended)[1]) if ended else None
 
 
-_OUTPUT_KEYS = {"digest": str, "rows": dict, "evalLoss": (int, float), "modelName": str, "modelVersion": str}
+_OUTPUT_KEYS = ("digest", "rows", "evalLoss", "modelName", "modelVersion")
 
 
-def with_result(kind: str, decision: Decision, result: dict[str, Any] | None, updated: str) -> Decision:
+def with_result(kind: str, decision: Decision, result: PodResult | None, updated: str) -> Decision:
     """A succeeded Job's decision with what its pod reported: status.output's digest, rows, eval loss, model
     name and version, and the last progress record as status.progress."""
     if result is None or decision.phase != Phase.SUCCEEDED:
         return decision
-    output = dict(decision.output)
-    for key, kind_of in _OUTPUT_KEYS.items():
-        value = result.get(key)
-        if isinstance(value, kind_of) and not isinstance(value, bool):
-            output[key] = value
-    if isinstance(output.get("rows"), dict):
-        output["rows"] = {k: v for k, v in output["rows"].items() if isinstance(v, int) and not isinstance(v, bool)}
-    record = result.get("progress")
-    progress = reporting.status_fields(kind, record, updated) if isinstance(record, dict) else decision.progress
+    wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    output = {**decision.output, **{key: wire[key] for key in _OUTPUT_KEYS if key in wire}}
+    record = result.progress
+    progress = reporting.status_fields(kind, record, updated) if record is not None else decision.progress
     published, condition = _publication(result)
     return replace(decision, output=output, progress=progress, published=published, publish_condition=condition)
 
 
-def _publication(result: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Condition | None]:
+def _publication(result: PodResult) -> tuple[list[dict[str, Any]] | None, Condition | None]:
     """status.published and the Published condition from a FineTuneJob pod's result: True with where it went,
     False (GateFailed) with the gate's failures, or none when there was nothing to publish to."""
-    entries = result.get("published")
-    if not isinstance(entries, list):
+    if result.published is None:
         return None, None
-    published = [
-        {k: e[k] for k in ("target", "reference", "digest") if isinstance(e.get(k), str)}
-        for e in entries
-        if isinstance(e, dict) and isinstance(e.get("target"), str) and isinstance(e.get("reference"), str)
-    ]
-    gate = result.get("gate") if isinstance(result.get("gate"), dict) else {}
-    if gate.get("passed") is False:
-        failures = [str(f) for f in gate.get("failures") or []]
-        message = "not published: " + ("; ".join(failures) or "the gate failed")
+    published = [e.model_dump(mode="json", exclude_none=True) for e in result.published]
+    if result.gate is not None and not result.gate.passed:
+        message = "not published: " + ("; ".join(result.gate.failures) or "the gate failed")
         return published, Condition(type=ConditionType.PUBLISHED, status="False", reason="GateFailed", message=message)
     if published:
         message = "published to " + ", ".join(f"{e['target']} {e['reference']}" for e in published)
-        omitted = result.get("publishedOmitted")
-        if isinstance(omitted, int) and omitted > 0:  # kubetune.progress.fitted: the message had no room
-            message += f" and {omitted} more (the pod's log lists them)"
+        if result.published_omitted > 0:  # PodResult.message: the message had no room
+            message += f" and {result.published_omitted} more (the pod's log lists them)"
         return published, Condition(type=ConditionType.PUBLISHED, status="True", reason="Published", message=message)
     return published, None
 
 
-def with_cause(decision: Decision, cause: str | None, partial: dict[str, Any] | None = None) -> Decision:
+def with_cause(decision: Decision, cause: str | None, partial: PodResult | None = None) -> Decision:
     """A failed Job's decision with its pods' reason appended to the message (the Job says only "backoff
     limit"), and what its pod had published before it failed (``partial``): status.published and condition
     Published False, reason PublishFailed."""
@@ -395,10 +367,10 @@ def with_cause(decision: Decision, cause: str | None, partial: dict[str, Any] | 
         return decision
     if cause is not None:
         decision = replace(decision, message=f"{decision.message}: {cause}")
-    published, _ = _publication(partial or {})
+    published, _ = _publication(partial or PodResult())
     if published is None:  # the pod failed before publishing anything (or wrote no result)
         return decision
-    message = (partial or {}).get("error") or cause or "publishing failed"
+    message = (partial.error if partial is not None else None) or cause or "publishing failed"
     condition = Condition(type=ConditionType.PUBLISHED, status="False", reason="PublishFailed", message=message)
     return replace(decision, published=published, publish_condition=condition)
 

@@ -5,8 +5,9 @@ cannot read the pods' volume, so the pod builder turns on two more channels, bot
 
 - ``$KUBETUNE_PROGRESS_LOG=1``: each progress record is also printed as one line of the log,
   ``kubetune-progress: {json}``; the operator reads the end of the running pod's log (``pods/log``).
-- ``$KUBETUNE_TERMINATION_LOG=PATH``: the result (dataset digest; adapter digest, registered model and
-  version, last progress record) is written there as JSON, the container's ``terminationMessagePath``; the
+- ``$KUBETUNE_TERMINATION_LOG=PATH``: the result (a :class:`~kubetune.api.v1alpha1.result.PodResult`: dataset
+  digest; adapter digest, registered model and version; last progress record) is written there as JSON, the
+  container's ``terminationMessagePath``; the
   kubelet copies it into the pod's status, where the operator reads it when the Job completes. A failed
   service writes none, so the kubelet falls back to the end of the log (``FallbackToLogsOnError``).
 """
@@ -18,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.v1alpha1.result import PodResult
 from kubetune.files import write_atomic
 
 PROGRESS_PREFIX = "kubetune-progress: "
-TERMINATION_LIMIT = 4096  # bytes the kubelet keeps of a termination message
 
 _last: dict[str, Any] | None = None
 
@@ -51,55 +52,25 @@ def last_record(log: str) -> dict[str, Any] | None:
     return None
 
 
-def fail(reason: str, summary: dict[str, Any]) -> None:
+def fail(reason: str, summary: PodResult) -> None:
     """A service that fails after doing part of its work (published to one target, not another): ``reason`` on
-    stderr as its last line, and, as the termination message, ``summary`` with the reason under ``error``, so
+    stderr as its last line, and, as the termination message, ``summary`` with the reason as its ``error``, so
     the operator can show both what was done and why the rest failed."""
     import sys
 
     print(reason, file=sys.stderr, flush=True)
     path = os.environ.get("KUBETUNE_TERMINATION_LOG")
     if path:
-        Path(path).write_text(fitted({**summary, "error": reason}))
+        Path(path).write_text(summary.model_copy(update={"error": reason}).message())
 
 
-def finish(result: dict[str, Any], summary: dict[str, Any]) -> None:
+def finish(result: dict[str, Any], summary: PodResult) -> None:
     """Print the service's ``result`` as its last log line; write ``summary`` (with the last progress record) as
     the termination message when ``$KUBETUNE_TERMINATION_LOG`` names the file."""
     print(json.dumps(result), flush=True)
     path = os.environ.get("KUBETUNE_TERMINATION_LOG")
     if not path:
         return
-    message = {**summary, "progress": _last} if _last is not None else dict(summary)
-    Path(path).write_text(fitted(message))
-
-
-ERROR_LIMIT = 512  # characters of a failure's reason kept in a termination message that must shrink
-
-
-def fitted(message: dict[str, Any]) -> str:
-    """``message`` as compact JSON within the kubelet's TERMINATION_LIMIT, never cut short (the operator parses
-    it). What gives way, in order: the progress record, the length of the error, the digest each published
-    entry repeats, the published entries themselves, counted under ``publishedOmitted``, and last every other
-    key but the digest and the error."""
-    message = dict(message)
-
-    def text() -> str:
-        return json.dumps(message, separators=(",", ":"))
-
-    def fits() -> bool:
-        return len(text().encode()) <= TERMINATION_LIMIT
-
-    if not fits():
-        message.pop("progress", None)
-    if not fits() and isinstance(message.get("error"), str):
-        message["error"] = message["error"][:ERROR_LIMIT]
-    entries = message.get("published")
-    if not fits() and isinstance(entries, list):
-        message["published"] = entries = [{k: v for k, v in e.items() if k != "digest"} for e in entries]
-        while not fits() and entries:
-            entries.pop()
-            message["publishedOmitted"] = message.get("publishedOmitted", 0) + 1
-    if not fits():
-        message = {k: v for k, v in message.items() if k in ("digest", "error", "publishedOmitted")}
-    return text()
+    if _last is not None:
+        summary = summary.model_copy(update={"progress": _last})
+    Path(path).write_text(summary.message())

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kubetune.api.v1alpha1 import load_resources
+from kubetune.api.v1alpha1.result import PodResult
 from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import builders, planner
 from kubetune_operator.constants import Settings
@@ -483,6 +484,11 @@ def test_with_cause_appends_only_to_failures():
     assert planner.with_cause(running, "x") is running
 
 
+def _result(wire: dict | None) -> PodResult | None:
+    """A pod's result as the planner gets it: the termination message ``wire`` parsed."""
+    return None if wire is None else PodResult.parse(json.dumps(wire))
+
+
 RESULT = {"digest": "sha256:ab", "evalLoss": 1.5, "modelName": "docs-lora", "modelVersion": "3"}
 
 
@@ -506,17 +512,18 @@ RESULT = {"digest": "sha256:ab", "evalLoss": 1.5, "modelName": "docs-lora", "mod
     ],
 )
 def test_result_of(pods, result):
-    assert planner.result_of("tune-train", pods) == result
+    assert planner.result_of("tune-train", pods) == (None if result is None else PodResult.model_validate(result))
 
 
 def test_with_result_fills_output_and_progress_of_a_success_only():
     done = planner.job_outcome("FineTuneJob", "team", "tune", {"conditions": [{"type": "Complete", "status": "True"}]},
                                SETTINGS)  # fmt: skip
-    result = {**RESULT, "rows": {"train": 4, "bad": "x"}, "modelVersion": 3, "progress": {"step": 12, "maxSteps": 12}}
+    wire = {**RESULT, "rows": {"train": 4, "bad": "x"}, "modelVersion": 3, "progress": {"step": 12, "maxSteps": 12}}
+    result = _result(wire)
     filled = planner.with_result("FineTuneJob", done, result, "2026-01-01T00:00:00Z")
-    # Values of the wrong type are left out (modelVersion is a string; rows count integers).
+    # Fields of the wrong type are left out (modelVersion is a string; rows count integers), not the whole result.
     assert filled.output == {"path": "/data/finetunes/team/tune", "digest": "sha256:ab", "evalLoss": 1.5,
-                             "modelName": "docs-lora", "rows": {"train": 4}}  # fmt: skip
+                             "modelName": "docs-lora"}  # fmt: skip
     assert filled.progress == {
         "progress": "step 12/12 (100%)",
         "progressDetail": {"step": 12, "maxSteps": 12, "updated": "2026-01-01T00:00:00Z"},
@@ -791,7 +798,7 @@ def test_gpus_auto_starts_with_a_sizing_job_on_a_cpu():
     ],
 )  # fmt: skip
 def test_the_sizing_step_starts_training_with_the_gpus_planned(outcome, result, phase, reason, message, gpus):
-    decision = planner.next_step(AUTO, "sizing", outcome, GPU_DEFAULT, result)
+    decision = planner.next_step(AUTO, "sizing", outcome, GPU_DEFAULT, _result(result))
     assert (decision.phase, decision.reason) == (phase, reason)
     assert decision.message.startswith(message)
     jobs = [c for c in decision.children if c["kind"] == "Job"]
@@ -823,7 +830,7 @@ def test_the_sizing_step_starts_training_with_the_gpus_planned(outcome, result, 
     ],
 )  # fmt: skip
 def test_the_published_condition_and_status(result, published, condition):
-    decision = planner.with_result("FineTuneJob", SUCCEEDED, result, "2026-01-01T00:00:00Z")
+    decision = planner.with_result("FineTuneJob", SUCCEEDED, _result(result), "2026-01-01T00:00:00Z")
     patch = planner.status_patch(decision, {}, 1)["status"]
     assert patch.get("published") == published
     found = [c for c in patch["conditions"] if c["type"] == "Published"]
@@ -849,7 +856,7 @@ QUEUED_AUTO = AUTO.model_copy(update={"spec": AUTO.spec.model_copy(update={"queu
 def test_a_later_step_held_by_kueue_keeps_the_resource_running(resource, step, result, next_job):
     # Its Job is created suspended with the queue's label; the resource started long ago, so it does not go
     # back to Pending (the status would refuse that move, and the next Job would never be recorded).
-    decision = planner.next_step(resource, step, SUCCEEDED, GPU_DEFAULT, result)
+    decision = planner.next_step(resource, step, SUCCEEDED, GPU_DEFAULT, _result(result))
     assert (decision.phase, decision.reason) == (Phase.RUNNING, "Queued")
     (job,) = [c for c in decision.children if c["kind"] == "Job"]
     assert job["metadata"]["name"] == next_job and job["spec"]["suspend"] is True
@@ -858,17 +865,17 @@ def test_a_later_step_held_by_kueue_keeps_the_resource_running(resource, step, r
 
 def test_a_sized_job_whose_dataset_went_away_fails_saying_so():
     chained = load_resources(AUTO_YAML.replace("{path: /data/d}", "{datasetBuildRef: {name: docs}}"))[0]
-    gone = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, {"gpus": 1}, dependency=None)
+    gone = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, PodResult(gpus=1), dependency=None)
     assert (gone.phase, gone.reason, gone.permanent, gone.children) == (
         Phase.FAILED, "DependencyGone", True, []
     )  # fmt: skip
     assert "(DatasetBuildNotFound)" in gone.message and "create the FineTuneJob again" in gone.message
     there = {"metadata": {"namespace": "team"}, "status": {"phase": "Succeeded", "output": {"path": "/data/d"}}}
-    started = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, {"gpus": 1}, dependency=there)
+    started = planner.next_step(chained, "sizing", SUCCEEDED, GPU_DEFAULT, PodResult(gpus=1), dependency=there)
     assert (started.phase, started.reason) == (Phase.RUNNING, "Sized")
 
 
 def test_targets_left_out_of_a_full_termination_message_are_counted_in_the_condition():
-    result = {"published": [{"target": "oci", "reference": "r/a:1"}], "publishedOmitted": 3}
+    result = _result({"published": [{"target": "oci", "reference": "r/a:1"}], "publishedOmitted": 3})
     decision = planner.with_result("FineTuneJob", SUCCEEDED, result, "2026-01-01T00:00:00Z")
     assert decision.publish_condition.message == "published to oci r/a:1 and 3 more (the pod's log lists them)"

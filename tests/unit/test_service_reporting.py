@@ -6,6 +6,8 @@ import json
 import threading
 
 from kubetune import files, progress
+from kubetune.api.v1alpha1 import result
+from kubetune.api.v1alpha1.result import PodResult
 
 
 def test_progress_goes_to_the_file_and_to_the_log_only_in_a_pod(tmp_path, monkeypatch, capsys):
@@ -25,11 +27,11 @@ def test_the_result_becomes_the_termination_message_with_the_last_record(tmp_pat
     monkeypatch.delenv("KUBETUNE_PROGRESS_LOG", raising=False)
     monkeypatch.delenv("KUBETUNE_TERMINATION_LOG", raising=False)
     progress.write(tmp_path, {"stage": "done", "done": 9, "total": 9})
-    progress.finish({"digest": "sha256:x", "files": {}}, {"digest": "sha256:x"})
+    progress.finish({"digest": "sha256:x", "files": {}}, PodResult(digest="sha256:x"))
     assert json.loads(capsys.readouterr().out) == {"digest": "sha256:x", "files": {}}  # locally: the log only
     message = tmp_path / "termination-log"
     monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(message))
-    progress.finish({"digest": "sha256:x"}, {"digest": "sha256:x", "rows": {"train": 3}})
+    progress.finish({"digest": "sha256:x"}, PodResult(digest="sha256:x", rows={"train": 3}))
     assert json.loads(message.read_text()) == {
         "digest": "sha256:x",
         "rows": {"train": 3},
@@ -37,7 +39,7 @@ def test_the_result_becomes_the_termination_message_with_the_last_record(tmp_pat
     }
     # Over the kubelet's 4 KiB the progress record is dropped, never the JSON cut short.
     progress.write(tmp_path, {"stage": "x" * 5000})
-    progress.finish({}, {"digest": "sha256:x"})
+    progress.finish({}, PodResult(digest="sha256:x"))
     assert json.loads(message.read_text()) == {"digest": "sha256:x"}
 
 
@@ -50,10 +52,11 @@ def test_many_publish_targets_and_a_long_error_still_make_a_termination_message_
         for i in range(8)
     ]
     message = {"published": published, "error": "trainer failed: publishing: " + "e" * 3000, "progress": {"s": 1}}
-    text = progress.fitted(message)
-    assert len(text.encode()) <= progress.TERMINATION_LIMIT
+    text = PodResult.model_validate(message).message()
+    assert len(text.encode()) <= result.TERMINATION_LIMIT
     fitted = json.loads(text)
-    assert "progress" not in fitted and len(fitted["error"]) == progress.ERROR_LIMIT
+    assert "progress" not in fitted and len(fitted["error"]) == result.ERROR_LIMIT
+    assert PodResult.parse(text).published_omitted == fitted["publishedOmitted"]  # what the operator reads
     # The digest each entry repeats gave way, then the last entries, counted (the pod's log lists them all).
     kept = fitted["published"]
     assert kept == [{"target": e["target"], "reference": e["reference"]} for e in published[: len(kept)]]
@@ -61,9 +64,12 @@ def test_many_publish_targets_and_a_long_error_still_make_a_termination_message_
     # Three targets of ordinary length fit whole, digests and all.
     small = {"published": [{**e, "reference": f"r.example/team/a:v{i}@{digest}"} for i, e in enumerate(published[:3])],
              "error": "x"}  # fmt: skip
-    assert json.loads(progress.fitted(small)) == small
+    assert json.loads(PodResult.model_validate(small).message()) == small
     # Whatever else is too long (a gate's failures), the digest and the error are kept.
-    huge = progress.fitted({"digest": digest, "gate": {"failures": ["f" * 5000]}, "error": "e"})
+    huge = PodResult.model_validate(
+        {"digest": digest, "gate": {"passed": False, "failures": ["f" * 5000]}, "error": "e"}
+    )
+    huge = huge.message()
     assert json.loads(huge) == {"digest": digest, "error": "e"}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kubetune import progress as reporting
 from kubetune.api.v1alpha1 import DATASET_BUILD, SpecError, parse_spec
+from kubetune.api.v1alpha1.result import PodResult
 from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
 from kubetune.registry import oci_store
@@ -72,13 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             publish(spec, args.output, manifest, published)
         except oci_store.PublishError as exc:
-            reporting.fail(f"datagen failed: publishing: {exc}", {"published": published})
+            reporting.fail(f"datagen failed: publishing: {exc}", PodResult(published=published))
             return 1
         rows = {name.removesuffix(".parquet"): f["rows"] for name, f in manifest["files"].items() if "rows" in f}
         result = {"digest": manifest["digest"], "files": manifest["files"], "published": published}
-        summary = {"digest": manifest["digest"], "rows": rows}
-        if spec.publish.oci:
-            summary["published"] = published
+        summary = PodResult(digest=manifest["digest"], rows=rows, published=published if spec.publish.oci else None)
         reporting.finish(result, summary)
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kubetune import progress as reporting
 from kubetune.api.v1alpha1 import FINE_TUNE_JOB, SpecError, parse_spec
+from kubetune.api.v1alpha1.result import PodResult
 from kubetune.registry import gate, oci_store
 from kubetune.registry.lineage import record, this_resource
 from kubetune.registry.mlflow_store import publish
@@ -37,13 +38,13 @@ def size_gpus(spec_file: Path) -> int:
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     print(plan.verdict(), flush=True)
-    summary = {
-        "gpus": 1 if plan.fits else None,
-        "gpuType": plan.gpu.name,
-        "perGpuGiB": round(plan.total / memory.GIB, 2),
-        "verdict": plan.verdict(),
-    }
-    reporting.finish(summary, summary)
+    summary = PodResult(
+        gpus=1 if plan.fits else None,
+        gpu_type=plan.gpu.name,
+        per_gpu_gib=round(plan.total / memory.GIB, 2),
+        verdict=plan.verdict(),
+    )
+    reporting.finish(summary.model_dump(mode="json", by_alias=True, exclude_none=True), summary)
     return 0
 
 
@@ -126,16 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             pushed = oci_store.push(target, adapter, lineage, spec.registry.model_name if spec.registry else args.name)
         except oci_store.PublishError as exc:
             # What was published stays published (a retried pod finds it and pushes nothing twice).
-            reporting.fail(f"trainer failed: publishing: {exc}", {"published": published})
+            reporting.fail(f"trainer failed: publishing: {exc}", PodResult(published=published))
             return 1
         print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
         published.append({"target": "oci", "reference": pushed["reference"], "digest": lineage["adapter"]["digest"]})
     (args.output / "publish.json").write_text(json.dumps({"gate": result["gate"], "published": published}, indent=2))
-    summary = {"digest": lineage["adapter"]["digest"], "evalLoss": metrics.get("eval_loss"), "published": published}
-    if spec.publish.gate is not None:
-        summary["gate"] = result["gate"]
-    if "registered" in result:
-        summary |= {"modelName": result["registered"]["name"], "modelVersion": str(result["registered"]["version"])}
+    registered = result.get("registered") or {}
+    summary = PodResult(
+        digest=lineage["adapter"]["digest"],
+        eval_loss=metrics.get("eval_loss"),
+        published=published,
+        gate=result["gate"] if spec.publish.gate is not None else None,
+        model_name=registered.get("name"),
+        model_version=str(registered["version"]) if registered else None,
+    )
     reporting.finish(result, summary)
     return 0
 

@@ -6,11 +6,14 @@ Option names follow TRL's ``SFTConfig`` and PEFT's ``LoraConfig`` (camelCased on
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from kubetune.api.v1alpha1.base import CelRule, SpecModel
+from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.api.v1alpha1.datasetbuild import DEFAULT_RUBRIC, EndpointSpec, OciTargetSpec
 from kubetune.api.v1alpha1.scheduling import DNS_LABEL, SchedulingSpec
 
@@ -34,6 +37,32 @@ class StartFrom(SpecModel):
         description="Its adapter is merged into baseModel (in 16-bit, also for qlora) before this job trains; "
         "a full fine-tune's model replaces baseModel. Both jobs must name the same baseModel."
     )
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What a FineTuneJob waits for, by name, in its own namespace; None where it names nothing of that kind.
+    Said once here for the operator's reconcile and index, the planner and the local runner."""
+
+    dataset_build: str | None = None  # spec.dataset.datasetBuildRef.name
+    fine_tune_job: str | None = None  # spec.startFrom.fineTuneJobRef.name
+
+    FIELDS: ClassVar[dict[str, str]] = {
+        DATASET_BUILD: "spec.dataset.datasetBuildRef.name",
+        FINE_TUNE_JOB: "spec.startFrom.fineTuneJobRef.name",
+    }
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> Dependencies:
+        """From a spec as it is on the wire (a kopf body's, which the operator's watch handlers do not parse)."""
+        dataset = ((spec.get("dataset") or {}).get("datasetBuildRef") or {}).get("name")
+        previous = ((spec.get("startFrom") or {}).get("fineTuneJobRef") or {}).get("name")
+        return cls(dataset, previous)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(kind, name) of each resource waited for."""
+        named = ((DATASET_BUILD, self.dataset_build), (FINE_TUNE_JOB, self.fine_tune_job))
+        return [(kind, name) for kind, name in named if name is not None]
 
 
 class DatasetSource(SpecModel):
@@ -229,6 +258,10 @@ class FineTuneJobSpec(SchedulingSpec):
     evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec())
     registry: RegistrySpec | None = None
     publish: PublishSpec = Field(default_factory=PublishSpec)
+
+    def dependencies(self) -> Dependencies:
+        """The DatasetBuild and the FineTuneJob this job waits for."""
+        return Dependencies.of(self.to_wire())
 
     cel_rules: ClassVar = (
         *SchedulingSpec.cel_rules,
