@@ -256,14 +256,18 @@ def job(
     spec = resource.spec
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
-    # Registry credentials: each Secret named by publish.oci mounted by the kubelet (the operator never reads a
-    # Secret), where the service looks for it (kubetune.registry.oci_store.secret_credentials). Optional: a
-    # missing Secret leaves the folder empty and the service fails saying which, rather than the pod waiting in
-    # ContainerCreating with the reason only in an Event.
+    # Each publisher's credentials, from the Secrets its target names, by the kubelet (the operator never reads a
+    # Secret): an OCI registry's mounted where the service looks (kubetune.registry.oci_store.secret_credentials),
+    # MLflow's as the environment MLflow reads. Optional: a missing Secret leaves the folder empty (the service
+    # fails saying which) rather than the pod waiting in ContainerCreating with the reason only in an Event.
     secrets = sorted({t.credentials_secret for t in spec.publish.oci if t.credentials_secret})
     for index, secret in enumerate(secrets):
         volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret, "optional": True}})
         mounts.append({"name": f"oci-{index}", "mountPath": f"{SECRETS_MOUNT}/oci/{secret}", "readOnly": True})
+    mlflow = spec.mlflow if kind == FINE_TUNE_JOB else None
+    env_from = []
+    if mlflow is not None and mlflow.credentials_secret:
+        env_from.append({"secretRef": {"name": mlflow.credentials_secret, "optional": True}})
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
     # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs; a
     # DatasetBuild's auto is as many as the engine spans, a FineTuneJob's what its sizing step planned (``gpus``).
@@ -279,6 +283,7 @@ def job(
         "image": settings.datagen_image if kind == DATASET_BUILD else settings.trainer_image,
         "command": command,
         "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         "volumeMounts": mounts,
         "securityContext": container_security,
         "terminationMessagePath": TERMINATION_LOG,
@@ -331,6 +336,7 @@ def _step(built: dict[str, Any], resource: Resource, step: str, *arguments: str)
     pod["volumes"] = [v for v in pod["volumes"] if "secret" not in v]
     kept = {v["name"] for v in pod["volumes"]}
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in kept]
+    container.pop("envFrom", None)
     return built
 
 

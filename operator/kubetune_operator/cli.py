@@ -50,6 +50,10 @@ def validate(filename: list[Path] = FILES) -> None:
     """Check every resource in the files; name each bad field, its value and what would be valid."""
     for res in _load(filename):
         console.print(f"[green]valid[/green] {res.kind}/{escape(res.metadata.name)}")
+        for warning in res.spec.deprecations():
+            err_console.print(
+                f"[yellow]warning[/yellow] {res.kind}/{escape(res.metadata.name)}: {escape(warning)}", soft_wrap=True
+            )
 
 
 @app.command()

@@ -121,8 +121,8 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
         gate = publication.get("gate") or {}
         if gate.get("passed") is False:
             details["published"] = "no: " + "; ".join(gate.get("failures") or ["the gate failed"])
-        elif oci := [p["reference"] for p in publication.get("published") or [] if p.get("target") == "oci"]:
-            details["oci"] = ", ".join(oci)
+        elif published := publication.get("published") or []:
+            details["published"] = ", ".join(f"{p.get('target')} {p.get('reference')}" for p in published)
     return details
 
 

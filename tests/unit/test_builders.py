@@ -210,3 +210,16 @@ def test_registry_secrets_are_mounted_by_the_kubelet_never_read_by_the_operator(
     sizing = builders.sizing_job(auto, Settings(storage_root="/data"), dataset="/data/d")["spec"]["template"]["spec"]
     assert "team-registry" not in json.dumps(sizing)
     assert {m["name"] for m in sizing["containers"][0]["volumeMounts"]} == {v["name"] for v in sizing["volumes"]}
+
+
+@pytest.mark.parametrize("where", ["publish", "registry"])
+def test_mlflow_credentials_become_the_training_pods_environment(where):
+    """publish.mlflow.credentialsSecret (or the deprecated registry's): the Secret's keys as environment variables,
+    MLflow's own names, set by the kubelet; the sizing step, which publishes nothing, gets none."""
+    mlflow = {"modelName": "m", "credentialsSecret": "mlflow-login"}
+    fields = {"publish": {"mlflow": mlflow}} if where == "publish" else {"registry": mlflow}
+    container = job_of(resource("FineTuneJob", **fields))["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-login", "optional": True}}]
+    auto = resource("FineTuneJob", **fields, resources={"gpus": "auto", "gpuType": "L4-24GB"})
+    sizing = builders.sizing_job(auto, Settings(storage_root="/data"), dataset="/data/d")["spec"]["template"]["spec"]
+    assert "mlflow-login" not in json.dumps(sizing)

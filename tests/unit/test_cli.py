@@ -37,6 +37,20 @@ def test_validate_prints_every_error_and_fails(tmp_path):
     assert "3 error(s)" in out
 
 
+def test_validate_warns_of_a_deprecated_field_and_refuses_it_beside_its_successor(tmp_path):
+    job = "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: t}\nspec:\n  baseModel: m\n"
+    job += "  dataset: {path: d}\n  registry: {modelName: x}\n"
+    old = tmp_path / "old.yaml"
+    old.write_text(job)
+    result = CliRunner().invoke(app, ["validate", "-f", str(old)])
+    assert result.exit_code == 0
+    assert "warning FineTuneJob/t: spec.registry is deprecated: move it to spec.publish.mlflow" in result.output
+    both = tmp_path / "both.yaml"
+    both.write_text(job + "  publish: {mlflow: {modelName: y}}\n")
+    result = CliRunner().invoke(app, ["validate", "-f", str(both)])
+    assert result.exit_code == 1 and "set publish.mlflow or the deprecated registry, not both" in result.output
+
+
 EXAMPLES = sorted(
     p.relative_to(Path(__file__).parents[2]).as_posix()
     for p in (Path(__file__).parents[2] / "examples").rglob("*.yaml")

@@ -68,6 +68,30 @@ def test_every_nullable_field_defaults_to_none():
 
 
 CRDS = [yaml.safe_load(text) for name, text in render_all().items() if name.endswith(".yaml")]
+
+
+def _undescribed(node: dict, path: str) -> list[str]:
+    """The properties under ``node`` (a structural schema) that have no description, by path."""
+    found = []
+    for key, sub in (node.get("properties") or {}).items():
+        if not sub.get("description"):
+            found.append(f"{path}.{key}")
+        found += _undescribed(sub, f"{path}.{key}")
+    for part, suffix in (("items", "[]"), ("additionalProperties", "{}")):
+        if isinstance(node.get(part), dict):
+            found += _undescribed(node[part], path + suffix)
+    return found
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=lambda crd: crd["spec"]["names"]["kind"])
+def test_kubectl_explain_has_a_description_for_every_field(crd):
+    """kubectl explain prints a property's description: every field of spec and status has one."""
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    kind = crd["spec"]["names"]["kind"]
+    assert _undescribed(schema["spec"], f"{kind}.spec") == []
+    assert _undescribed(schema["status"], f"{kind}.status") == []
+
+
 SERVERS = {crd["spec"]["names"]["kind"]: CrdSchema(crd) for crd in CRDS}
 NAME_MESSAGE = "metadata.name must be a DNS label"
 

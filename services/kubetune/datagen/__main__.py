@@ -22,7 +22,7 @@ from kubetune.api.v1alpha1 import DATASET_BUILD, SpecError, parse_spec
 from kubetune.api.v1alpha1.result import PodResult
 from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
 from kubetune.datagen.stages import StaleOutputError
-from kubetune.registry import oci_store
+from kubetune.registry import publishers
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # what the Job controller sets in each pod of an Indexed Job
 
@@ -62,17 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             print(json.dumps(plan(spec).to_dict()))
             return 0
-        for target in spec.publish.oci if args.shard is None else []:  # the run that publishes: check first
-            oci_store.credentials_of(target)
+        targets = publishers.for_dataset_build(spec) if args.shard is None else []  # only the run that publishes
+        publishers.check_all(targets)
         manifest = build(spec, args.output, name=args.name, shard=args.shard, log=lambda m: print(m, flush=True))
-    except (SpecError, InputError, EmptyDatasetError, OSError, StaleOutputError, oci_store.PublishError) as exc:
+    except (SpecError, InputError, EmptyDatasetError, OSError, StaleOutputError, publishers.PublishError) as exc:
         print(f"datagen failed: {exc}", file=sys.stderr)
         return 1
     if manifest is not None:
         published: list[dict] = []
         try:
             publish(spec, args.output, manifest, published)
-        except oci_store.PublishError as exc:
+        except publishers.PublishError as exc:
             reporting.fail(f"datagen failed: publishing: {exc}", PodResult(published=published))
             return 1
         rows = {name.removesuffix(".parquet"): f["rows"] for name, f in manifest["files"].items() if "rows" in f}
@@ -83,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def publish(spec, output: Path, manifest: dict, published: list[dict] | None = None) -> list[dict]:
-    """Push the written dataset to each of ``spec.publish.oci``; where it went (appended to ``published`` as it
-    goes, also OUTPUT/publish.json)."""
+    """Publish the written dataset to each publisher of ``spec.publish``; where it went (appended to ``published``
+    as it goes, also OUTPUT/publish.json)."""
     published = [] if published is None else published
-    for target in spec.publish.oci:
-        pushed = oci_store.push_dataset(target, output, manifest)
-        print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
-        published.append({"target": "oci", "reference": pushed["reference"], "digest": manifest["digest"]})
+    done: list[publishers.Publication] = []
+    dataset = publishers.Output(kind="dataset", folder=output, digest=manifest["digest"], name=output.name,
+                                manifest=manifest)  # fmt: skip
+    try:
+        publishers.publish_all(publishers.for_dataset_build(spec), dataset, done, say=lambda m: print(m, flush=True))
+    finally:
+        published += [p.entry() for p in done]
     if published:
         (output / "publish.json").write_text(json.dumps({"published": published}, indent=2))
     return published

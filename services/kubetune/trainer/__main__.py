@@ -1,25 +1,24 @@
 """``python -m kubetune.trainer --spec SPEC.json --dataset DIR --output DIR``: train, then publish.
 
 After training: OUTPUT/lineage.json (kubetune.registry.lineage), then the gate (``spec.publish.gate``); a model
-that passes it is registered in MLflow (``spec.registry``; the tracking URI is ``spec.registry.trackingUri``,
-else ``$MLFLOW_TRACKING_URI``) and pushed to each OCI registry of ``spec.publish.oci``. OUTPUT/publish.json
-says what the gate found and where the adapter went.
+that passes it goes to each publisher of ``spec.publish`` (kubetune.registry.publishers): registered in MLflow
+(``publish.mlflow``, or the deprecated ``registry``; the tracking URI is its ``trackingUri``, else
+``$MLFLOW_TRACKING_URI``), then pushed to each OCI registry of ``publish.oci``. OUTPUT/publish.json says what the
+gate found and where the adapter went.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from kubetune import progress as reporting
 from kubetune.api.v1alpha1 import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.api.v1alpha1.result import PodResult
-from kubetune.registry import gate, oci_store
+from kubetune.registry import gate, publishers
 from kubetune.registry.lineage import record, this_resource
-from kubetune.registry.mlflow_store import publish
 from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
 
 
@@ -70,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
         if (spec.start_from is None) != (args.start_from is None):
             raise StartFromError("--start-from is given exactly when spec.startFrom is set")
-        for target in spec.publish.oci:  # before training, not after: a missing Secret costs no GPU hours
-            oci_store.credentials_of(target)
+        targets = publishers.for_fine_tune_job(spec)
+        publishers.check_all(targets)  # before training, not after: a missing Secret costs no GPU hours
         metrics = train(spec, args.dataset, args.output, start_from=args.start_from)
     except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError, CapabilityError,
-            oci_store.PublishError) as exc:  # fmt: skip
+            publishers.PublishError) as exc:  # fmt: skip
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     result: dict = {"finalLoss": metrics["final_loss"], "output": metrics["output"]}
@@ -96,43 +95,33 @@ def main(argv: list[str] | None = None) -> int:
     (args.output / "lineage.json").write_text(json.dumps(lineage, indent=2))
     failed = gate.failures(spec.publish.gate, metrics)
     result["gate"] = {"passed": not failed, "failures": failed}
-    published: list[dict] = []
+    done: list[publishers.Publication] = []
     if failed:
         print("not published: the gate failed: " + "; ".join(failed), flush=True)
-    elif spec.registry is not None:
-        tracking_uri = spec.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not tracking_uri:
-            print("trainer failed: spec.registry.trackingUri is unset and so is $MLFLOW_TRACKING_URI", file=sys.stderr)
-            return 1
-        version = publish(
-            tracking_uri=tracking_uri,
-            model_name=spec.registry.model_name,
-            artifact_dir=adapter,
+    else:
+        output = publishers.Output(
+            kind="adapter",
+            folder=adapter,
+            digest=lineage["adapter"]["digest"],
+            name=spec.mlflow.model_name if spec.mlflow else args.name,
             lineage=lineage,
             params={"spec": json.dumps(spec.to_wire(), sort_keys=True)},
             metrics=metrics,
             files=[args.output / "metrics.json", args.output / "loss.png"],
         )
-        (args.output / "registration.json").write_text(json.dumps(version, indent=2))
-        result["registered"] = version
-        published.append(
-            {
-                "target": "mlflow",
-                "reference": f"models:/{version['name']}/{version['version']}",
-                "digest": lineage["adapter"]["digest"],
-            }
-        )
-    for target in [] if failed else spec.publish.oci:
         try:
-            pushed = oci_store.push(target, adapter, lineage, spec.registry.model_name if spec.registry else args.name)
-        except oci_store.PublishError as exc:
-            # What was published stays published (a retried pod finds it and pushes nothing twice).
-            reporting.fail(f"trainer failed: publishing: {exc}", PodResult(published=published))
+            publishers.publish_all(targets, output, done, say=lambda line: print(line, flush=True))
+        except publishers.PublishError as exc:
+            # What was published stays published (a retried pod finds it and publishes nothing twice).
+            _registration(args.output, done)
+            reporting.fail(f"trainer failed: publishing: {exc}", PodResult(published=[p.entry() for p in done]))
             return 1
-        print(f"pushed to {pushed['reference']}" if pushed["pushed"] == "true" else f"already in {pushed['reference']}")
-        published.append({"target": "oci", "reference": pushed["reference"], "digest": lineage["adapter"]["digest"]})
+    published = [p.entry() for p in done]
+    registered = _registration(args.output, done)
+    if registered is not None:
+        result["registered"] = registered
     (args.output / "publish.json").write_text(json.dumps({"gate": result["gate"], "published": published}, indent=2))
-    registered = result.get("registered") or {}
+    registered = registered or {}
     summary = PodResult(
         digest=lineage["adapter"]["digest"],
         eval_loss=metrics.get("eval_loss"),
@@ -143,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     reporting.finish(result, summary)
     return 0
+
+
+def _registration(output: Path, done: list[publishers.Publication]) -> dict | None:
+    """The MLflow version registered, if any, also as OUTPUT/registration.json (a startFrom job's lineage, and
+    kubetune run's summary, read it there)."""
+    registered = next((p.details["registered"] for p in done if "registered" in p.details), None)
+    if registered is not None:
+        (output / "registration.json").write_text(json.dumps(registered, indent=2))
+    return registered
 
 
 if __name__ == "__main__":

@@ -61,14 +61,14 @@ class NearDedupSpec(SpecModel):
     defaults (112 permutations, as datatrove's, in 28 bands of 4 rows: a pair at J 0.6 is a candidate with
     probability 0.98) make the threshold decide; measured against datatrove in bench/dedup."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Near-duplicate removal on documents, chunks and samples; false: off.")
     shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle.")
     bands: int = Field(28, ge=1, le=1024, description="LSH bands; bands x rows MinHash permutations are computed.")
     rows: int = Field(4, ge=1, le=64, description="Rows (hashes) per band.")
     threshold: float = Field(
         0.65, gt=0.0, le=1.0, description="Estimated Jaccard similarity at or above which two texts are duplicates."
     )
-    seed: int = 1
+    seed: int = Field(1, description="Seed of the MinHash permutations: the same seed, the same duplicates found.")
 
 
 class DedupSpec(SpecModel):
@@ -109,8 +109,20 @@ class GenerationSpec(SpecModel):
     )
     endpoint: EndpointSpec | None = Field(None, description="The server, when backend is endpoint.")
     pairs_per_chunk: int = Field(3, ge=1, le=20, description="Samples asked for per chunk.")
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(
+        0.7,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature (vLLM SamplingParams.temperature): 0 is greedy; 0.7 gives varied "
+        "instructions across a chunk's samples while keeping the JSON well formed.",
+    )
+    top_p: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling (SamplingParams.top_p): tokens are drawn from the smallest set whose "
+        "probabilities add up to this; 1 turns it off.",
+    )
     repetition_penalty: float = Field(1.1, gt=0.0, le=2.0, description="Above 1 discourages repeating tokens.")
     max_tokens: int = Field(768, ge=16, description="Token budget per answer; JSON cut short is dropped.")
     max_model_len: int = Field(4096, ge=256, description="vLLM's context length (prompt + output).")
@@ -148,7 +160,11 @@ class GenerationSpec(SpecModel):
     batch_size: int = Field(
         64, ge=1, description="Prompts per generation part; each part is written as it finishes (resume unit)."
     )
-    seed: int = 42
+    seed: int = Field(
+        42,
+        description="Sampling seed: each request's own seed is derived from it and from what the request asks, so "
+        "a build run again (or in shards) writes the same samples.",
+    )
     system_prompt: str | None = Field(None, description="Overrides the built-in sample-writer prompt.")
 
     cel_rules: ClassVar = (
@@ -163,7 +179,9 @@ class GenerationSpec(SpecModel):
 class EvalSetSpec(SpecModel):
     """An evaluation file (JSONL or Parquet) whose text must not leak into the dataset."""
 
-    path: str = Field(min_length=1)
+    path: str = Field(
+        min_length=1, description="A JSONL or Parquet file; relative to the working directory (the pod's: /data)."
+    )
     fields: list[str] = Field(default_factory=list, description="String fields to read. Default: every string field.")
 
 
@@ -177,10 +195,14 @@ class DecontaminationSpec(SpecModel):
 class QualitySpec(SpecModel):
     """Heuristic filters on each sample; each failed check is a drop reason in the funnel."""
 
-    enabled: bool = True
-    min_instruction_chars: int = Field(10, ge=1)
-    min_answer_chars: int = Field(20, ge=1)
-    max_answer_chars: int = Field(4000, ge=1)
+    enabled: bool = Field(True, description="The heuristic filters below; false: none of them runs.")
+    min_instruction_chars: int = Field(
+        10, ge=1, description="Shorter instructions are dropped (instruction_too_short)."
+    )
+    min_answer_chars: int = Field(20, ge=1, description="Shorter answers are dropped (answer_too_short).")
+    max_answer_chars: int = Field(
+        4000, ge=1, description="Longer answers are dropped (answer_too_long): usually a generation that ran on."
+    )
     max_repeated_ngram_ratio: float = Field(
         0.3, ge=0.0, le=1.0, description="Share of an answer's word 3-grams that may be repeats."
     )
@@ -215,11 +237,15 @@ DEFAULT_RUBRIC = (
 class JudgeSpec(SpecModel):
     """An LLM scores each sample 1-5 on a rubric, under a JSON schema; scores are kept as columns."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="Score every sample with the judge; off by default (an LLM call each).")
     model: str | None = Field(None, description="Another model to judge with. Default: the generation engine.")
-    rubric: str = Field(DEFAULT_RUBRIC, min_length=1)
+    rubric: str = Field(
+        DEFAULT_RUBRIC, min_length=1, description="What the judge scores, and what 1, 3 and 5 mean; sent verbatim."
+    )
     min_score: int = Field(3, ge=1, le=5, description="Samples scored below this are dropped (reason low_score).")
-    max_tokens: int = Field(256, ge=16)
+    max_tokens: int = Field(
+        256, ge=16, description="Token budget of one verdict (JSON); one cut short is asked again (malformedRetries)."
+    )
 
 
 class CurationSpec(SpecModel):
@@ -235,12 +261,17 @@ class EvolInstructSpec(SpecModel):
 
     share: float = Field(0.0, ge=0.0, le=1.0, description="Share of samples evolved; 0 switches the stage off.")
     operations: list[Literal["deepen", "concretize", "reasoning", "broaden"]] = Field(
-        default_factory=lambda: ["deepen", "concretize", "reasoning", "broaden"], min_length=1
+        default_factory=lambda: ["deepen", "concretize", "reasoning", "broaden"],
+        min_length=1,
+        description="The rewrites drawn from (Evol-Instruct's in-depth ones, and broaden for in-breadth): deepen "
+        "adds constraints, concretize replaces general concepts with specific ones, reasoning asks for steps.",
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of which samples evolve and with which operation.")
 
 
 class AugmentationSpec(SpecModel):
+    """Samples added after curation, each checked by the same filters."""
+
     evol_instruct: EvolInstructSpec = Field(default_factory=EvolInstructSpec)
 
 
@@ -274,15 +305,17 @@ class SplitSpec(SpecModel):
     """The train/test split: seeded, grouped by source document so no document straddles the two."""
 
     test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Share of samples held out for evaluation.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of which documents go to the test split.")
 
 
 class CardSpec(SpecModel):
     """The dataset card (README.md) written next to the data."""
 
     license: str = Field("other", min_length=1, description="An SPDX id or 'other'.")
-    description: str | None = None
-    language: list[str] = Field(default_factory=lambda: ["en"])
+    description: str | None = Field(None, description="A paragraph for the card. Default: one made from the spec.")
+    language: list[str] = Field(
+        default_factory=lambda: ["en"], description="ISO 639-1 codes of the data's languages, as the card's metadata."
+    )
 
 
 class OciTargetSpec(SpecModel):

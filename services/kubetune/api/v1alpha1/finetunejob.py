@@ -15,19 +15,19 @@ from pydantic import Field
 from kubetune.api.v1alpha1.base import CelRule, SpecModel
 from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.api.v1alpha1.datasetbuild import DEFAULT_RUBRIC, EndpointSpec, OciTargetSpec
-from kubetune.api.v1alpha1.scheduling import DNS_LABEL, SchedulingSpec
+from kubetune.api.v1alpha1.scheduling import DNS_LABEL, DNS_SUBDOMAIN, SchedulingSpec
 
 
 class DatasetBuildRef(SpecModel):
     """A DatasetBuild in the same namespace; the job waits until it has succeeded."""
 
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="The DatasetBuild's metadata.name.")
 
 
 class FineTuneJobRef(SpecModel):
     """A FineTuneJob in the same namespace; the job waits until it has succeeded."""
 
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="The FineTuneJob's metadata.name.")
 
 
 class StartFrom(SpecModel):
@@ -69,7 +69,9 @@ class DatasetSource(SpecModel):
     """The training data: a DatasetBuild's output, or a folder holding train.parquet (and test.parquet)."""
 
     dataset_build_ref: DatasetBuildRef | None = None
-    path: str | None = None
+    path: str | None = Field(
+        None, description="A folder holding train.parquet (and test.parquet), as a DatasetBuild writes it."
+    )
 
     cel_rules: ClassVar = (
         CelRule(
@@ -85,7 +87,9 @@ class LoraSpec(SpecModel):
 
     r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
     lora_alpha: int = Field(32, ge=1, description="Scaling: the update is multiplied by loraAlpha / r.")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input (PEFT lora_dropout); 0.05, PEFT's examples'."
+    )
     use_dora: bool = Field(
         False, description="DoRA: the update split into a magnitude and a direction (PEFT use_dora)."
     )
@@ -102,20 +106,47 @@ class LoraSpec(SpecModel):
 class TrainingSpec(SpecModel):
     """TRL SFTConfig (or DPOConfig) options; packing and completionOnlyLoss apply to sft only."""
 
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
-    num_train_epochs: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(
+        2e-4,
+        gt=0.0,
+        le=1.0,
+        description="Peak learning rate (SFTConfig.learning_rate). 2e-4 suits LoRA and QLoRA; full fine-tuning "
+        "wants about 1e-5 to 2e-5.",
+    )
+    num_train_epochs: float = Field(
+        1.0, gt=0.0, description="Passes over the train split (SFTConfig.num_train_epochs); a fraction stops early."
+    )
     max_steps: int = Field(-1, ge=-1, description="Overrides numTrainEpochs when positive.")
-    per_device_train_batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    per_device_train_batch_size: int = Field(
+        4, ge=1, description="Rows per forward pass on each device; memory grows with it (kubetune plan shows how)."
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Forward passes per optimizer step: the effective batch is this times perDeviceTrainBatchSize "
+        "times the devices.",
+    )
     max_length: int = Field(1024, ge=16, description="Sequences are truncated to this many tokens.")
-    packing: bool = False
+    packing: bool = Field(
+        False,
+        description="Pack several rows into each maxLength sequence (SFTConfig.packing; sft only): fewer padding "
+        "tokens, faster on short rows.",
+    )
     completion_only_loss: bool = Field(True, description="Loss on the answers only, not on the prompts.")
     warmup_steps: float = Field(0, ge=0, description="Warm-up steps; a value below 1 is a share of all steps.")
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: float = Field(0.0, ge=0.0)
-    logging_steps: int = Field(1, ge=1)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="How the learning rate falls after warm-up (transformers' lr_scheduler_type)."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay; 0, TRL's default.")
+    logging_steps: int = Field(
+        1, ge=1, description="Loss recorded (metrics.json, loss.png, status progress) every this many steps."
+    )
     save_steps: int = Field(50, ge=1, description="A checkpoint every this many steps; a restarted pod resumes.")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: less memory, about a third "
+        "more time per step.",
+    )
     optim: Literal[
         "adamw_torch_fused",
         "adamw_torch",
@@ -139,7 +170,7 @@ class TrainingSpec(SpecModel):
         description="bf16 mixed precision. Default: on a GPU that supports bf16; fp32 on a CPU (true there needs a "
         "CPU with AVX512-BF16 or AMX).",
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the adapter's initialisation, the data order and dropout.")
 
 
 class DpoSpec(SpecModel):
@@ -165,8 +196,10 @@ class EvaluationJudgeSpec(SpecModel):
     training image needs no inference engine."""
 
     endpoint: EndpointSpec = Field(description="The server the judge is asked on (url, model, API key).")
-    rubric: str = Field(DEFAULT_RUBRIC, min_length=1)
-    max_tokens: int = Field(256, ge=16)
+    rubric: str = Field(
+        DEFAULT_RUBRIC, min_length=1, description="What the judge scores, and what 1, 3 and 5 mean; sent verbatim."
+    )
+    max_tokens: int = Field(256, ge=16, description="Token budget of one verdict; a cut verdict is asked again.")
     malformed_retries: int = Field(2, ge=0, le=10, description="A verdict that is not JSON is asked again.")
 
 
@@ -189,15 +222,31 @@ class EvaluationSpec(SpecModel):
     )
 
 
-class RegistrySpec(SpecModel):
-    """Where the adapter is published."""
+class MlflowTargetSpec(SpecModel):
+    """An MLflow model registry the adapter is registered in: a run holding the adapter and its lineage, and a
+    version of the registered model pointing at it."""
 
     model_name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128, description="Registered model name."
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=128,
+        description="Registered model name; each published adapter becomes a version of it.",
     )
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else the local sqlite store."
+        None,
+        description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI (the operator sets its mlflowUri in the "
+        "pod; kubetune run, the local sqlite store in the workdir).",
     )
+    credentials_secret: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="In a cluster: a Secret in the job's namespace whose keys become the training pod's environment "
+        "(MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN: MLflow's own names); the "
+        "operator never reads it. Default: none (an open server, or credentials from the operator's pod defaults).",
+    )
+
+
+RegistrySpec = MlflowTargetSpec  # the deprecated spec.registry, the same fields as publish.mlflow
 
 
 class GateSpec(SpecModel):
@@ -220,9 +269,10 @@ class GateSpec(SpecModel):
 
 
 class PublishSpec(SpecModel):
-    """Where the adapter is published besides registry (MLflow), and the gate it must pass first."""
+    """Where the adapter is published (each target a publisher: MLflow, OCI), and the gate it must pass first."""
 
     gate: GateSpec | None = Field(None, description="Conditions on the evaluation; none: always published.")
+    mlflow: MlflowTargetSpec | None = Field(None, description="The MLflow model registry the adapter is registered in.")
     oci: list[OciTargetSpec] = Field(
         default_factory=list, max_length=8, description="OCI registries the adapter is pushed to."
     )
@@ -256,8 +306,23 @@ class FineTuneJobSpec(SchedulingSpec):
         "base, never the 4-bit one), to OUTPUT/merged.",
     )
     evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec())
-    registry: RegistrySpec | None = None
+    registry: RegistrySpec | None = Field(
+        None,
+        description="Deprecated: use publish.mlflow (the same fields). Still honoured in v1alpha1, with a warning "
+        "from kubetune validate; not in a later version.",
+    )
     publish: PublishSpec = Field(default_factory=PublishSpec)
+
+    @property
+    def mlflow(self) -> MlflowTargetSpec | None:
+        """The MLflow target: publish.mlflow, or the deprecated registry."""
+        return self.publish.mlflow or self.registry
+
+    def deprecations(self) -> list[str]:
+        if self.registry is None:
+            return []
+        return ["spec.registry is deprecated: move it to spec.publish.mlflow (the same fields); a later API version "
+                "drops it"]  # fmt: skip
 
     def dependencies(self) -> Dependencies:
         """The DatasetBuild and the FineTuneJob this job waits for."""
@@ -265,6 +330,11 @@ class FineTuneJobSpec(SchedulingSpec):
 
     cel_rules: ClassVar = (
         *SchedulingSpec.cel_rules,
+        CelRule(
+            "!has(self.registry) || !has(self.publish.mlflow)",
+            "set publish.mlflow or the deprecated registry, not both",
+            lambda s: s.registry is None or s.publish.mlflow is None,
+        ),
         CelRule(
             "!has(self.publish.gate) || !has(self.publish.gate.minJudgeScore) || has(self.evaluation.judge)",
             "publish.gate.minJudgeScore needs evaluation.judge (the judge gives the score)",

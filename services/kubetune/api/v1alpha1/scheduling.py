@@ -96,6 +96,10 @@ class Toleration(SpecModel):
 class SchedulingSpec(SpecModel):
     """The pod fields both kinds take; each spec model inherits them, so they sit flat in its spec."""
 
+    def deprecations(self) -> list[str]:
+        """A warning for each deprecated field set (kubetune validate prints them)."""
+        return []
+
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     node_selector: dict[str, str] | None = Field(
         None,

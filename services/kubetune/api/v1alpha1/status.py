@@ -32,12 +32,12 @@ class ConditionType(StrEnum):
 class Condition(SpecModel):
     """One condition, in the shape of Kubernetes' metav1.Condition."""
 
-    type: str
+    type: str = Field(description="SpecValid, Complete, Ready or Published (FineTuneJob).")
     status: str = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase word a program can switch on.")
-    message: str = ""
-    last_transition_time: str = ""
-    observed_generation: int | None = None
+    message: str = Field("", description="What a person should know, e.g. the failure's cause.")
+    last_transition_time: str = Field("", description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="The metadata.generation this condition is about.")
 
 
 def now() -> str:
@@ -107,18 +107,25 @@ class ProgressDetail(SpecModel):
 class ResourceStatus(SpecModel):
     """The status subresource of a DatasetBuild or a FineTuneJob."""
 
-    phase: Phase = Field(Phase.PENDING, strict=False)  # read back from the API as a string
+    phase: Phase = Field(  # read back from the API as a string
+        Phase.PENDING,
+        strict=False,
+        description="Pending, Waiting (for what spec.dataset or spec.startFrom names), Running, Suspended, "
+        "Succeeded or Failed.",
+    )
     progress: str | None = Field(
         None, description="Progress in one line, e.g. 'step 6/12 (50%), loss 1.93, 410 tokens/s, ETA 1m20s'."
     )
     progress_detail: ProgressDetail | None = Field(None, description="The figures of that line, as numbers.")
-    message: str | None = None
-    observed_generation: int | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
+    message: str | None = Field(None, description="The phase in words; on failure, the cause.")
+    observed_generation: int | None = Field(None, description="The metadata.generation the operator last acted on.")
+    start_time: str | None = Field(None, description="When the work started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When it succeeded or failed (RFC 3339).")
     job_name: str | None = Field(None, description="The Kubernetes Job doing the work.")
     output: OutputStatus | None = None
     published: list[PublishedStatus] | None = Field(
         None, description="FineTuneJob: where the adapter was published, per target."
     )
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions in metav1.Condition's shape, one per type."
+    )
