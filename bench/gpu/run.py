@@ -5,7 +5,7 @@
 
 Nothing is downloaded: the model is built from a ``LlamaConfig`` with random weights, straight on the GPU in
 bfloat16, and trained on random token ids. Each method runs in its own subprocess, so its peak memory is its
-own. The set-up follows kubetune's trainer (``services/kubetune/trainer/sft.py``) with the parts of TRL's
+own. The set-up follows kubetune's trainer (``services/kubetune/trainer/training.py``) with the parts of TRL's
 ``SFTTrainer`` that matter for speed written out as a plain loop (TRL needs ``datasets``, which the GPU machine
 lacks, and a plain loop times each step exactly):
 

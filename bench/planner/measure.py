@@ -3,7 +3,7 @@
     .venv/bin/python bench/planner/measure.py            # all three methods, one process each, in turn
     .venv/bin/python bench/planner/measure.py --methods lora --steps 2
 
-Each method trains through kubetune's own trainer, ``kubetune.trainer.sft.train`` (TRL's SFTTrainer, as a
+Each method trains through kubetune's own trainer, ``kubetune.trainer.training.train`` (TRL's SFTTrainer, as a
 pod runs it), a few steps at batch 4 x 256 tokens. What is measured is the growth of the process's resident
 set during ``SFTTrainer.train()`` over its resident set just before it, when the model (and its adapters)
 are loaded and the dataset is tokenized: just before, freed heap is handed back (``malloc_trim``) and the
@@ -112,7 +112,7 @@ def worker(method: str, dataset: Path, steps: int, result: Path) -> None:
     import torch
     import trl
 
-    from kubetune.trainer import sft
+    from kubetune.trainer import training
 
     libc = ctypes.CDLL("libc.so.6")
     measured: dict = {"method": method, "rss_after_imports_kib": status_kib("VmRSS")}
@@ -153,7 +153,7 @@ def worker(method: str, dataset: Path, steps: int, result: Path) -> None:
 
     trl.SFTTrainer.train = measured_train
     with tempfile.TemporaryDirectory() as out:
-        metrics = sft.train(spec_for(method, dataset, steps), dataset, Path(out) / "run", log=lambda _: None)
+        metrics = training.train(spec_for(method, dataset, steps), dataset, Path(out) / "run", log=lambda _: None)
     measured["steps"] = metrics["steps"]
     measured["losses"] = [round(x["loss"], 4) for x in metrics["losses"]]
     measured["torch_threads"] = torch.get_num_threads()
@@ -207,7 +207,7 @@ def markdown(report: dict) -> str:
         "",
         f"Batch {BATCH} x {MAX_LENGTH} tokens (no padding: every sample is longer), {report['steps']} steps, "
         "gradient checkpointing off, LoRA r=16 on all linear layers with dropout 0.05 (the spec's defaults), "
-        "AdamW (the Trainer's `adamw_torch_fused`), through `kubetune.trainer.sft.train`. "
+        "AdamW (the Trainer's `adamw_torch_fused`), through `kubetune.trainer.training.train`. "
         f"Machine: {report['cpus']} CPU cores (shared), {report['host']}; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
         + ".",

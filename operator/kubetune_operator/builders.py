@@ -215,6 +215,56 @@ def cleanup_job(kind: str, namespace: str, name: str, settings: Settings) -> dic
     }
 
 
+def _volumes(resource: Resource, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every pod's volumes and their mounts: the spec (the ConfigMap), the shared storage, scratch and /dev/shm."""
+    mounts = [
+        {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+        {"name": "storage", "mountPath": settings.storage_root},
+        {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": child_name(resource)}},
+        {"name": "storage", "persistentVolumeClaim": {"claimName": settings.storage_claim}},
+        {"name": "scratch", "emptyDir": {}},
+        # PyTorch's data loader workers and vLLM's workers share tensors through /dev/shm, 64 MiB in a container.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    return volumes, mounts
+
+
+def _credentials(resource: Resource) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each publisher's credentials (volumes, mounts, envFrom), from the Secrets its target names, by the kubelet
+    (the operator never reads a Secret): an OCI registry's mounted where the service looks
+    (kubetune.registry.oci_store.secret_credentials), MLflow's as the environment MLflow reads. Optional: a missing
+    Secret leaves the folder empty (the service fails saying which) rather than the pod waiting in ContainerCreating
+    with the reason only in an Event."""
+    spec = resource.spec
+    volumes, mounts, env_from = [], [], []
+    secrets = sorted({t.credentials_secret for t in spec.publish.oci if t.credentials_secret})
+    for index, secret in enumerate(secrets):
+        volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret, "optional": True}})
+        mounts.append({"name": f"oci-{index}", "mountPath": f"{SECRETS_MOUNT}/oci/{secret}", "readOnly": True})
+    mlflow = spec.mlflow if resource.kind == FINE_TUNE_JOB else None
+    if mlflow is not None and mlflow.credentials_secret:
+        env_from.append({"secretRef": {"name": mlflow.credentials_secret, "optional": True}})
+    return volumes, mounts, env_from
+
+
+def _gpus(resource: Resource, planned: int | None) -> int | None:
+    """The GPUs the pod asks for: ``planned`` (a FineTuneJob's sizing step's) when given; else the spec's count,
+    where 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs;
+    a DatasetBuild's auto is as many as the engine spans."""
+    if planned is not None:
+        return planned
+    count = resource.spec.resources.gpu_count()
+    if resource.kind == DATASET_BUILD and (
+        count is None or (count == 0 and resource.spec.generation.tensor_parallel_size > 1)
+    ):
+        return resource.spec.generation.tensor_parallel_size
+    return count or None
+
+
 def job(
     resource: Resource,
     settings: Settings,
@@ -240,42 +290,14 @@ def job(
     # resource among all that ever had its name).
     identity = {"kind": kind, "namespace": ns, "name": name, "uid": (resource.metadata.model_extra or {}).get("uid")}
     env.append({"name": RESOURCE_ENV, "value": json.dumps(identity, separators=(",", ":"))})
-    mounts = [
-        {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
-        {"name": "storage", "mountPath": settings.storage_root},
-        {"name": "scratch", "mountPath": SCRATCH},
-        {"name": "dshm", "mountPath": "/dev/shm"},
-    ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "spec", "configMap": {"name": child_name(resource)}},
-        {"name": "storage", "persistentVolumeClaim": {"claimName": settings.storage_claim}},
-        {"name": "scratch", "emptyDir": {}},
-        # PyTorch's data loader workers and vLLM's workers share tensors through /dev/shm, 64 MiB in a container.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-    ]
+    volumes, mounts = _volumes(resource, settings)
     spec = resource.spec
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
-    # Each publisher's credentials, from the Secrets its target names, by the kubelet (the operator never reads a
-    # Secret): an OCI registry's mounted where the service looks (kubetune.registry.oci_store.secret_credentials),
-    # MLflow's as the environment MLflow reads. Optional: a missing Secret leaves the folder empty (the service
-    # fails saying which) rather than the pod waiting in ContainerCreating with the reason only in an Event.
-    secrets = sorted({t.credentials_secret for t in spec.publish.oci if t.credentials_secret})
-    for index, secret in enumerate(secrets):
-        volumes.append({"name": f"oci-{index}", "secret": {"secretName": secret, "optional": True}})
-        mounts.append({"name": f"oci-{index}", "mountPath": f"{SECRETS_MOUNT}/oci/{secret}", "readOnly": True})
-    mlflow = spec.mlflow if kind == FINE_TUNE_JOB else None
-    env_from = []
-    if mlflow is not None and mlflow.credentials_secret:
-        env_from.append({"secretRef": {"name": mlflow.credentials_secret, "optional": True}})
+    secret_volumes, secret_mounts, env_from = _credentials(resource)
+    volumes, mounts = volumes + secret_volumes, mounts + secret_mounts
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
-    # 0, the field's default, leaves the operator's default in place, unless one vLLM engine spans more GPUs; a
-    # DatasetBuild's auto is as many as the engine spans, a FineTuneJob's what its sizing step planned (``gpus``).
-    count = spec.resources.count()
-    if gpus is None:
-        gpus = count or None
-        if kind == DATASET_BUILD and (count is None or (count == 0 and spec.generation.tensor_parallel_size > 1)):
-            gpus = spec.generation.tensor_parallel_size
+    gpus = _gpus(resource, gpus)
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container_security, pod_security = _pod_security()
     container: dict[str, Any] = {

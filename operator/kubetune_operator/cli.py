@@ -24,10 +24,16 @@ app = typer.Typer(
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-FILES = typer.Option(..., "-f", "--filename", help="YAML file(s) of DatasetBuild and FineTuneJob resources.")
+FILES = typer.Option(None, "-f", "--filename", help="YAML file(s) of DatasetBuild and FineTuneJob resources.")
+# The files after the first -f (``-f a.yaml b.yaml``, as a shell glob gives them), or with no -f at all.
+MORE_FILES = typer.Argument(None, help="More YAML files (-f a.yaml b.yaml, or the files alone).", show_default=False)
 
 
-def _load(files: list[Path]) -> list[Resource]:
+def _load(files: list[Path] | None, more: list[Path] | None = None) -> list[Resource]:
+    files = [*(files or []), *(more or [])]
+    if not files:
+        err_console.print("[red]error[/red] name the resources' YAML files: -f FILE [FILE...]")
+        raise typer.Exit(2)
     resources, errors = [], []
     for path in files:
         if not path.is_file():
@@ -46,9 +52,9 @@ def _load(files: list[Path]) -> list[Resource]:
 
 
 @app.command()
-def validate(filename: list[Path] = FILES) -> None:
+def validate(filename: list[Path] = FILES, more: list[Path] = MORE_FILES) -> None:
     """Check every resource in the files; name each bad field, its value and what would be valid."""
-    for res in _load(filename):
+    for res in _load(filename, more):
         console.print(f"[green]valid[/green] {res.kind}/{escape(res.metadata.name)}")
         for warning in res.spec.deprecations():
             err_console.print(
@@ -59,39 +65,48 @@ def validate(filename: list[Path] = FILES) -> None:
 @app.command()
 def run(
     filename: list[Path] = FILES,
+    more: list[Path] = MORE_FILES,
     workdir: Path = typer.Option(Path(".kubetune"), help="Where datasets, adapters and the MLflow store go."),
     force: bool = typer.Option(False, "--force", help="Run again even what is up to date."),
 ) -> None:
     """Run the resources on this machine, in dependency order, through the same entrypoints pods run: one progress
     bar per resource; each service's own output goes to OUTPUT/logs/KIND.log."""
-    from kubetune_operator import local, progress
+    from kubetune_operator import display, local
 
-    resources = _load(filename)
+    resources = _load(filename, more)
     started = time.perf_counter()
     try:
-        with progress.Display(console, err_console) as display:
-            outcomes = local.run(resources, workdir, observer=display, force=force)
+        with display.Display(console, err_console) as shown:
+            outcomes = local.run(resources, workdir, observer=shown, force=force)
     except local.DependencyError as exc:
         err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    table = Table(title=f"kubetune run: {time.perf_counter() - started:.0f}s")
+    title = f"kubetune run: {time.perf_counter() - started:.0f}s"
+    table = Table(title=title)
     for column in ("resource", "phase", "time", "output", "details"):
         table.add_column(column, overflow="fold")
+    rows = []
     for o in outcomes:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in o.details.items() if k != "stages"}
         colour = "green" if o.phase == Phase.SUCCEEDED else "red"
         phase = f"{o.phase} (up to date)" if shown.pop("upToDate", False) else str(o.phase)
-        table.add_row(
-            o.ref,
-            f"[{colour}]{phase}[/{colour}]",
-            f"{o.seconds:.0f}s",
-            o.output,
-            ", ".join(f"{k}={v}" for k, v in shown.items()),
-        )
-    console.print(table)
+        row = [o.ref, f"[{colour}]{phase}[/{colour}]", f"{o.seconds:.0f}s", o.output]
+        rows.append([*row, ", ".join(f"{k}={v}" for k, v in shown.items())])
+        table.add_row(*rows[-1])
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or a log: a line per resource, not a table folded into the pipe's 80 columns
+        console.print(title)
+        for row in rows:
+            console.print(
+                "  ".join(escape(cell) if i != 1 else cell for i, cell in enumerate(row) if cell), soft_wrap=True
+            )
     for o in outcomes:
         if o.details.get("stages"):
-            console.print(f"{o.ref} funnel: " + " -> ".join(f"{s['name']} {s['output']}" for s in o.details["stages"]))
+            console.print(
+                f"{o.ref} funnel: " + " -> ".join(f"{s['name']} {s['output']}" for s in o.details["stages"]),
+                soft_wrap=True,
+            )
     if len(outcomes) < len(resources) or any(o.phase != Phase.SUCCEEDED for o in outcomes):
         raise typer.Exit(1)
 
@@ -238,9 +253,21 @@ def _plan_build(res: Resource) -> _BuildPlan:
     return _BuildPlan(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def _nothing_to_generate(stages: list[dict]) -> str:
+    """Why a build plans no prompt: the stage that kept nothing, with what it was given and why it dropped it."""
+    for stage in stages:
+        if stage["output"] == 0:
+            if stage["input"] == 0:
+                return f"nothing to generate from: {stage['name']} found no documents (spec.source.paths)"
+            why = ", ".join(f"{n} {reason}" for reason, n in stage["dropped"].items() if n) or "none kept"
+            return f"nothing to generate from: {stage['name']} kept 0 of {stage['input']} ({why})"
+    return "nothing to generate from: no chunk became a prompt"
+
+
 @app.command()
 def plan(
     filename: list[Path] = FILES,
+    more: list[Path] = MORE_FILES,
     output: PlanOutput = typer.Option(PlanOutput.table, "-o", "--output", help="A table per job, or JSON."),
     gpu: str | None = typer.Option(
         None,
@@ -263,7 +290,7 @@ def plan(
             err_console.print(f"[red]error[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
     failed, plans, builds = 0, [], []
-    for res in _load(filename):
+    for res in _load(filename, more):
         ref = f"{res.kind}/{res.metadata.name}"
         try:
             if res.kind == "DatasetBuild":
@@ -289,6 +316,12 @@ def plan(
             "tokens written" + "".join(f"; then {stage}: about {n} requests" for stage, n in b.later_requests.items()),
             soft_wrap=True,
         )
+    for ref, b in builds:
+        if b.prompts == 0:  # kubetune run would fail the build: say so now, and where the documents went
+            err_console.print(
+                f"[red]error[/red] {escape(ref)}: {escape(_nothing_to_generate(b.stages))}", soft_wrap=True
+            )
+            failed += 1
     for ref, p in plans if output == PlanOutput.table else []:
         steps = f"batch {p.batch} x {p.seq_len} tokens, checkpointing {'on' if p.gradient_checkpointing else 'off'}"
         table = Table(title=f"{ref}: {p.method} on {p.device} ({p.compute_dtype}), {steps}", title_justify="left")

@@ -39,7 +39,7 @@ SCRATCH_ENV = {
     "MPLCONFIGDIR": f"{SCRATCH}/matplotlib",
     "HF_HUB_OFFLINE": "1",  # weights come from the volume or the image, never from a hub at run time
 }
-# The services report to the operator through the kubelet (kubetune.progress): progress records as log lines,
+# The services report to the operator through the kubelet (kubetune.pod_report): progress records as log lines,
 # the result as the container's termination message, written to this file.
 TERMINATION_LOG = "/dev/termination-log"
 REPORT_ENV = {"KUBETUNE_PROGRESS_LOG": "1", "KUBETUNE_TERMINATION_LOG": TERMINATION_LOG}

@@ -12,8 +12,8 @@ from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.api.v1alpha1.resources import FieldError, Resource
 from kubetune.api.v1alpha1.result import ERROR_LIMIT, PodResult
 from kubetune.api.v1alpha1.status import TERMINAL_PHASES, Condition, ConditionType, Phase, now, set_condition
-from kubetune.progress import last_record
-from kubetune_operator import builders, reporting
+from kubetune.pod_report import last_record
+from kubetune_operator import builders, progress_text
 from kubetune_operator.constants import SHARDS_STEP, SIZING_STEP, Settings
 
 
@@ -137,7 +137,7 @@ def plan(
         if isinstance(found, Decision):
             return found
         previous = found
-    if resource.spec.resources.count() is None and gpus is None:
+    if resource.spec.resources.gpu_count() is None and gpus is None:
         sizing = builders.sizing_job(resource, settings, dataset=dataset, start_from=previous)
         work = f"sizing the job for {resource.spec.resources.gpu_type} GPUs (resources.gpus auto)"
         return _started(resource, [builders.config_map(resource), sizing], work)
@@ -294,14 +294,14 @@ def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
         return None
     message = max(ended)[1]
     partial = PodResult.parse(message)
-    if partial is not None and partial.error is not None:  # kubetune.progress.fail
+    if partial is not None and partial.error is not None:  # kubetune.pod_report.fail
         return partial.error[:ERROR_LIMIT]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1][:512] if lines else None
 
 
 def partial_result(job_name: str, pods: list[dict[str, Any]]) -> PodResult | None:
-    """What a failed pod reported doing before it failed (kubetune.progress.fail), or None."""
+    """What a failed pod reported doing before it failed (kubetune.pod_report.fail), or None."""
     ended = _terminated(job_name, pods, succeeded=False)
     return PodResult.parse(max(ended)[1]) if ended else None
 
@@ -320,7 +320,7 @@ def _terminated(job_name: str, pods: list[dict[str, Any]], succeeded: bool) -> l
 
 
 def result_of(job_name: str, pods: list[dict[str, Any]]) -> PodResult | None:
-    """What a succeeded pod reported (kubetune.progress.finish): its termination message; None when no pod
+    """What a succeeded pod reported (kubetune.pod_report.finish): its termination message; None when no pod
     wrote one (an older image) or it holds no result."""
     ended = _terminated(job_name, pods, succeeded=True)
     return PodResult.parse(max(ended)[1]) if ended else None
@@ -337,7 +337,7 @@ def with_result(kind: str, decision: Decision, result: PodResult | None, updated
     wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     output = {**decision.output, **{key: wire[key] for key in _OUTPUT_KEYS if key in wire}}
     record = result.progress
-    progress = reporting.status_fields(kind, record, updated) if record is not None else decision.progress
+    progress = progress_text.status_fields(kind, record, updated) if record is not None else decision.progress
     published, condition = _publication(result)
     return replace(decision, output=output, progress=progress, published=published, publish_condition=condition)
 
@@ -470,7 +470,7 @@ def progress_patch(kind: str, current: dict[str, Any] | None, log: str, updated:
     record = last_record(log)
     if record is None:
         return None
-    fields = reporting.status_fields(kind, record, updated)
+    fields = progress_text.status_fields(kind, record, updated)
     shown = dict((current or {}).get("progressDetail") or {})
     shown.pop("updated", None)
     fields_detail = {k: v for k, v in fields["progressDetail"].items() if k != "updated"}

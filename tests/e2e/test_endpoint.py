@@ -1,6 +1,6 @@
 """EndpointEngine against a real ``vllm serve`` of SmolLM2-135M-Instruct (CPU): structured outputs, seeds, auth.
 
-Failure modes a real server won't produce on demand (429, 503, timeouts) are in tests/unit/test_endpoint.py.
+Failure modes a real server won't produce on demand (429, 503, timeouts) are in tests/unit/llm/test_endpoint.py.
 """
 
 from __future__ import annotations

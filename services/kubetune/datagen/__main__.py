@@ -17,11 +17,11 @@ import re
 import sys
 from pathlib import Path
 
-from kubetune import progress as reporting
+from kubetune import pod_report
 from kubetune.api.v1alpha1 import DATASET_BUILD, SpecError, parse_spec
 from kubetune.api.v1alpha1.result import PodResult
 from kubetune.datagen.pipeline import EmptyDatasetError, InputError, build, plan
-from kubetune.datagen.stages import StaleOutputError
+from kubetune.datagen.stage_store import StaleOutputError
 from kubetune.registry import publishers
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # what the Job controller sets in each pod of an Indexed Job
@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             publish(spec, args.output, manifest, published)
         except publishers.PublishError as exc:
-            reporting.fail(f"datagen failed: publishing: {exc}", PodResult(published=published))
+            pod_report.fail(f"datagen failed: publishing: {exc}", PodResult(published=published))
             return 1
         rows = {name.removesuffix(".parquet"): f["rows"] for name, f in manifest["files"].items() if "rows" in f}
         result = {"digest": manifest["digest"], "files": manifest["files"], "published": published}
         summary = PodResult(digest=manifest["digest"], rows=rows, published=published if spec.publish.oci else None)
-        reporting.finish(result, summary)
+        pod_report.finish(result, summary)
     return 0
 
 

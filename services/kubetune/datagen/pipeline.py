@@ -10,7 +10,7 @@ Deduplication and decontamination run on documents and chunks before generation,
 on a copy or on evaluation text, and again on the samples (Evol-Instruct's rewrites included) after it.
 The counts form the funnel that ``manifest.json`` records, the CLI prints and the operator copies into
 status; ``progress.json`` tells an observer which stage and part is running. Every stage's output is kept
-(:mod:`kubetune.datagen.stages`), so a killed build resumes where it stopped, and ``--shard I/N`` splits the
+(:mod:`kubetune.datagen.stage_store`), so a killed build resumes where it stopped, and ``--shard I/N`` splits the
 LLM stages across processes.
 """
 
@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune import progress as reporting
+from kubetune import pod_report
 from kubetune.api.v1alpha1.constants import DATASET_BUILD
 from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
 from kubetune.api.v1alpha1.status import now
 from kubetune.datagen import card, documents, formatting, generate, quality
-from kubetune.datagen.stages import StageStore
+from kubetune.datagen.stage_store import StageStore
 from kubetune.llm import judge
 from kubetune.llm.chat import ChatEngine, Completion, Request, complete_with_retries, count, request_seed
 from kubetune.llm.engine import open_engine
@@ -99,7 +99,7 @@ class Funnel:
     def progress(self, stage: str, **extra: Any) -> None:
         if self.output is not None:
             progress = {"stage": stage, "done": len(self.stages), "total": len(self.planned), **extra}
-            reporting.write(self.output, progress)
+            pod_report.write(self.output, progress)
 
     def done(self, report: StageReport, resumed: bool = False) -> StageReport:
         if not resumed:
@@ -558,7 +558,7 @@ def build(
     from kubetune import plots
 
     plots.funnel(manifest["stages"], output / "funnel.png", f"DatasetBuild {name}: items kept per stage")
-    reporting.write(output, {"stage": "done", "done": len(b.funnel.stages), "total": len(b.funnel.planned)})
+    pod_report.write(output, {"stage": "done", "done": len(b.funnel.stages), "total": len(b.funnel.planned)})
     return manifest
 
 

@@ -14,12 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-from kubetune import progress as reporting
+from kubetune import pod_report
 from kubetune.api.v1alpha1 import FINE_TUNE_JOB, SpecError, parse_spec
 from kubetune.api.v1alpha1.result import PodResult
 from kubetune.registry import gate, publishers
 from kubetune.registry.lineage import record, this_resource
-from kubetune.trainer.sft import CapabilityError, DatasetMismatchError, StartFromError, train
+from kubetune.trainer.training import CapabilityError, DatasetMismatchError, StartFromError, train
 
 
 def size_gpus(spec_file: Path) -> int:
@@ -43,7 +43,7 @@ def size_gpus(spec_file: Path) -> int:
         per_gpu_gib=round(plan.total / memory.GIB, 2),
         verdict=plan.verdict(),
     )
-    reporting.finish(summary.model_dump(mode="json", by_alias=True, exclude_none=True), summary)
+    pod_report.finish(summary.model_dump(mode="json", by_alias=True, exclude_none=True), summary)
     return 0
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         except publishers.PublishError as exc:
             # What was published stays published (a retried pod finds it and publishes nothing twice).
             _registration(args.output, done)
-            reporting.fail(f"trainer failed: publishing: {exc}", PodResult(published=[p.entry() for p in done]))
+            pod_report.fail(f"trainer failed: publishing: {exc}", PodResult(published=[p.entry() for p in done]))
             return 1
     published = [p.entry() for p in done]
     registered = _registration(args.output, done)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name=registered.get("name"),
         model_version=str(registered["version"]) if registered else None,
     )
-    reporting.finish(result, summary)
+    pod_report.finish(result, summary)
     return 0
 
 

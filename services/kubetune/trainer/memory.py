@@ -6,7 +6,7 @@ the framework's overhead, and says how many GPUs of a named type the job needs. 
 torch is not imported (the operator image has no torch): everything follows from the model's shape and
 the spec.
 
-The defaults describe the stack kubetune's trainer runs (``kubetune.trainer.sft``: TRL 1.16's
+The defaults describe the stack kubetune's trainer runs (``kubetune.trainer.training``: TRL 1.16's
 ``SFTTrainer``, PEFT 0.21, bitsandbytes 0.50, transformers 5.19, ``constraints.txt``): on a GPU the model
 is loaded in bf16 and trained under bf16 autocast; on a CPU everything is fp32. :class:`Assumptions`
 changes what differs in other stacks (the published figures the tests compare against).
@@ -546,6 +546,371 @@ def _dtype_bytes(name: str) -> int:
     return 4 if name == "fp32" else 2
 
 
+@dataclass(frozen=True)
+class _Dtypes:
+    """Bytes per element of each kind of tensor (the module docstring's symbols)."""
+
+    on_gpu: bool
+    compute: int  # autocast's: bf16 on a GPU; fp32 on a CPU
+    w_b: int  # the unquantized model's load dtype
+    adapter_b: int
+    unq_b: int  # what QLoRA leaves unquantized: embeddings, lm_head, norms and biases
+    r_b: int
+    a_b: int
+    m_b: int
+    lora_a_out: int  # lora_A's output
+
+
+def _device(spec: FineTuneJobSpec, gpu: str | None, notes: list[str]) -> tuple[GpuType | None, bool]:
+    """The GPU type planned for (None: a CPU, or a GPU of no named type) and whether the step runs on a GPU."""
+    gpu_spec: GpuType | None = None
+    if gpu is None and spec.resources.gpu_type and spec.resources.gpu_count() != 0:
+        gpu = spec.resources.gpu_type
+    if gpu is not None:
+        gpu_spec = gpu_type(gpu)
+        on_gpu = gpu_spec is not None
+    else:
+        on_gpu = spec.resources.gpu_count() != 0  # a count, or auto
+    if gpu_spec is not None and not gpu_spec.native_bf16:
+        notes.append(f"{gpu_spec.name} has no native bf16: torch emulates it (the trainer still picks bf16), slowly")
+    return gpu_spec, on_gpu
+
+
+def _dtypes(spec: FineTuneJobSpec, on_gpu: bool, a: Assumptions, notes: list[str]) -> _Dtypes:
+    """Which tensors are which dtype (see the module docstring)."""
+    method = spec.method
+    compute = 2 if on_gpu else 4  # training.py: bf16 on a GPU (autocast), fp32 on a CPU
+    bf16 = getattr(spec.training, "bf16", None)
+    if bf16 is not None and bf16 != on_gpu:
+        notes.append(
+            f"training.bf16 {str(bf16).lower()} on a {'GPU' if on_gpu else 'CPU'} is not modelled: the plan is for "
+            f"{'bf16' if on_gpu else 'fp32'}, the default there"
+        )
+    w_b = compute  # load dtype of the unquantized model
+    auto_adapter_b = 2 if method == "qlora" else 4  # TRL casts a quantized model's adapters to bf16
+    adapter_b = auto_adapter_b if a.adapter_dtype == "auto" else _dtype_bytes(a.adapter_dtype)
+    unq_b = 4 if (method == "qlora" and a.upcast_unquantized) else w_b
+    r_b = unq_b if method == "qlora" else w_b  # the residual stream follows the embeddings' dtype
+    a_b = compute if on_gpu else r_b
+    m_b = r_b if method == "qlora" else compute  # a Linear4bit returns its input's dtype
+    if not on_gpu:
+        m_b = r_b
+    return _Dtypes(
+        on_gpu=on_gpu,
+        compute=compute,
+        w_b=w_b,
+        adapter_b=adapter_b,
+        unq_b=unq_b,
+        r_b=r_b,
+        a_b=a_b,
+        m_b=m_b,
+        lora_a_out=2 if on_gpu else adapter_b,
+    )
+
+
+@dataclass(frozen=True)
+class _Parameters:
+    """Parameter counts, and the bytes of the weights, LoRA adapters and gradients."""
+
+    lora_modules: list[str]
+    n_lora: int
+    trainable: int
+    grad_b: int  # the trainable parameters' dtype
+    weights_q: int
+    weights_u: int
+    weights: int
+    adapters: int
+    gradients: int
+
+
+def _parameters(shape: ModelShape, spec: FineTuneJobSpec, d: _Dtypes, notes: list[str]) -> _Parameters:
+    """Weights (NF4 and unquantized), LoRA adapters and gradients, as the method lays them out."""
+    method = spec.method
+    modules = _lora_modules(spec) if method != "full" else []
+    lin = shape.linears()
+    per_layer_lora = sum(spec.lora.r * (lin[m][0] + lin[m][1]) for m in modules if m in lin)
+    head_lora = spec.lora.r * (shape.hidden + shape.vocab) if "lm_head" in modules else 0
+    n_lora = shape.layers * per_layer_lora + head_lora
+    if method == "full":
+        weights_q, weights_u = 0, shape.parameters * d.w_b
+        trainable = shape.parameters
+        grad_b = d.w_b
+    elif method == "lora":
+        weights_q, weights_u = 0, shape.parameters * d.w_b
+        trainable = n_lora
+        grad_b = d.adapter_b
+    else:
+        n_tensors = shape.layers * len(LINEARS)
+        weights_q = round(shape.decoder_linear_params * NF4_BYTES_PER_WEIGHT + n_tensors * NF4_BYTES_PER_TENSOR)
+        weights_u = shape.unquantized_params * d.unq_b
+        trainable = n_lora
+        grad_b = d.adapter_b
+    if spec.objective == "dpo" and method == "full":
+        # The reference model: a frozen copy of the base (adapters use the base itself, adapter switched off).
+        weights_u += shape.parameters * d.w_b
+        notes.append("dpo, full: a frozen reference copy of the weights is counted with the weights")
+    return _Parameters(
+        lora_modules=modules,
+        n_lora=n_lora,
+        trainable=trainable,
+        grad_b=grad_b,
+        weights_q=weights_q,
+        weights_u=weights_u,
+        weights=weights_q + weights_u,
+        adapters=n_lora * d.adapter_b,
+        gradients=trainable * grad_b,
+    )
+
+
+def _optimizer_states(
+    optim_name: str, shape: ModelShape, spec: FineTuneJobSpec, params: _Parameters, notes: list[str]
+) -> int:
+    """Bytes of the optimizer's states over the trainable parameters."""
+    opt = OPTIMIZERS.get(str(optim_name))
+    if opt is None:
+        raise PlanError(
+            "spec.training.optim", f"unknown optimizer {optim_name!r}; the planner knows: {', '.join(OPTIMIZERS)}"
+        )
+    if opt.factored:
+        # Adafactor without a first moment: per matrix an fp32 row and column accumulator; vectors keep theirs.
+        lin = shape.linears()
+        if spec.method == "full":
+            mats = shape.layers * sum(i + o for i, o in lin.values()) + (shape.vocab + shape.hidden) * (
+                1 if shape.tied else 2
+            )
+            vectors = shape.layers * shape.layer_small_params + shape.hidden
+        else:
+            r = spec.lora.r
+            mats = shape.layers * sum(r + lin[m][0] + r + lin[m][1] for m in params.lora_modules if m in lin)
+            vectors = 0
+        optimizer_states = 4 * (mats + vectors)
+    else:
+        state_b = opt.state_bytes if opt.state_bytes is not None else params.grad_b
+        optimizer_states = round(params.trainable * opt.states * state_b)
+    if opt.paged:
+        notes.append(
+            f"{optim_name}: paged states live in CUDA unified memory, outside PyTorch's allocator, and move to the "
+            "host under memory pressure; they are counted here as if resident"
+        )
+    return optimizer_states
+
+
+@dataclass(frozen=True)
+class _Activations:
+    """What autograd saves for the backward: per decoder layer, and over all layers with and without
+    checkpointing (the attention mask included)."""
+
+    batch: int  # sequences per forward
+    seq_len: int
+    n_tok: int  # N
+    padded: bool
+    per_tok: int  # one decoder layer without checkpointing, per token
+    layer_bytes: int  # one decoder layer without checkpointing
+    with_checkpointing: int
+    without_checkpointing: int
+
+
+def _activations(
+    shape: ModelShape, spec: FineTuneJobSpec, a: Assumptions, d: _Dtypes, modules: list[str], notes: list[str]
+) -> _Activations:
+    """The activations a step saves for the backward: one decoder layer's per token, then all layers'."""
+    t = spec.training
+    b, s = t.per_device_train_batch_size, t.max_length
+    if spec.objective == "dpo":
+        b *= 2  # TRL's DPOTrainer runs chosen and rejected through the policy as one batch
+        notes.append("dpo: chosen and rejected go through the model as one batch of twice perDeviceTrainBatchSize")
+    n_tok = b * s
+    padded = (not t.packing) if a.padded_batches is None else a.padded_batches
+    h, q, k, f = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate
+    r_b, a_b, m_b = d.r_b, d.a_b, d.m_b
+    kv_saved = q if padded else k
+
+    per_tok = 2 * 4 * h  # the RMSNorms' fp32 inputs
+    per_tok += a_b * (q + 2 * kv_saved) + a_b * q + 4 * shape.heads  # SDPA's Q, K, V, output, logsumexp
+    per_tok += 3 * m_b * f  # SwiGLU: gate, SiLU(gate), up
+    if spec.method == "full":
+        per_tok += 2 * r_b * h  # the norms' outputs, kept for their trainable weights
+        per_tok += r_b * h + a_b * q + r_b * h + m_b * f  # the trainable linears' inputs
+    per_tok += _lora_activations(shape, spec, d, modules)
+    layer_bytes = per_tok * n_tok
+    mask = b * s * s if padded else 0  # a boolean attention mask, shared by the layers
+    return _Activations(
+        batch=b,
+        seq_len=s,
+        n_tok=n_tok,
+        padded=padded,
+        per_tok=per_tok,
+        layer_bytes=layer_bytes,
+        with_checkpointing=shape.layers * r_b * h * n_tok + mask,
+        without_checkpointing=shape.layers * layer_bytes + mask,
+    )
+
+
+def _lora_activations(shape: ModelShape, spec: FineTuneJobSpec, d: _Dtypes, modules: list[str]) -> int:
+    """LoRA: what each adapter of one decoder layer keeps, per token: its input (shared with the linears that read
+    the same tensor unless a cast or dropout copies it), dropout's mask and lora_A's output."""
+    h, q, f = shape.hidden, shape.q_width, shape.intermediate
+    r_b, a_b, m_b = d.r_b, d.a_b, d.m_b
+    inputs = {"q_proj": ("attn", r_b, h), "k_proj": ("attn", r_b, h), "v_proj": ("attn", r_b, h)}
+    inputs |= {"o_proj": ("o", a_b, q), "gate_proj": ("mlp", r_b, h), "up_proj": ("mlp", r_b, h)}
+    inputs |= {"down_proj": ("down", m_b, f)}
+    method, p = spec.method, spec.lora.lora_dropout
+    per_tok = 0
+    shared: dict[str, int] = {}
+    for mod in modules:
+        if mod not in inputs:
+            continue
+        group, x_b, width = inputs[mod]
+        if d.on_gpu:
+            peft_cast = method == "lora" and d.adapter_b != x_b  # lora.Linear casts; bnb layers skip it under autocast
+            fresh = p > 0 or peft_cast or x_b != d.compute
+            saved_b, mask_b = d.compute, 1
+        else:
+            fresh = p > 0 or d.adapter_b != x_b
+            saved_b, mask_b = d.adapter_b, d.adapter_b
+        if fresh:
+            per_tok += saved_b * width + (mask_b * width if p > 0 else 0)
+        else:
+            shared[group] = x_b * width
+        per_tok += spec.lora.r * d.lora_a_out
+    return per_tok + sum(shared.values())
+
+
+def _final(
+    shape: ModelShape, spec: FineTuneJobSpec, a: Assumptions, d: _Dtypes, modules: list[str], n_tok: int, n_head: int
+) -> int:
+    """The final norm's saved input, and what the LM head keeps of its input."""
+    h = shape.hidden
+    full = spec.method == "full"
+    final = 4 * h * n_tok + (d.r_b * h * n_tok if full else 0)
+    if a.loss == "fused" or full:
+        final += d.r_b * h * n_head
+    if "lm_head" in modules:
+        final += (d.compute if d.on_gpu else d.adapter_b) * h * n_tok + spec.lora.r * d.lora_a_out * n_tok
+    return final
+
+
+def _head_and_loss(
+    shape: ModelShape, spec: FineTuneJobSpec, a: Assumptions, d: _Dtypes, n_tok: int, n_head: int
+) -> tuple[int, int]:
+    """The LM head and the loss: their working set at its peak, and the bf16 copy autocast makes of a frozen fp32
+    lm_head, kept for the backward."""
+    h, compute = shape.hidden, d.compute
+    head_weight_b = d.unq_b if spec.method == "qlora" else d.w_b
+    copies = 0
+    if a.loss == "fused":
+        rows, cols = min(n_head, FUSED_TOKEN_TILE), min(shape.vocab, FUSED_VOCAB_TILE)
+        tile_b = compute
+        if d.on_gpu:
+            logits = tile_b * rows * cols
+            if head_weight_b != compute:
+                logits += compute * cols * h  # a vocabulary chunk of the weight cast to bf16
+            if d.r_b != compute:
+                logits += compute * rows * h
+        else:
+            logits = (tile_b + 29) * rows * cols
+        logits += 4 * n_head * h  # fp32 gradient of the hidden states
+        if spec.method == "full":
+            logits += 4 * shape.vocab * h  # fp32 gradient of lm_head's weight
+    elif a.loss == "full":
+        logits = 12 * n_tok * shape.vocab
+        if d.on_gpu and head_weight_b != compute:
+            copies += compute * shape.vocab * h  # the frozen fp32 lm_head's bf16 copy, kept for the backward
+    else:
+        logits = compute * n_tok * shape.vocab + 8 * n_tok * shape.vocab // a.loss_chunks
+        if d.on_gpu and head_weight_b != compute:
+            copies += compute * shape.vocab * h
+    return logits, copies
+
+
+@dataclass(frozen=True)
+class _LayerBackward:
+    """What a decoder layer's backward holds on top of the saved activations."""
+
+    recompute: int  # the recomputed layer (checkpointing), its gradient temporaries, a dequantized NF4 weight
+    temporaries: int  # the gradients flowing through the layer
+    head_grad: int  # lm_head's weight gradient (full)
+    adapter_copies: int  # autocast's copies of every layer's adapters, kept without checkpointing
+
+
+def _layer_backward(
+    shape: ModelShape, spec: FineTuneJobSpec, d: _Dtypes, params: _Parameters, acts: _Activations
+) -> _LayerBackward:
+    """The layer backward: a recomputed layer (with checkpointing) and the gradients flowing through it."""
+    gc = spec.training.gradient_checkpointing
+    # Autocast's bf16 copies of fp32 trainable adapters are kept by the matmuls that used them (one layer's
+    # worth at a time with checkpointing, which recomputes them).
+    copy_adapters = 2 * params.n_lora if (d.on_gpu and d.adapter_b == 4) else 0
+    temporaries = 3 * d.m_b * shape.intermediate * acts.n_tok
+    dequant = d.compute * max(i * o for i, o in shape.linears().values()) if spec.method == "qlora" else 0
+    recompute = (acts.layer_bytes if gc else 0) + temporaries + dequant
+    if gc:
+        recompute += copy_adapters // max(shape.layers, 1)
+    return _LayerBackward(
+        recompute=recompute,
+        temporaries=temporaries,
+        head_grad=(shape.vocab * shape.hidden * params.grad_b) if spec.method == "full" else 0,
+        adapter_copies=0 if gc else copy_adapters,
+    )
+
+
+def _gpus_needed(
+    gpu_spec: GpuType | None,
+    total: int,
+    shardable: int,
+    rest: int,
+    shape: ModelShape,
+    spec: FineTuneJobSpec,
+    d: _Dtypes,
+    notes: list[str],
+) -> tuple[bool | None, int | None, int | None]:
+    """Whether the step fits one GPU of the type, the GPUs it needs (FSDP full shard when one is not enough; None:
+    not even MAX_SHARDS) and, sharded, the bytes each holds; all None when no GPU type is named."""
+    if gpu_spec is None:
+        return None, None, None
+    capacity = gpu_spec.memory_gib * GIB
+    if total <= capacity:
+        return True, 1, None
+    method = spec.method
+    layer_w = shape.layer_linear_weights
+    layer_weights = (
+        round(layer_w * NF4_BYTES_PER_WEIGHT) if method == "qlora" else layer_w * d.w_b
+    ) + shape.layer_small_params * d.unq_b
+    root = (shape.embedding_params + shape.head_params + shape.hidden) * (d.unq_b if method == "qlora" else d.w_b)
+    gathered = max(layer_weights, root) + layer_weights
+    gpus_needed = sharded = None
+    for n in range(2, MAX_SHARDS + 1):
+        alloc = shardable / n + rest + gathered
+        per_gpu = alloc + CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * alloc
+        if per_gpu <= capacity:
+            gpus_needed, sharded = n, round(per_gpu)
+            break
+    notes.append(
+        "sharding: kubetune's trainer runs one process per pod without FSDP today; the GPU count is an "
+        "FSDP full-shard estimate"
+    )
+    return False, gpus_needed, sharded
+
+
+def _run_notes(spec: FineTuneJobSpec, on_gpu: bool, acts: _Activations, notes: list[str]) -> None:
+    """Notes on how the run reads the plan: data-parallel replicas, padded batches, a CPU's resident set."""
+    if on_gpu and (spec.resources.gpu_count() or 0) > 1:
+        notes.append(
+            f"spec.resources.gpus is {spec.resources.gpus}: data-parallel replicas each hold this much; "
+            "more GPUs do not lower it"
+        )
+    if acts.padded:
+        notes.append(
+            f"padded batches (packing off): up to {acts.batch} x {acts.seq_len} tokens; K and V repeated to all heads "
+            "under the mask"
+        )
+    if not on_gpu:
+        notes.append(
+            "CPU: fp32 throughout; this is the live tensors: glibc's kept heap put the resident set 10-40 % above "
+            "it in bench/planner, and the Python runtime (about 1 GiB) comes on top"
+        )
+
+
 def plan_memory(
     config: dict[str, Any],
     spec: FineTuneJobSpec,
@@ -559,273 +924,69 @@ def plan_memory(
     a = assumptions or Assumptions()
     shape = model_shape(config)
     t = spec.training
-    method = spec.method
     notes: list[str] = []
     if shape.model_type and shape.model_type not in LLAMA_LIKE:
         notes.append(f"model_type {shape.model_type!r}: Llama's layer layout assumed (q, k, v, o; gated MLP)")
 
-    # Device and dtypes
-    gpu_spec: GpuType | None = None
-    if gpu is None and spec.resources.gpu_type and spec.resources.count() != 0:
-        gpu = spec.resources.gpu_type
-    if gpu is not None:
-        gpu_spec = gpu_type(gpu)
-        on_gpu = gpu_spec is not None
-    else:
-        on_gpu = spec.resources.count() != 0  # a count, or auto
-    device = gpu_spec.name if gpu_spec else ("gpu" if on_gpu else CPU)
-    if gpu_spec is not None and not gpu_spec.native_bf16:
-        notes.append(f"{gpu_spec.name} has no native bf16: torch emulates it (the trainer still picks bf16), slowly")
-    compute = 2 if on_gpu else 4  # sft.py: bf16 on a GPU (autocast), fp32 on a CPU
-    bf16 = getattr(t, "bf16", None)
-    if bf16 is not None and bf16 != on_gpu:
-        notes.append(
-            f"training.bf16 {str(bf16).lower()} on a {'GPU' if on_gpu else 'CPU'} is not modelled: the plan is for "
-            f"{'bf16' if on_gpu else 'fp32'}, the default there"
-        )
-    w_b = compute  # load dtype of the unquantized model
-    auto_adapter_b = 2 if method == "qlora" else 4  # TRL casts a quantized model's adapters to bf16
-    adapter_b = auto_adapter_b if a.adapter_dtype == "auto" else _dtype_bytes(a.adapter_dtype)
-    unq_b = 4 if (method == "qlora" and a.upcast_unquantized) else w_b
-
-    # Which tensors are which dtype (see the module docstring)
-    r_b = unq_b if method == "qlora" else w_b  # the residual stream follows the embeddings' dtype
-    a_b = compute if on_gpu else r_b
-    m_b = r_b if method == "qlora" else compute  # a Linear4bit returns its input's dtype
-    if not on_gpu:
-        m_b = r_b
-
-    # Parameters
-    layer_w = shape.layer_linear_weights
-    modules = _lora_modules(spec) if method != "full" else []
-    lin = shape.linears()
-    per_layer_lora = sum(spec.lora.r * (lin[m][0] + lin[m][1]) for m in modules if m in lin)
-    head_lora = spec.lora.r * (shape.hidden + shape.vocab) if "lm_head" in modules else 0
-    n_lora = shape.layers * per_layer_lora + head_lora
-    if method == "full":
-        weights_q, weights_u = 0, shape.parameters * w_b
-        trainable = shape.parameters
-        grad_b = w_b
-    elif method == "lora":
-        weights_q, weights_u = 0, shape.parameters * w_b
-        trainable = n_lora
-        grad_b = adapter_b
-    else:
-        n_tensors = shape.layers * len(LINEARS)
-        weights_q = round(shape.decoder_linear_params * NF4_BYTES_PER_WEIGHT + n_tensors * NF4_BYTES_PER_TENSOR)
-        weights_u = shape.unquantized_params * unq_b
-        trainable = n_lora
-        grad_b = adapter_b
-    if spec.objective == "dpo" and method == "full":
-        # The reference model: a frozen copy of the base (adapters use the base itself, adapter switched off).
-        weights_u += shape.parameters * w_b
-        notes.append("dpo, full: a frozen reference copy of the weights is counted with the weights")
-    weights = weights_q + weights_u
-    adapters = n_lora * adapter_b
-    gradients = trainable * grad_b
-
-    # Optimizer states
+    gpu_spec, on_gpu = _device(spec, gpu, notes)
+    d = _dtypes(spec, on_gpu, a, notes)
+    params = _parameters(shape, spec, d, notes)
     optim_name = optim or getattr(t, "optim", None) or DEFAULT_OPTIMIZER
-    opt = OPTIMIZERS.get(str(optim_name))
-    if opt is None:
-        raise PlanError(
-            "spec.training.optim", f"unknown optimizer {optim_name!r}; the planner knows: {', '.join(OPTIMIZERS)}"
-        )
-    if opt.factored:
-        # Adafactor without a first moment: per matrix an fp32 row and column accumulator; vectors keep theirs.
-        if method == "full":
-            mats = shape.layers * sum(i + o for i, o in lin.values()) + (shape.vocab + shape.hidden) * (
-                1 if shape.tied else 2
-            )
-            vectors = shape.layers * shape.layer_small_params + shape.hidden
-        else:
-            mats = shape.layers * sum(spec.lora.r + lin[m][0] + spec.lora.r + lin[m][1] for m in modules if m in lin)
-            vectors = 0
-        optimizer_states = 4 * (mats + vectors)
-    else:
-        state_b = opt.state_bytes if opt.state_bytes is not None else grad_b
-        optimizer_states = round(trainable * opt.states * state_b)
-    if opt.paged:
-        notes.append(
-            f"{optim_name}: paged states live in CUDA unified memory, outside PyTorch's allocator, and move to the "
-            "host under memory pressure; they are counted here as if resident"
-        )
-
-    # Activations
-    b, s = t.per_device_train_batch_size, t.max_length
-    if spec.objective == "dpo":
-        b *= 2  # TRL's DPOTrainer runs chosen and rejected through the policy as one batch
-        notes.append("dpo: chosen and rejected go through the model as one batch of twice perDeviceTrainBatchSize")
-    n_tok = b * s
-    padded = (not t.packing) if a.padded_batches is None else a.padded_batches
-    h, q, k, f = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate
-    full = method == "full"
-    p = spec.lora.lora_dropout
-    kv_saved = q if padded else k
-
-    per_tok = 2 * 4 * h  # the RMSNorms' fp32 inputs
-    per_tok += a_b * (q + 2 * kv_saved) + a_b * q + 4 * shape.heads  # SDPA's Q, K, V, output, logsumexp
-    per_tok += 3 * m_b * f  # SwiGLU: gate, SiLU(gate), up
-    if full:
-        per_tok += 2 * r_b * h  # the norms' outputs, kept for their trainable weights
-        per_tok += r_b * h + a_b * q + r_b * h + m_b * f  # the trainable linears' inputs
-    # LoRA: what each adapter keeps
-    inputs = {"q_proj": ("attn", r_b, h), "k_proj": ("attn", r_b, h), "v_proj": ("attn", r_b, h)}
-    inputs |= {"o_proj": ("o", a_b, q), "gate_proj": ("mlp", r_b, h), "up_proj": ("mlp", r_b, h)}
-    inputs |= {"down_proj": ("down", m_b, f)}
-    shared: dict[str, int] = {}
-    lora_a_out = 2 if on_gpu else adapter_b
-    for mod in modules:
-        if mod not in inputs:
-            continue
-        group, x_b, width = inputs[mod]
-        if on_gpu:
-            peft_cast = method == "lora" and adapter_b != x_b  # lora.Linear casts; bnb layers skip it under autocast
-            fresh = p > 0 or peft_cast or x_b != compute
-            saved_b, mask_b = compute, 1
-        else:
-            fresh = p > 0 or adapter_b != x_b
-            saved_b, mask_b = adapter_b, adapter_b
-        if fresh:
-            per_tok += saved_b * width + (mask_b * width if p > 0 else 0)
-        else:
-            shared[group] = x_b * width
-        per_tok += spec.lora.r * lora_a_out
-    per_tok += sum(shared.values())
-    layer_bytes = per_tok * n_tok
-    mask = b * s * s if padded else 0  # a boolean attention mask, shared by the layers
-    act_without = shape.layers * layer_bytes + mask
-    act_with = shape.layers * r_b * h * n_tok + mask
+    optimizer_states = _optimizer_states(optim_name, shape, spec, params, notes)
+    acts = _activations(shape, spec, a, d, params.lora_modules, notes)
     gc = t.gradient_checkpointing
-    activations = act_with if gc else act_without
+    activations = acts.with_checkpointing if gc else acts.without_checkpointing
+    n_head = acts.batch * (acts.seq_len - 1) if a.loss == "fused" else acts.n_tok
+    final = _final(shape, spec, a, d, params.lora_modules, acts.n_tok, n_head)
+    logits, head_copy = _head_and_loss(shape, spec, a, d, acts.n_tok, n_head)
+    back = _layer_backward(shape, spec, d, params, acts)
+    copies_a = head_copy + back.adapter_copies
 
-    # Autocast's bf16 copies of fp32 trainable adapters are kept by the matmuls that used them (one layer's
-    # worth at a time with checkpointing, which recomputes them).
-    copy_adapters = 2 * n_lora if (on_gpu and adapter_b == 4) else 0
-    head_weight_b = unq_b if method == "qlora" else w_b
-
-    # The final norm, and what the LM head keeps of its input
-    n_head = b * (s - 1) if a.loss == "fused" else n_tok
-    final = 4 * h * n_tok + (r_b * h * n_tok if full else 0)
-    if a.loss == "fused" or full:
-        final += r_b * h * n_head
-    if "lm_head" in modules:
-        final += (compute if on_gpu else adapter_b) * h * n_tok + spec.lora.r * lora_a_out * n_tok
-
-    # The LM head and the loss
-    copies_a = 0
-    if a.loss == "fused":
-        rows, cols = min(n_head, FUSED_TOKEN_TILE), min(shape.vocab, FUSED_VOCAB_TILE)
-        tile_b = compute
-        if on_gpu:
-            logits = tile_b * rows * cols
-            if head_weight_b != compute:
-                logits += compute * cols * h  # a vocabulary chunk of the weight cast to bf16
-            if r_b != compute:
-                logits += compute * rows * h
-        else:
-            logits = (tile_b + 29) * rows * cols
-        logits += 4 * n_head * h  # fp32 gradient of the hidden states
-        if full:
-            logits += 4 * shape.vocab * h  # fp32 gradient of lm_head's weight
-    elif a.loss == "full":
-        logits = 12 * n_tok * shape.vocab
-        if on_gpu and head_weight_b != compute:
-            copies_a += compute * shape.vocab * h  # the frozen fp32 lm_head's bf16 copy, kept for the backward
-    else:
-        logits = compute * n_tok * shape.vocab + 8 * n_tok * shape.vocab // a.loss_chunks
-        if on_gpu and head_weight_b != compute:
-            copies_a += compute * shape.vocab * h
-
-    # The layer backward: a recomputed layer (with checkpointing) and the gradients flowing through it
-    temporaries = 3 * m_b * f * n_tok
-    dequant = compute * max(i * o for i, o in lin.values()) if method == "qlora" else 0
-    recompute = (layer_bytes if gc else 0) + temporaries + dequant
-    if gc:
-        recompute += copy_adapters // max(shape.layers, 1)
-    else:
-        copies_a += copy_adapters
-    head_grad = (shape.vocab * h * grad_b) if full else 0
-
-    persistent = weights + adapters + optimizer_states
+    persistent = params.weights + params.adapters + optimizer_states
     if t.gradient_accumulation_steps > 1:
-        persistent += gradients
+        persistent += params.gradients
         grads_end = 0
     else:
-        grads_end = gradients
+        grads_end = params.gradients
     phases = {
         "loss backward": persistent + activations + final + logits + copies_a,
-        "layer backward": persistent + activations + recompute + head_grad + (0 if gc else copy_adapters),
-        "end of backward": persistent + grads_end + temporaries,
+        "layer backward": persistent + activations + back.recompute + back.head_grad + back.adapter_copies,
+        "end of backward": persistent + grads_end + back.temporaries,
     }
     peak_phase = max(phases, key=lambda name: phases[name])
     peak = phases[peak_phase]
     overhead = round(CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * peak) if on_gpu else 0
     total = peak + overhead
 
-    fits = gpus_needed = sharded = None
-    if gpu_spec is not None:
-        capacity = gpu_spec.memory_gib * GIB
-        fits = total <= capacity
-        if fits:
-            gpus_needed = 1
-        else:
-            # Sharded: the parameters and what is proportional to them; whole: the rest of the peak.
-            shardable = weights + adapters + optimizer_states + gradients
-            rest = max(phases["loss backward"], phases["layer backward"]) - persistent
-            layer_weights = (
-                round(layer_w * NF4_BYTES_PER_WEIGHT) if method == "qlora" else layer_w * w_b
-            ) + shape.layer_small_params * unq_b
-            root = (shape.embedding_params + shape.head_params + h) * (unq_b if method == "qlora" else w_b)
-            gathered = max(layer_weights, root) + layer_weights
-            for n in range(2, MAX_SHARDS + 1):
-                alloc = shardable / n + rest + gathered
-                per_gpu = alloc + CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * alloc
-                if per_gpu <= capacity:
-                    gpus_needed, sharded = n, round(per_gpu)
-                    break
-            notes.append(
-                "sharding: kubetune's trainer runs one process per pod without FSDP today; the GPU count is an "
-                "FSDP full-shard estimate"
-            )
-    if on_gpu and (spec.resources.count() or 0) > 1:
-        notes.append(
-            f"spec.resources.gpus is {spec.resources.gpus}: data-parallel replicas each hold this much; "
-            "more GPUs do not lower it"
-        )
-    if padded:
-        notes.append(
-            f"padded batches (packing off): up to {b} x {s} tokens; K and V repeated to all heads under the mask"
-        )
-    if not on_gpu:
-        notes.append(
-            "CPU: fp32 throughout; this is the live tensors: glibc's kept heap put the resident set 10-40 % above "
-            "it in bench/planner, and the Python runtime (about 1 GiB) comes on top"
-        )
+    # Sharded: the parameters and what is proportional to them; whole: the rest of the peak.
+    shardable = params.weights + params.adapters + optimizer_states + params.gradients
+    rest = max(phases["loss backward"], phases["layer backward"]) - persistent
+    fits, gpus_needed, sharded = _gpus_needed(gpu_spec, total, shardable, rest, shape, spec, d, notes)
+    _run_notes(spec, on_gpu, acts, notes)
     return MemoryPlan(
         model=shape,
-        method=method,
-        device=device,
-        compute_dtype="bf16" if compute == 2 else "fp32",
-        batch=b,
-        seq_len=s,
+        method=spec.method,
+        device=gpu_spec.name if gpu_spec else ("gpu" if on_gpu else CPU),
+        compute_dtype="bf16" if d.compute == 2 else "fp32",
+        batch=acts.batch,
+        seq_len=acts.seq_len,
         gradient_checkpointing=gc,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         optimizer=str(optim_name),
         parameters=shape.parameters,
-        trainable_parameters=trainable,
-        lora_modules=modules,
-        weights=weights,
-        weights_quantized=weights_q,
-        weights_unquantized=weights_u,
-        adapters=adapters,
-        gradients=gradients,
+        trainable_parameters=params.trainable,
+        lora_modules=params.lora_modules,
+        weights=params.weights,
+        weights_quantized=params.weights_q,
+        weights_unquantized=params.weights_u,
+        adapters=params.adapters,
+        gradients=params.gradients,
         optimizer_states=optimizer_states,
         activations=activations,
-        activations_with_checkpointing=act_with,
-        activations_without_checkpointing=act_without,
-        activation_bytes_per_token_layer=per_tok,
-        recompute=recompute,
+        activations_with_checkpointing=acts.with_checkpointing,
+        activations_without_checkpointing=acts.without_checkpointing,
+        activation_bytes_per_token_layer=acts.per_tok,
+        recompute=back.recompute,
         final=final,
         logits=logits,
         autocast_copies=copies_a,

@@ -421,6 +421,8 @@ class DatasetBuildSpec(SchedulingSpec):
             "self.resources.gpus >= self.generation.tensorParallelSize",
             "resources.gpus must be at least generation.tensorParallelSize (one engine spans that many GPUs), or 0 "
             "or auto for as many as it spans",
-            lambda s: s.resources.count() in (0, None) or s.resources.count() >= s.generation.tensor_parallel_size,
+            lambda s: (
+                s.resources.gpu_count() in (0, None) or s.resources.gpu_count() >= s.generation.tensor_parallel_size
+            ),
         ),
     )

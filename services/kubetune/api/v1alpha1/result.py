@@ -53,7 +53,7 @@ class PodResult(_ResultModel):
     gate: GateOutcome | None = None
     gpus: int | None = Field(None, description="GPUs one step needs (the sizing step; None: it fits none)")
     gpu_type: str | None = None
-    per_gpu_gib: float | None = None
+    per_gpu_gib: float | None = Field(None, alias="perGpuGiB", description="the plan's peak per GPU, in GiB")
     verdict: str | None = Field(None, description="the memory plan's one-line verdict (the sizing step)")
     progress: dict[str, Any] | None = Field(None, description="the last progress record")
     error: str | None = Field(None, description="why a pod that did part of its work failed")

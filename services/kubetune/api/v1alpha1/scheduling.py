@@ -48,7 +48,7 @@ class ResourcesSpec(SpecModel):
     cpu: str | None = Field(None, description="CPU request, e.g. '4'.")
     memory: str | None = Field(None, description="Memory request, e.g. '16Gi'.")
 
-    def count(self) -> int | None:
+    def gpu_count(self) -> int | None:
         """The GPU count when it is a number (0 included); None for auto."""
         return None if self.gpus == AUTO else self.gpus
 

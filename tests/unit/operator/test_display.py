@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from kubetune.api.v1alpha1 import load_resources
 from kubetune.api.v1alpha1.status import Phase
-from kubetune_operator import builders, local, progress, reporting
+from kubetune_operator import builders, display, local, progress_text
 from kubetune_operator.cli import app
 
 RESOURCES = """
@@ -186,14 +186,14 @@ def test_a_bar_only_where_it_can_be_redrawn(tmp_path, monkeypatch, screen_file, 
     monkeypatch.setenv("TERM", "xterm-256color")
     file = screen_file()
     console = Console(file=file, width=150, highlight=False)
-    display = progress.Display(console, Console(file=io.StringIO()))
+    shown = display.Display(console, Console(file=io.StringIO()))
     (job,) = [r for r in load_resources(RESOURCES) if r.kind == "FineTuneJob"]
     log = tmp_path / "finetunejob.log"
     log.write_text("a line\n")
-    display.start(job)
-    display.launched(job, log)
-    display.progress(job, {"step": 50, "maxSteps": 100, "loss": 1.5, "phase": "train"})
-    display.finish(
+    shown.start(job)
+    shown.launched(job, log)
+    shown.progress(job, {"step": 50, "maxSteps": 100, "loss": 1.5, "phase": "train"})
+    shown.finish(
         local.Outcome(job, phase, str(tmp_path), 1.0, log=str(log), exit_code=0 if phase == Phase.SUCCEEDED else 1)
     )
     screen = file.getvalue()
@@ -223,12 +223,12 @@ LINES = {
 
 @pytest.mark.parametrize(("kind", "found", "line"), LINES.values(), ids=list(LINES))
 def test_plain_lines(kind, found, line):
-    assert reporting.report(kind, found).line == line
+    assert progress_text.report(kind, found).line == line
 
 
 def test_the_tail_shows_each_line_as_last_redrawn(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("".join(f"line {i}\n" for i in range(40)) + "  0%|\r 50%|\r100%|\n\n\n")
-    assert progress.tail(log) == [*(f"line {i}" for i in range(11, 40)), "100%|"]
+    assert display.tail(log) == [*(f"line {i}" for i in range(11, 40)), "100%|"]
     log.write_bytes(b"cut" * 200_000 + b"\nlast\n")
-    assert progress.tail(log) == ["last"]
+    assert display.tail(log) == ["last"]

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
-from kubetune.trainer.sft import train
+from kubetune.trainer.training import train
 
 
 @pytest.fixture()
@@ -111,7 +111,7 @@ def test_qlora_gradients_are_the_same_after_an_evaluation(tiny_model):
     import torch
     from peft import get_peft_model
 
-    from kubetune.trainer.sft import _load_model, _peft_config
+    from kubetune.trainer.training import _load_model, _peft_config
 
     spec = spec_for(tiny_model).model_copy(update={"method": "qlora"})
     spec = with_fields(spec, lora={"r": 8, "loraAlpha": 16, "loraDropout": 0.0})
@@ -311,7 +311,7 @@ def test_dpo_learns_to_prefer_the_chosen_answer(tmp_path, tiny_model, preference
 
 
 def test_the_objective_must_match_the_dataset(tmp_path, tiny_model, dataset, preference_dataset):
-    from kubetune.trainer.sft import DatasetMismatchError
+    from kubetune.trainer.training import DatasetMismatchError
 
     sft = spec_for(tiny_model)
     with pytest.raises(DatasetMismatchError, match=r"has no completion .*it holds dpo data .*set spec\.objective: dpo"):
@@ -325,7 +325,7 @@ def test_dpo_starts_from_the_sft_adapter_merged_into_the_base(tmp_path, tiny_mod
     import torch
     from safetensors.torch import load_file
 
-    from kubetune.trainer.sft import StartFromError
+    from kubetune.trainer.training import StartFromError
 
     sft = spec_for(tiny_model, maxSteps=4)
     train(sft, dataset, tmp_path / "sft", log=lambda _: None)
@@ -422,10 +422,10 @@ def test_dora_and_rslora_reach_the_adapter_config(tmp_path, tiny_model, dataset)
 def test_what_cannot_run_here_fails_before_training(
     tmp_path, tiny_model, dataset, monkeypatch, training, method, message
 ):
-    from kubetune.trainer import sft
-    from kubetune.trainer.sft import CapabilityError
+    from kubetune.trainer import training as training_module
+    from kubetune.trainer.training import CapabilityError
 
-    monkeypatch.setattr(sft, "_bf16_supported", lambda on_gpu: False)  # a CPU without AVX512-BF16
+    monkeypatch.setattr(training_module, "_bf16_supported", lambda on_gpu: False)  # a CPU without AVX512-BF16
     spec = spec_for(tiny_model, **training).model_copy(update={"method": method})
     with pytest.raises(CapabilityError, match=message):
         train(spec, dataset, tmp_path / "out", log=lambda _: None)
@@ -434,7 +434,7 @@ def test_what_cannot_run_here_fails_before_training(
 
 def test_qlora_is_refused_where_bitsandbytes_cannot_quantize(tmp_path, tiny_model, dataset, monkeypatch):
     bnbf = pytest.importorskip("bitsandbytes.functional")
-    from kubetune.trainer.sft import CapabilityError
+    from kubetune.trainer.training import CapabilityError
 
     def broken(*args, **kwargs):
         raise RuntimeError("no 4-bit kernel for this device")
@@ -508,7 +508,7 @@ def conversations(tmp_path):
 def test_conversations_are_rendered_with_the_trained_models_template(tmp_path, tiny_model, conversations):
     from transformers import AutoTokenizer
 
-    from kubetune.trainer.sft import _load_dataset, render_with_template
+    from kubetune.trainer.training import _load_dataset, render_with_template
 
     spec = spec_for(tiny_model, maxSteps=2)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

@@ -37,6 +37,32 @@ def test_validate_prints_every_error_and_fails(tmp_path):
     assert "3 error(s)" in out
 
 
+def test_validate_takes_several_files_after_one_flag(root):
+    """-f a.yaml b.yaml, as the README writes it and a shell glob gives it, and the files alone."""
+    files = [str(root / "examples" / "quickstart.yaml"), str(root / "examples" / "curated.yaml")]
+    for args in (["-f", *files], files, ["-f", files[0], "-f", files[1]]):
+        result = CliRunner().invoke(app, ["validate", *args])
+        assert result.exit_code == 0, result.output
+        assert "valid DatasetBuild/quickstart" in result.output and "valid DatasetBuild/curated" in result.output
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 2 and "name the resources' YAML files" in result.output
+
+
+def test_plan_of_an_empty_corpus_fails_naming_the_stage(root, tmp_path):
+    (tmp_path / "corpus").mkdir()
+    build = tmp_path / "empty.yaml"
+    model = root / "models" / "SmolLM2-135M-Instruct"
+    build.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: empty}\n"
+        f"spec: {{source: {{paths: [{tmp_path / 'corpus'}]}}, generation: {{model: {model}}}}}\n"
+    )
+    result = CliRunner().invoke(app, ["plan", "-f", str(build)])
+    assert result.exit_code == 1
+    assert "DatasetBuild/empty: nothing to generate from: ingest found no documents (spec.source.paths)" in (
+        result.stderr
+    )
+
+
 def test_validate_warns_of_a_deprecated_field_and_refuses_it_beside_its_successor(tmp_path):
     job = "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: t}\nspec:\n  baseModel: m\n"
     job += "  dataset: {path: d}\n  registry: {modelName: x}\n"
@@ -52,8 +78,8 @@ def test_validate_warns_of_a_deprecated_field_and_refuses_it_beside_its_successo
 
 
 EXAMPLES = sorted(
-    p.relative_to(Path(__file__).parents[2]).as_posix()
-    for p in (Path(__file__).parents[2] / "examples").rglob("*.yaml")
+    p.relative_to(Path(__file__).parents[3]).as_posix()
+    for p in (Path(__file__).parents[3] / "examples").rglob("*.yaml")
     if "kind:" in p.read_text() and "kustomization" not in p.name and "gitops" not in p.parts
 )
 
@@ -247,7 +273,10 @@ def test_run_leaves_a_suspended_resource_and_what_follows_it(tmp_path):
     result = CliRunner().invoke(app, ["run", "-f", str(manifest), "--workdir", str(tmp_path / "work")])
     assert result.exit_code == 1
     assert "Suspended" in result.output and "spec.suspend is true" in result.output
-    assert "FineTuneJob/tune" not in result.output.split("kubetune run:")[-1]  # not run, not in the table
+    summary = result.output.split("kubetune run:")[-1]
+    assert "FineTuneJob/tune" not in summary  # not run, not in the summary
+    # Not a terminal: a line per resource, its name and phase on one line (not a table folded into 80 columns).
+    assert any(line.startswith("DatasetBuild/docs  Suspended") for line in summary.splitlines()), summary
     assert not (tmp_path / "work" / "datasets").exists()
 
 

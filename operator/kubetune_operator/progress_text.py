@@ -1,7 +1,7 @@
 """Progress records as people read them: one line and a bar's figures for ``kubetune run``, and the
 ``status.progress`` and ``status.progressDetail`` the operator writes from the same records.
 
-A record is what a service writes (kubetune.progress): the datagen pipeline's ``stage``, ``done``, ``total``,
+A record is what a service writes (kubetune.pod_report): the datagen pipeline's ``stage``, ``done``, ``total``,
 ``part``, ``parts``; the trainer's ``step``, ``maxSteps``, ``loss``, ``tokensPerSecond``, ``etaSeconds``,
 ``epoch``, ``phase``. Keys that are missing or of the wrong type are left out, never guessed.
 """

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune import plots
-from kubetune import progress as reporting
+from kubetune import plots, pod_report
 from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 
 # Where the result goes in the output folder: an adapter (lora, qlora) or the whole model (full).
@@ -290,7 +289,7 @@ class Progress:
             eta = round(elapsed / (step - self.first_step) * max(total - step, 0), 1)
         progress = {"step": step, "maxSteps": total, "loss": self.loss, "tokensPerSecond": rate}
         progress |= {"etaSeconds": eta, "epoch": state.epoch, "phase": phase}
-        reporting.write(self.output, progress)
+        pod_report.write(self.output, progress)
 
     def callback(self):
         from transformers import TrainerCallback
@@ -430,34 +429,14 @@ def _eval_loss(trainer, log) -> float | None:
     return loss
 
 
-def train(
-    spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print, start_from: Path | None = None
-) -> dict[str, Any]:
-    """Fine-tune ``spec.base_model`` (or, with ``start_from``, the result of the FineTuneJob whose output folder
-    that is) on the dataset; returns the metrics also written to metrics.json."""
-    import gc
-    import math
+def _trainer_and_config(
+    spec: FineTuneJobSpec, data: Any, checkpoints: Path, on_gpu: bool, bf16: bool
+) -> tuple[Any, Any]:
+    """TRL's trainer class for the objective (SFTTrainer, DPOTrainer) and its config from spec.training: TRL's own
+    option names, each set from the field of the same name."""
     import sys
 
-    import torch
-    from transformers import AutoTokenizer
-
-    output.mkdir(parents=True, exist_ok=True)
-    on_gpu = torch.cuda.is_available()
-    data = _load_dataset(dataset_dir, spec.objective)
-    base = resolve_base(spec, start_from, output, log)
-    check_capabilities(spec, base, on_gpu)
-    bf16 = use_bf16(spec, on_gpu)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.eos_token is None:
-        raise CapabilityError(f"the tokenizer of {base} has no eos_token: a model trained with it would never stop")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    shown = min(spec.evaluation.generations, len(data["test"])) if "test" in data else 0
-    instructions = _instructions([data["test"][i] for i in range(shown)])
-    data, template_source = render_with_template(spec, data, tokenizer, base, log)
     t = spec.training
-    checkpoints = output / "checkpoints"
     if spec.objective == "dpo":
         from trl import DPOConfig as Config
         from trl import DPOTrainer as Trainer
@@ -506,6 +485,50 @@ def train(
         # A bar on a terminal; in a pod or under `kubetune run` the log lines and progress.json tell the story.
         disable_tqdm=not sys.stderr.isatty(),
     )
+    return Trainer, config
+
+
+def _history(log_history: list[dict[str, Any]], initial_eval: float | None) -> tuple[list, list, dict[str, Any]]:
+    """The training losses, the eval losses and DPO's reward measures, from the trainer's own log (on a resumed
+    run it holds the steps before the checkpoint too, restored with it)."""
+    history = [h for h in log_history if isinstance(h.get("step"), int)]
+    if initial_eval is not None:
+        history.insert(0, {"step": 0, "eval_loss": initial_eval})
+    losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    # Step 0 is the baseline evaluation, when there was one; the last is the one after training.
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    # DPO's own measures at the last evaluation: how often, and by how much, chosen beats rejected.
+    preference = {k.removeprefix("eval_"): v for h in history for k, v in h.items() if k.startswith("eval_rewards/")}
+    return losses, evals, preference
+
+
+def train(
+    spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print, start_from: Path | None = None
+) -> dict[str, Any]:
+    """Fine-tune ``spec.base_model`` (or, with ``start_from``, the result of the FineTuneJob whose output folder
+    that is) on the dataset; returns the metrics also written to metrics.json."""
+    import gc
+    import math
+
+    import torch
+    from transformers import AutoTokenizer
+
+    output.mkdir(parents=True, exist_ok=True)
+    on_gpu = torch.cuda.is_available()
+    data = _load_dataset(dataset_dir, spec.objective)
+    base = resolve_base(spec, start_from, output, log)
+    check_capabilities(spec, base, on_gpu)
+    bf16 = use_bf16(spec, on_gpu)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.eos_token is None:
+        raise CapabilityError(f"the tokenizer of {base} has no eos_token: a model trained with it would never stop")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    shown = min(spec.evaluation.generations, len(data["test"])) if "test" in data else 0
+    instructions = _instructions([data["test"][i] for i in range(shown)])
+    data, template_source = render_with_template(spec, data, tokenizer, base, log)
+    checkpoints = output / "checkpoints"
+    Trainer, config = _trainer_and_config(spec, data, checkpoints, on_gpu, bf16)
     progress = Progress(output)
     trainer = Trainer(
         model=_load_model(spec, on_gpu, base, bf16),
@@ -548,15 +571,7 @@ def train(
         progress.write(trainer.state, "merge")
         log(f"merging the adapter into {base} (16-bit) at {output / MERGED_DIR}")
         merge_adapter(base, target, output / MERGED_DIR)
-    # The trainer's own log: on a resumed run it holds the steps before the checkpoint too (restored with it).
-    history = [h for h in trainer.state.log_history if isinstance(h.get("step"), int)]
-    if initial_eval is not None:
-        history.insert(0, {"step": 0, "eval_loss": initial_eval})
-    losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
-    # Step 0 is the baseline evaluation, when there was one; the last is the one after training.
-    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
-    # DPO's own measures at the last evaluation: how often, and by how much, chosen beats rejected.
-    preference = {k.removeprefix("eval_"): v for h in history for k, v in h.items() if k.startswith("eval_rewards/")}
+    losses, evals, preference = _history(trainer.state.log_history, initial_eval)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     tokens = trainer.state.num_input_tokens_seen or 0
     metrics = {

@@ -16,7 +16,7 @@ import pytest
 
 from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
 from kubetune.datagen import card, formatting, generate, pipeline
-from kubetune.datagen.stages import StaleOutputError
+from kubetune.datagen.stage_store import StaleOutputError
 from kubetune.llm.chat import Completion, Request
 
 LORA = (

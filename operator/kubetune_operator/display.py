@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from kubetune.api.v1alpha1.resources import Resource
 from kubetune.api.v1alpha1.status import Phase
 from kubetune_operator import local
-from kubetune_operator.reporting import report
+from kubetune_operator.progress_text import report
 
 TAIL_LINES = 30  # of the log, printed when a service fails
 
