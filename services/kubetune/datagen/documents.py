@@ -332,7 +332,14 @@ def check_source(source: SourceSpec) -> list[str]:
             continue
         if fields is None:
             continue
-        if source.text_field not in fields:
+        if source.kind == "instructions":
+            conversation = {"conversations", "messages"} & set(fields)
+            if not conversation and source.instruction_field not in fields:
+                errors.append(
+                    f"spec.source.instructionField: {source.instruction_field!r} is not a field of {path} (its "
+                    f"fields: {', '.join(fields)}; conversations or messages are read as ShareGPT-style turns)"
+                )
+        elif source.text_field not in fields:
             listed = ", ".join(fields)
             errors.append(
                 f"spec.source.textField: {source.text_field!r} is not a field of {path} (its fields: {listed})"

@@ -3,8 +3,13 @@
 Stages, in order (those the spec switches off are skipped and left out of the funnel):
 
     ingest -> clean -> dedup_documents -> chunk -> dedup_chunks -> decontaminate_chunks      (no LLM yet)
-    -> generate -> evolve -> quality -> decontaminate -> dedup_samples -> judge | rank       (LLM, curation)
+    -> generate -> evolve                                                                    (LLM)
+    -> quality -> grounding -> decontaminate -> dedup_samples -> semantic_dedup -> judge | rank   (curation)
     -> format -> split -> write
+
+A source of instruction rows (``source.kind: instructions``) starts at ``read_samples`` and runs the curation
+on them as they are. Every sample a curation stage drops is written, with its stage and reason, to
+``dropped.jsonl``: what was dropped can be read, not only counted.
 
 Deduplication and decontamination run on documents and chunks before generation, so no LLM time is spent
 on a copy or on evaluation text, and again on the samples (Evol-Instruct's rewrites included) after it.
@@ -60,7 +65,21 @@ def planned_stages(spec: DatasetBuildSpec) -> list[str]:
     near, exact = spec.dedup.near.enabled, spec.dedup.exact
     decontaminate = bool(spec.curation.decontamination.eval_sets)
     judged = spec.type == "preference" and spec.preference.method == "judged"
+    embeddings = spec.curation.embedding_model is not None
+    if spec.source.kind == "instructions":  # curated as they are: no documents, no generation
+        order = ["read_samples", "quality", "grounding", "decontaminate", "dedup_samples", "semantic_dedup"]
+        order += ["judge", "format", "split", "write"]
+        wanted = {
+            "quality": spec.curation.quality.enabled,
+            "grounding": spec.curation.grounding.enabled,
+            "decontaminate": bool(spec.curation.decontamination.eval_sets),
+            "semantic_dedup": spec.curation.semantic_dedup.enabled and embeddings,
+            "judge": spec.curation.judge.enabled,
+        }
+        return [s for s in order if wanted.get(s, True)]
     wanted = {
+        "grounding": spec.curation.grounding.enabled,
+        "semantic_dedup": spec.curation.semantic_dedup.enabled and embeddings,
         "dedup_documents": near or exact,
         "dedup_chunks": near or exact,
         "decontaminate_chunks": decontaminate,
@@ -71,7 +90,8 @@ def planned_stages(spec: DatasetBuildSpec) -> list[str]:
         "rank": judged,
     }
     order = ["ingest", "clean", "dedup_documents", "chunk", "dedup_chunks", "decontaminate_chunks", "generate"]
-    order += ["evolve", "quality", "decontaminate", "dedup_samples", "judge", "rank", "format", "split", "write"]
+    order += ["evolve", "quality", "grounding", "decontaminate", "dedup_samples", "semantic_dedup", "judge", "rank"]
+    order += ["format", "split", "write"]
     return [s for s in order if wanted.get(s, True)]
 
 
@@ -134,6 +154,8 @@ class Build:
         self._engines: dict[str | None, ChatEngine] = {}
         self.retries = 0
         self.discarded_tokens = 0  # written by the LLM, then thrown away for a retry (this run only)
+        self.drops: list[dict] = []  # the samples the curation stages dropped, with stage and reason
+        self._stage_drops: list[dict] = []
 
     def eval_index(self):
         """The evaluation sets' n-grams, loaded once for chunks and samples."""
@@ -172,12 +194,21 @@ class Build:
         if (cached := self.store.load(name)) is not None:
             out, record = cached
             self.funnel.done(StageReport(**record), resumed=True)
+            self.drops += (self.store.load(f"{name}-dropped") or ([], {}))[0]
             return out
         self.funnel.start(name)
+        self._stage_drops = []
         out, dropped = run(items)
         report = self.funnel.done(StageReport(name, len(items), len(out), dropped))
+        self.store.save(f"{name}-dropped", self._stage_drops, {})
         self.store.save(name, out, asdict(report))
+        self.drops += self._stage_drops
         return out
+
+    def dropped(self, stage: str, sample: dict, reason: str, **more: Any) -> None:
+        """Record a sample a curation stage dropped, for dropped.jsonl (``more``: e.g. what it duplicates)."""
+        kept = {k: sample[k] for k in ("id", "instruction", "answer", "chosen", "source") if k in sample}
+        self._stage_drops.append({"stage": stage, "reason": reason, **kept, **more})
 
     def parted(
         self, name: str, items: list[dict], work: Callable[[list[dict], int], tuple[list[dict], dict, int]]
@@ -277,6 +308,12 @@ def prepare(b: Build) -> list[dict]:
     return b.stage("decontaminate_chunks", chunks, lambda c: _decontaminate(c, _text, b))
 
 
+def _read_samples(b: Build, files: list[dict]) -> tuple[list[dict], dict]:
+    from kubetune.datagen import instructions
+
+    return instructions.read_samples([Path(f["path"]) for f in files], b.spec.source)
+
+
 def _text(item: dict) -> str:
     return item["text"]
 
@@ -353,9 +390,71 @@ def _quality(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
             reason = "chosen_equals_rejected"
         if reason:
             count(dropped, reason)
+            b.dropped("quality", s, reason)
         else:
             kept.append(s)
     return kept, dropped
+
+
+def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[list[dict], dict]:
+    """Each sample against its source (kubetune.datagen.grounding): the scores kept on the row, ungrounded and
+    off_topic dropped. A sample without a source (an instruction row that has none) is kept as it is."""
+    from kubetune.datagen import grounding
+
+    spec = b.spec.curation.grounding
+    sourced = [(s, s.get("context") or chunk_text.get(s["chunk_id"], "")) for s in samples]
+    with_source = [(s, text) for s, text in sourced if text]
+    similarities: list[tuple[float, float] | None] = [None] * len(with_source)
+    if b.spec.curation.embedding_model is not None and with_source:
+        embedder = grounding.Embedder(b.spec.curation.embedding_model)
+        rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s, _ in with_source]
+        similarities = grounding.similarity_scores(embedder, rows, [text for _, text in with_source])
+    dropped: dict[str, int] = {"ungrounded": 0, "off_topic": 0}
+    kept, scored = [], iter(similarities)
+    for sample, text in sourced:
+        if not text:
+            kept.append(sample)
+            continue
+        row = {**sample, "support_score": round(grounding.lexical_support(_answer(sample), text), 4)}
+        similarity = next(scored)
+        if similarity is not None:
+            row["answer_similarity_score"], row["instruction_similarity_score"] = (round(x, 4) for x in similarity)
+        reason = None
+        if (
+            row["support_score"] < spec.min_support
+            or row.get("answer_similarity_score", 1.0) < spec.min_answer_similarity
+        ):
+            reason = "ungrounded"
+        elif row.get("instruction_similarity_score", 1.0) < spec.min_instruction_similarity:
+            reason = "off_topic"
+        if reason:
+            count(dropped, reason)
+            b.dropped("grounding", row, reason)
+        else:
+            kept.append(row)
+    return kept, dropped
+
+
+def _answer(sample: dict) -> str:
+    """The answer a sample teaches: a preference row's chosen one (once ranked), else its answer."""
+    return sample.get("chosen", sample["answer"])
+
+
+def _semantic_dedup(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
+    from kubetune.datagen import grounding
+
+    embedder = grounding.Embedder(b.spec.curation.embedding_model)
+    rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s in samples]
+    grounded = [s.get("support_score", 0.0) + s.get("answer_similarity_score", 0.0) for s in samples]
+    matches = grounding.semantic_duplicates(embedder, rows, b.spec.curation.semantic_dedup.threshold, grounded)
+    kept = []
+    for sample, match in zip(samples, matches, strict=True):
+        if match is None:
+            kept.append(sample)
+        else:
+            twin = samples[match]
+            b.dropped("semantic_dedup", sample, "semantic_duplicate", duplicate_of=twin.get("id", twin["instruction"]))
+    return kept, {"semantic_duplicate": len(samples) - len(kept)}
 
 
 def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
@@ -488,19 +587,26 @@ def build(
     output.mkdir(parents=True, exist_ok=True)
     b = Build(spec, output, log, engine_factory, shard)
     try:
-        chunks = prepare(b)
-        chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
-        samples = b.parted("generate", chunks, lambda part, first: _generate(b, part, first))
-        samples = _evolve(b, chunk_text, samples)
+        if spec.source.kind == "instructions":
+            files = [{"path": str(f)} for f in documents.find_files(spec.source)]
+            samples = b.stage("read_samples", files, lambda f: _read_samples(b, f))
+            chunk_text: dict[str, str] = {}
+        else:
+            chunks = prepare(b)
+            chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+            samples = b.parted("generate", chunks, lambda part, first: _generate(b, part, first))
+            samples = _evolve(b, chunk_text, samples)
     except ShardDone:
         return None
     samples = b.stage("quality", samples, lambda s: _quality(b, s))
+    samples = b.stage("grounding", samples, lambda s: _ground(b, chunk_text, s))
     samples = b.stage(
         "decontaminate",
         samples,
         lambda s: _decontaminate(s, lambda x: f"{_sample_text(x)}\n{x.get('rejected', '')}", b),
     )
     samples = b.stage("dedup_samples", samples, lambda s: _dedup_samples(b, s))
+    samples = b.stage("semantic_dedup", samples, lambda s: _semantic_dedup(b, s))
     try:
         samples = _judge(b, samples)
         samples = _rank(b, chunk_text, samples)
@@ -541,6 +647,9 @@ def build(
         "stages": [],
         "files": {},
     }
+    with (output / "dropped.jsonl").open("w") as f:
+        f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in b.drops)
+    manifest["droppedRows"] = len(b.drops)
     if not train:
         manifest["stages"] = [asdict(s) for s in b.funnel.stages]
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -582,6 +691,11 @@ def plan(spec: DatasetBuildSpec, log: Callable[[str], None] = lambda _: None) ->
 
     check_inputs(spec)
     b = Build(spec, None, log, engine_factory=open_engine)
+    if spec.source.kind == "instructions":  # nothing to generate: the rows read, then the curation
+        files = [{"path": str(f)} for f in documents.find_files(spec.source)]
+        samples = b.stage("read_samples", files, lambda f: _read_samples(b, f))
+        later = {"judge": len(samples)} if spec.curation.judge.enabled else {}
+        return BuildPlan([asdict(s) for s in b.funnel.stages], 0, 0, 0, later)
     chunks = prepare(b)
     requests = generate.sample_requests([documents.Chunk(**c) for c in chunks], spec)
     tokenizer = AutoTokenizer.from_pretrained(spec.format.tokenizer or spec.generation.model)

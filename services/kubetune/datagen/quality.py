@@ -111,11 +111,84 @@ def restates_instruction(instruction: str, answer: str) -> bool:
     return len(a & b) / len(a | b) >= 0.8 and len(said) <= 1.5 * len(asked)
 
 
+# An instruction that leans on a text its reader never sees: "the passage above", "this document", "the list",
+# "the example given". A self-contained instruction names its subject instead.
+_UNSEEN = r"(?:text|passage|excerpt|context|document|article|section|paragraph|snippet|chunk|list|table|figure|example)"
+_INSTRUCTION_CONTEXT = [
+    re.compile(p, re.I)
+    for p in (
+        rf"\b(?:this|these|the\s+(?:above|following|given|provided|preceding))\s+{_UNSEEN}s?\b",
+        rf"\b(?:in|from|of|on|within)\s+the\s+{_UNSEEN}s?\b(?!\s+(?:of|for|to|in|type|module|class|function)\b)",
+        rf"\bthe\s+{_UNSEEN}\s+(?:above|below|given|provided|shown)\b",
+        r"\b(?:summari[sz]e|paraphrase|rewrite|translate)\s+(?:the\s+)?(?:above|this|it)\b",
+        r"\b(?:above|aforementioned|given\s+above|shown\s+above|mentioned\s+above)\b",
+    )
+]
+
+
+def instruction_mentions_context(instruction: str) -> bool:
+    """The instruction refers to a source its reader never sees ("According to the text, ...", "Summarize the
+    above.", "Pick three features from the list"). The answer's "the original text" is not one here: a question
+    may ask about the original text a tokenizer aligns with."""
+    leaning = (_CONTEXT_REFERENCES[0], _CONTEXT_REFERENCES[2], *_INSTRUCTION_CONTEXT)
+    return any(p.search(instruction) for p in leaning)
+
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_TEMPLATE_TOKEN = re.compile(r"<\|[a-z_]+\|>|\[/?INST\]|###\s*(?:Instruction|Response|Input)\b", re.I)
+_MARKUP = frozenset("[]{}<>|\\/_=#*~`^")
+_PLAIN_WORD = re.compile(
+    r"^[(\"'\[]*(?:[A-Za-z][a-z]*(?:['\u2019-][a-z]+)*|[A-Z]{2,}s?|\d+(?:[.,]\d+)*%?)[.,;:!?)\"'\]]*$"
+)
+# A name from code (ShellDetectionFailure, SFTTrainer, load_dotenv, os.environ): at most five capitalised parts,
+# no run of hex-like characters, not wrapped in brackets.
+_IDENTIFIER = re.compile(r"^[(\"'`]*[A-Za-z_][A-Za-z0-9_.]*(?:\(\))?[.,;:!?)\"'`]*$")
+_CAMEL_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_HEX_RUN = re.compile(r"(?=[0-9A-F]*\d)(?=[0-9A-F]*[A-F])[0-9A-F]{5,}")
+
+
+def _reads_as_word(token: str) -> bool:
+    if _PLAIN_WORD.match(token):
+        return True
+    if not _IDENTIFIER.match(token) or _HEX_RUN.search(token):
+        return False
+    return all(len(_CAMEL_PART.findall(part)) <= 5 for part in re.split(r"[_.]", token))
+
+
+def is_gibberish(text: str) -> bool:
+    """Word salad, broken markup and runs of identifiers, as small generators emit them: text of another script
+    spliced into Latin prose, chat-template tokens, a word repeated three times in a row, markup characters
+    over a tenth of the text, or too few tokens that read as plain words (identifier soup)."""
+    text = text.strip()
+    if not text:
+        return False
+    latin = sum(c.isascii() and c.isalpha() for c in text)
+    if _CJK.search(text) and latin > len(_CJK.findall(text)):
+        return True
+    if _TEMPLATE_TOKEN.search(text):
+        return True
+    tokens = text.split()
+    lowered = [t.lower().strip(".,;:!?") for t in tokens]
+    if any(a == b == c and a.isalpha() for a, b, c in zip(lowered, lowered[1:], lowered[2:], strict=False)):
+        return True
+    if sum(c in _MARKUP for c in text) > 0.1 * len(text):
+        return True
+    return sum(_reads_as_word(t) for t in tokens) < 0.6 * len(tokens)
+
+
+_FINAL = re.compile(r"""[.!?:;)\]"'`*…]$""")
+
+
+def looks_truncated(answer: str) -> bool:
+    """The answer stops mid-sentence: it does not end the way a sentence, a list or a code span ends."""
+    return not _FINAL.search(answer.rstrip())
+
+
 def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
     """The first check the sample fails, or ``None``. The order: instruction_too_short, answer_too_short,
-    answer_too_long, refusal, mentions_context, restates_instruction, repeated_ngrams, non_alpha. Lengths count
-    the stripped characters; ``drop_refusals``, ``drop_context_references`` and ``drop_restated_instructions``
-    switch their checks off, ``enabled: false`` all of them."""
+    answer_too_long, gibberish, refusal, mentions_context (in the answer or the instruction), truncated,
+    restates_instruction, repeated_ngrams, non_alpha. Lengths count the stripped characters; the ``drop_*``
+    fields switch their checks off, ``enabled: false`` all of them."""
     if not spec.enabled:
         return None
     instruction, answer = instruction.strip(), answer.strip()
@@ -125,10 +198,14 @@ def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
         return "answer_too_short"
     if len(answer) > spec.max_answer_chars:
         return "answer_too_long"
+    if spec.drop_gibberish and (is_gibberish(instruction) or is_gibberish(answer)):
+        return "gibberish"
     if spec.drop_refusals and is_refusal(answer):
         return "refusal"
-    if spec.drop_context_references and mentions_context(answer):
+    if spec.drop_context_references and (mentions_context(answer) or instruction_mentions_context(instruction)):
         return "mentions_context"
+    if spec.drop_truncated and looks_truncated(answer):
+        return "truncated"
     if spec.drop_restated_instructions and restates_instruction(instruction, answer):
         return "restates_instruction"
     if repeated_ngram_ratio(answer) > spec.max_repeated_ngram_ratio:

@@ -98,7 +98,32 @@ def test_ratios():
         (QUESTION, "According to the text, it trains two small matrices per layer.", "mentions_context"),
         (QUESTION, QUESTION, "restates_instruction"),
         (QUESTION, "It trains the adapters and it trains the adapters and it trains the adapters.", "repeated_ngrams"),
-        (QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", "non_alpha"),
+        (QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", "gibberish"),
+        (QUESTION, "It trains two small matrices of rank sixteen!!! (r=16)???!!! ... ... ... !!!", "non_alpha"),
+        (QUESTION, "[[ForModularBacEditPurpose6E5FF4]] and more [[ModularBac]] things.", "gibberish"),
+        (QUESTION, "It trains two matrices \u7b0f\u84b8 per layer, the rest stays frozen.", "gibberish"),
+        (QUESTION, "Core Core Core SQL SQL SQL expression expression language.", "gibberish"),
+        (QUESTION, "LoRA trains two small matrices per layer and the rest of the", "truncated"),
+        (
+            "According to the text, what does LoRA stand for?",
+            "Low-rank adaptation of large language models.",
+            "mentions_context",
+        ),
+        (
+            "Summarize the above.",
+            "LoRA trains two small matrices per layer and keeps the rest frozen.",
+            "mentions_context",
+        ),
+        (
+            "What happens when Shellingham cannot detect the surrounding shell?",
+            "Shellingham's detect_shell raises ShellDetectionFailure.",
+            None,
+        ),
+        (
+            "Can Hugging Face Tokenizers map a token back to the original text?",
+            "Yes: normalization tracks alignments, so each token maps back to its span.",
+            None,
+        ),
         (QUESTION, GOOD, None),
         (QUESTION, "I cannot stress enough that it trains two small matrices per layer.", None),
         (QUESTION, "The text editor vim has nothing to do with it; it trains adapters.", None),
@@ -124,10 +149,12 @@ def test_first_failed_check_wins():
 
 
 def test_switches_turn_their_checks_off():
-    off = QualitySpec(drop_refusals=False, drop_context_references=False, drop_restated_instructions=False)
+    off = QualitySpec(
+        drop_refusals=False, drop_context_references=False, drop_restated_instructions=False, drop_gibberish=False
+    )
     for answer in ("I'm sorry, but I cannot help with that request.", "According to the text, it trains adapters."):
         assert quality.drop_reason(QUESTION, answer, off) is None
     assert quality.drop_reason(QUESTION, QUESTION, off) is None
     assert quality.drop_reason("Why?", "x", QualitySpec(enabled=False)) is None
-    lenient = QualitySpec(max_repeated_ngram_ratio=1.0, max_non_alpha_ratio=1.0)
+    lenient = QualitySpec(max_repeated_ngram_ratio=1.0, max_non_alpha_ratio=1.0, drop_gibberish=False)
     assert quality.drop_reason(QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", lenient) is None

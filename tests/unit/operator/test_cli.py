@@ -58,9 +58,7 @@ def test_plan_of_an_empty_corpus_fails_naming_the_stage(root, tmp_path):
     )
     result = CliRunner().invoke(app, ["plan", "-f", str(build)])
     assert result.exit_code == 1
-    assert "DatasetBuild/empty: nothing to generate from: ingest found no documents (spec.source.paths)" in (
-        result.stderr
-    )
+    assert "DatasetBuild/empty: nothing to build from: ingest found nothing in spec.source.paths" in (result.stderr)
 
 
 def test_validate_warns_of_a_deprecated_field_and_refuses_it_beside_its_successor(tmp_path):

@@ -32,6 +32,23 @@ class SourceSpec(SpecModel):
     text_field: str = Field(
         "text", min_length=1, description="The field holding a document's text in JSONL, Parquet and datasets rows."
     )
+    kind: Literal["documents", "instructions"] = Field(
+        "documents",
+        description="documents: raw text, from which the LLM writes samples. instructions: rows that are samples "
+        "already (JSONL, Parquet or a datasets folder: an Alpaca- or ShareGPT-style set), curated without "
+        "generation; a row's source text, where it has one, is what grounding checks it against.",
+    )
+    instruction_field: str = Field("instruction", min_length=1, description="instructions: the instruction's field.")
+    input_field: str = Field(
+        "input", min_length=1, description="instructions: an Alpaca-style input, appended to the instruction."
+    )
+    answer_field: str = Field(
+        "answer", min_length=1, description="instructions: the answer's field (Alpaca's output is read when absent)."
+    )
+    source_field: str = Field(
+        "source", min_length=1, description="instructions: the field holding the text the answer should be grounded in."
+    )
+    id_field: str = Field("id", min_length=1, description="instructions: a row id kept on the row through curation.")
 
 
 class CleaningSpec(SpecModel):
@@ -217,6 +234,15 @@ class QualitySpec(SpecModel):
         True, description='Drop answers that mention "the text", "the context", "the passage" (the prompt forbids it).'
     )
     drop_restated_instructions: bool = Field(True, description="Drop answers that only repeat the instruction.")
+    drop_gibberish: bool = Field(
+        True,
+        description="Drop word salad, broken markup and identifier soup in the instruction or the answer (reason "
+        "gibberish): another script spliced into prose, chat-template tokens, a word thrice in a row, markup over a "
+        "tenth of the text, or under 60 % of tokens that read as words.",
+    )
+    drop_truncated: bool = Field(
+        True, description="Drop answers that stop mid-sentence (reason truncated): no final punctuation."
+    )
 
     cel_rules: ClassVar = (
         CelRule(
@@ -248,11 +274,55 @@ class JudgeSpec(SpecModel):
     )
 
 
+class GroundingSpec(SpecModel):
+    """Each sample checked against its source text (the chunk it was written from, or an instruction row's
+    source): the share of the answer's content words the source holds, and, with curation.embeddingModel, the
+    embedding similarity of the answer and of the instruction to the closest passage of the source. The scores
+    are kept on the row; the defaults are set from the labelled bench (bench/quality)."""
+
+    enabled: bool = Field(True, description="Check every sample that has a source; false: off.")
+    min_support: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of the answer's content words (names, numbers, terms) the source must hold; below it: "
+        "ungrounded.",
+    )
+    min_answer_similarity: float = Field(
+        0.25, ge=-1.0, le=1.0, description="Cosine of the answer with its source below which it is ungrounded."
+    )
+    min_instruction_similarity: float = Field(
+        0.2, ge=-1.0, le=1.0, description="Cosine of the instruction with its source below which it is off_topic."
+    )
+
+
+class SemanticDedupSpec(SpecModel):
+    """SemDeDup-style: of two samples whose instructions and answers embed close, the better grounded is kept and
+    the other dropped (semantic_duplicate); needs curation.embeddingModel."""
+
+    enabled: bool = Field(True, description="On when curation.embeddingModel is set; false: off.")
+    threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Mean of the instructions' and the answers' cosines at or above which two samples are one "
+        "(0.8: 39 of 42 paraphrased duplicates caught on bench/quality).",
+    )
+
+
 class CurationSpec(SpecModel):
     """What is done to the samples after generation (and to chunks before it)."""
 
+    embedding_model: str | None = Field(
+        None,
+        description="A sentence-transformers model folder (make setup builds models/all-MiniLM-L6-v2) for the "
+        "grounding's similarities and semantic dedup. None: grounding checks lexical support alone, and semantic "
+        "dedup is off.",
+    )
     decontamination: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
+    grounding: GroundingSpec = Field(default_factory=GroundingSpec)
+    semantic_dedup: SemanticDedupSpec = Field(default_factory=SemanticDedupSpec)
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
 
 
@@ -411,6 +481,15 @@ class DatasetBuildSpec(SchedulingSpec):
 
     cel_rules: ClassVar = (
         *SchedulingSpec.cel_rules,
+        CelRule(
+            "!has(self.source.kind) || self.source.kind != 'instructions' || (self.type == 'instruction' && "
+            "self.augmentation.evolInstruct.share == 0.0)",
+            "source.kind instructions curates instruction rows as they are: type instruction, and no "
+            "augmentation.evolInstruct (it needs the documents' chunks)",
+            lambda s: (
+                s.source.kind != "instructions" or (s.type == "instruction" and s.augmentation.evol_instruct.share == 0)
+            ),
+        ),
         CelRule(
             "self.type != 'preference' || self.preference.method != 'judged' || self.curation.judge.enabled",
             "preference.method judged needs curation.judge.enabled: true (the judge ranks the answers)",

@@ -1,0 +1,158 @@
+"""Grounding: each sample checked against the source text it was written from, and semantic deduplication.
+
+A generator, small or large, now and then writes an answer its chunk does not support (an invented fact, a
+confident answer about something else) or an instruction about something the chunk never mentions. Two checks
+catch that, each a score kept on the row:
+
+- lexical support (``support_score``): the share of the answer's content words (names, numbers, terms; the
+  common function words left out) that occur in the source. An answer about another text shares few of them.
+- embedding similarity (``answer_similarity_score``, ``instruction_similarity_score``): the cosine between the
+  answer, or the instruction, and the passage of the source closest to it, with a sentence-transformers model
+  (all-MiniLM-L6-v2 by default, built into ``models/`` by ``make setup``; loaded from a folder, never a hub).
+  The source is cut into windows of a few sentences, as the model reads 256 word pieces at most.
+
+A sample fails ``ungrounded`` when either answer score is below its floor, ``off_topic`` when the instruction's
+is. The floors' defaults come from the labelled bench (bench/quality): what they catch and what they wrongly drop
+is measured there, not assumed. Semantic deduplication (SemDeDup-style) drops a sample whose instruction and
+answer embed close to a kept one's (``semantic_duplicate``), keeping the better grounded of the two: a
+paraphrased question teaches nothing new and leaks across the split.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+# Words that carry no claim: a source's support of an answer is judged on the rest.
+_STOPWORDS = """
+a about above after again against all also am an and any are aren't as at be because been before being below
+between both but by can cannot could did do does doing don't down during each either else etc even ever every
+few for from further had has have having he her here hers herself him himself his how however i if in into is
+isn't it its itself just let's like may me might more most much must my myself neither no nor not now of off
+often on once one only or other otherwise our ours ourselves out over own per rather same she should so some
+such than that the their theirs them themselves then there these they this those through thus to too under until
+up upon us use used uses using very via was we were what when where whether which while who whom whose why will
+with within without would yes yet you your yours yourself yourselves able allow allows provide provides make
+makes many way ways
+"""
+STOPWORDS = frozenset(_STOPWORDS.split())
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_+#.\-']*[A-Za-z0-9+#]|[A-Za-z]|\d+(?:\.\d+)*")
+
+
+def _stem(word: str) -> str:
+    """A light stem, enough to match "handles" to "handle" and "libraries" to "library"."""
+    for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that carry its claims, lower-cased and stemmed: no function words."""
+    words = (w.lower().strip(".-'") for w in _WORD.findall(text))
+    return [_stem(w) for w in words if w and w not in STOPWORDS and (len(w) > 2 or w.isdigit())]
+
+
+def lexical_support(answer: str, source: str) -> float:
+    """The share of the answer's content words that occur in the source (1.0 for an answer with none)."""
+    words = content_words(answer)
+    if not words:
+        return 1.0
+    found = set(content_words(source))
+    return sum(w in found for w in words) / len(words)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def windows(source: str, sentences: int = 3, max_chars: int = 600) -> list[str]:
+    """The source as overlapping windows of a few sentences (at most ``max_chars`` each): what the embedding model
+    compares a sample with, since it reads only the first 256 word pieces of a text."""
+    parts = [p.strip() for p in _SENTENCE_END.split(source) if p.strip()]
+    if not parts:
+        return [source[:max_chars]]
+    found = []
+    for start in range(0, max(len(parts) - sentences + 1, 1), max(sentences - 1, 1)):
+        found.append(" ".join(parts[start : start + sentences])[:max_chars])
+    return found
+
+
+@functools.cache
+def _model(path: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder, never a hub
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu" if not _cuda() else "cuda")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class Embedder:
+    """A sentence-transformers model loaded from a local folder, its embeddings L2-normalised (a dot product is
+    the cosine)."""
+
+    def __init__(self, path: str):
+        from pathlib import Path
+
+        if not (Path(path) / "modules.json").exists():
+            raise FileNotFoundError(
+                f"{path} is not a sentence-transformers model folder (no modules.json); make setup builds "
+                "models/all-MiniLM-L6-v2"
+            )
+        self.path = path
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        return _model(self.path).encode(list(texts), batch_size=64, normalize_embeddings=True)
+
+
+def similarity_scores(embedder: Embedder, samples: list[dict], sources: list[str]) -> list[tuple[float, float]]:
+    """(answer, instruction) cosine with the closest window of each sample's source."""
+    import numpy as np
+
+    cut = [windows(s) for s in sources]
+    flat = [w for ws in cut for w in ws]
+    window_vectors = embedder.encode(flat)
+    answers = embedder.encode([s["answer"] for s in samples])
+    instructions = embedder.encode([s["instruction"] for s in samples])
+    scores, at = [], 0
+    for i, ws in enumerate(cut):
+        block = window_vectors[at : at + len(ws)]
+        at += len(ws)
+        scores.append((float(np.max(block @ answers[i])), float(np.max(block @ instructions[i]))))
+    return scores
+
+
+def semantic_duplicates(
+    embedder: Embedder, samples: list[dict], threshold: float, preference: list[float] | None = None
+) -> list[int | None]:
+    """For each sample, the index of a kept sample it duplicates, or None. Two samples are duplicates when the
+    mean of their instructions' and their answers' cosines reaches ``threshold``: the same question, answered
+    alike (a question asked twice and answered differently is left to the other checks). Of a group, the sample
+    with the highest ``preference`` (its grounding, where scored) is kept, else the first."""
+    import numpy as np
+
+    instructions = embedder.encode([s["instruction"] for s in samples])
+    answers = embedder.encode([s["answer"] for s in samples])
+    order = sorted(range(len(samples)), key=lambda i: -(preference[i] if preference else 0.0))
+    kept: list[int] = []
+    matches: list[int | None] = [None] * len(samples)
+    for i in order:
+        if kept:
+            mean = (instructions[kept] @ instructions[i] + answers[kept] @ answers[i]) / 2
+            best = int(np.argmax(mean))
+            if mean[best] >= threshold:
+                matches[i] = kept[best]
+                continue
+        kept.append(i)
+    return matches
