@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct"
+MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -81,6 +82,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2, as make setup builds it from its PyPI wheel."""
+    if not (MINILM / "modules.json").exists():
+        pytest.fail(f"{MINILM} is missing: run `make setup` first")
+    return MINILM
+
+
+@pytest.fixture(scope="session")
+def labelled() -> list[dict]:
+    """The labelled curation bench (bench/quality/labelled.jsonl): good rows and seven kinds of bad ones."""
+    import json
+
+    path = ROOT / "bench" / "quality" / "labelled.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")

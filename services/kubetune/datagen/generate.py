@@ -1,7 +1,8 @@
 """What a DatasetBuild asks the LLM, under which JSON schema, and how each answer is read.
 
-Three tasks: writing samples about a chunk (instruction/answer pairs, or for the extract preference method
-instruction/answer/verbatim-extract triples), answering an instruction from a chunk (Evol-Instruct's
+Four tasks: writing samples about a chunk (instruction/answer pairs, or for the extract preference method
+instruction/answer/verbatim-extract triples), writing the instruction a span of the chunk answers (instruction
+back-translation: the answer is the source's own text), answering an instruction from a chunk (Evol-Instruct's
 regenerated answers and the judged preference method's candidates), and rewriting an instruction
 (Evol-Instruct); the fourth, judging, is :mod:`kubetune.llm.judge`. Every request carries a JSON schema, so
 the engine's structured outputs keep answers parseable; an answer that still fails (cut by ``maxTokens``,
@@ -36,6 +37,13 @@ ANSWER_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question using the facts in the reference below, completely "
     'and correctly, in your own words. Never mention "the text" or "the reference". '
     'Reply with JSON only: {"answer": "..."}.'
+)
+
+BACKTRANSLATION_SYSTEM_PROMPT = (
+    "You write training data for a helpful assistant. The user gives you an answer taken from a document. "
+    "Write the one instruction a user would give, without seeing the document, to which this is the answer: a "
+    'question or a task that names its subject. Never mention "the text", "the passage" or "the answer". '
+    'Reply with JSON only: {{"instruction": "..."}}.'
 )
 
 EVOLVE_PROMPTS = {
@@ -96,6 +104,46 @@ def sample_requests(chunks: list[Chunk], spec: DatasetBuildSpec) -> list[Request
             request_seed(spec.generation.seed, "samples", c.chunk_id),
         )
         for c in chunks
+    ]
+
+
+def answer_spans(chunk: Chunk, n: int, min_chars: int = 200, max_chars: int = 700) -> list[str]:
+    """Instruction back-translation's answers (Li et al. 2023): up to ``n`` spans of the chunk, each a run of
+    whole sentences between ``min_chars`` and ``max_chars``, spread over the chunk and not overlapping. Verbatim
+    from the source, so grounded by construction."""
+    from kubetune.datagen.documents import sentences
+
+    parts = sentences(chunk.text)
+    spans, current = [], []
+    for sentence in parts:
+        if current and len(" ".join([*current, sentence])) > max_chars:
+            if len(" ".join(current)) >= min_chars:
+                spans.append(" ".join(current))
+            current = []
+        current.append(sentence)
+    if len(" ".join(current)) >= min_chars:
+        spans.append(" ".join(current)[:max_chars])
+    if len(spans) <= n:
+        return spans
+    step = len(spans) / n
+    return [spans[int(i * step)] for i in range(n)]
+
+
+def backtranslation_requests(chunks: list[Chunk], spec: DatasetBuildSpec) -> list[tuple[Chunk, str, Request]]:
+    """One request per answer span: write the instruction it answers."""
+    system = _system(spec.generation, BACKTRANSLATION_SYSTEM_PROMPT)
+    return [
+        (
+            c,
+            span,
+            Request(
+                [{"role": "system", "content": system}, {"role": "user", "content": f"Answer: {span}"}],
+                INSTRUCTION_SCHEMA,
+                request_seed(spec.generation.seed, "backtranslate", c.chunk_id, span),
+            ),
+        )
+        for c in chunks
+        for span in answer_spans(c, spec.generation.pairs_per_chunk)
     ]
 
 

@@ -74,10 +74,12 @@ def windows(source: str, sentences: int = 3, max_chars: int = 600) -> list[str]:
     parts = [p.strip() for p in _SENTENCE_END.split(source) if p.strip()]
     if not parts:
         return [source[:max_chars]]
-    found = []
-    for start in range(0, max(len(parts) - sentences + 1, 1), max(sentences - 1, 1)):
+    found, start = [], 0
+    while True:
         found.append(" ".join(parts[start : start + sentences])[:max_chars])
-    return found
+        if start + sentences >= len(parts):
+            return found
+        start += max(sentences - 1, 1)
 
 
 @functools.cache

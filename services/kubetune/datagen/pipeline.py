@@ -326,6 +326,8 @@ def _decontaminate(items: list[dict], text: Callable[[dict], str], b: Build) -> 
 
 def _generate(b: Build, chunks: list[dict], first: int) -> tuple[list[dict], dict, int]:
     chunk_objs = [documents.Chunk(**c) for c in chunks]
+    if b.spec.generation.method == "backtranslation":
+        return _backtranslate(b, chunk_objs)
     completions = b.ask(generate.sample_requests(chunk_objs, b.spec))
     dropped: dict[str, int] = {}
     rows = [
@@ -333,6 +335,20 @@ def _generate(b: Build, chunks: list[dict], first: int) -> tuple[list[dict], dic
         for chunk, completion in zip(chunk_objs, completions, strict=True)
         for row in generate.parse_samples(completion, chunk, b.spec, dropped)
     ]
+    return rows, dropped, sum(c.tokens for c in completions)
+
+
+def _backtranslate(b: Build, chunks: list[documents.Chunk]) -> tuple[list[dict], dict, int]:
+    """Instruction back-translation: spans of each chunk are the answers; the LLM writes only the instructions."""
+    asked = generate.backtranslation_requests(chunks, b.spec)
+    completions = b.ask([request for _, _, request in asked])
+    dropped: dict[str, int] = {}
+    rows = []
+    for (chunk, span, _), completion in zip(asked, completions, strict=True):
+        instruction = generate.read_field(completion, "instruction", dropped)
+        if instruction is not None:
+            rows.append({"instruction": instruction, "answer": span, "source": chunk.source,
+                         "chunk_id": chunk.chunk_id, "origin": "backtranslated"})  # fmt: skip
     return rows, dropped, sum(c.tokens for c in completions)
 
 
@@ -697,13 +713,18 @@ def plan(spec: DatasetBuildSpec, log: Callable[[str], None] = lambda _: None) ->
         later = {"judge": len(samples)} if spec.curation.judge.enabled else {}
         return BuildPlan([asdict(s) for s in b.funnel.stages], 0, 0, 0, later)
     chunks = prepare(b)
-    requests = generate.sample_requests([documents.Chunk(**c) for c in chunks], spec)
+    chunk_objs = [documents.Chunk(**c) for c in chunks]
+    if spec.generation.method == "backtranslation":
+        requests = [request for _, _, request in generate.backtranslation_requests(chunk_objs, spec)]
+    else:
+        requests = generate.sample_requests(chunk_objs, spec)
     tokenizer = AutoTokenizer.from_pretrained(spec.format.tokenizer or spec.generation.model)
     rendered = [tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
     prompt_tokens = (
         sum(len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]) if rendered else 0
     )
-    samples = len(requests) * spec.generation.pairs_per_chunk
+    per_request = 1 if spec.generation.method == "backtranslation" else spec.generation.pairs_per_chunk
+    samples = len(requests) * per_request
     later: dict[str, int] = {}
     if "evolve" in b.funnel.planned:
         later["evolve"] = 2 * round(samples * spec.augmentation.evol_instruct.share)

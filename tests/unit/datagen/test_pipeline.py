@@ -522,3 +522,27 @@ def test_editing_where_a_dataset_is_published_keeps_its_stages(tmp_path, tiny_mo
     spec = make_spec(folder, tiny_model, publish={"oci": [{"repository": "r.example/team/datasets"}]})
     assert run(spec, tmp_path / "out", again)["digest"] == first["digest"]
     assert again.asked == []
+
+
+def test_backtranslation_answers_with_the_sources_own_sentences(tmp_path, tiny_model):
+    """generation.method backtranslation: spans of each chunk are the answers, verbatim; the LLM writes only the
+    instruction each answers (asked with the span alone); grounding then finds every answer fully supported."""
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA})
+
+    def respond(request: Request) -> Completion:
+        assert kind(request) == "evolve" and request.messages[-1]["content"].startswith("Answer: ")
+        words = request.messages[-1]["content"].split()[1:5]
+        return Completion(json.dumps({"instruction": f"What is said about {' '.join(words)}?"}), "stop", 9)
+
+    engine = ScriptedEngine(respond)
+    spec = make_spec(
+        folder, tiny_model, generation={"method": "backtranslation"}, curation={"grounding": {"enabled": True}}
+    )
+    manifest = run(spec, tmp_path / "out", engine)
+    rows = [r for split in ("train", "test") for r in pq.read_table(tmp_path / "out" / f"{split}.parquet").to_pylist()]
+    corpus = " ".join((LORA + " " + QLORA).split())
+    assert rows and all(r["origin"] == "backtranslated" for r in rows)
+    assert all(" ".join(r["answer"].split()) in corpus for r in rows)  # the source's own text
+    assert all(r["support_score"] == 1.0 for r in rows)
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["generate"]["output"] == engine.count("evolve") == len(engine.asked)

@@ -125,7 +125,14 @@ class GenerationSpec(SpecModel):
         "vllm", description="vllm: offline batching in the build's own process; endpoint: an OpenAI-compatible server."
     )
     endpoint: EndpointSpec | None = Field(None, description="The server, when backend is endpoint.")
-    pairs_per_chunk: int = Field(3, ge=1, le=20, description="Samples asked for per chunk.")
+    method: Literal["pairs", "backtranslation"] = Field(
+        "pairs",
+        description="pairs: the LLM writes instruction-answer pairs about each chunk. backtranslation: instruction "
+        "back-translation (Li et al. 2023): spans of the chunk, whole sentences, are the answers and the LLM writes "
+        "only the instruction each answers, so every answer is the source's own text, grounded even with a weak "
+        "generator; the curation (grounding's off_topic, the judge) drops the instructions that miss.",
+    )
+    pairs_per_chunk: int = Field(3, ge=1, le=20, description="Samples asked for per chunk (backtranslation: spans).")
     temperature: float = Field(
         0.7,
         ge=0.0,
@@ -489,6 +496,11 @@ class DatasetBuildSpec(SchedulingSpec):
             lambda s: (
                 s.source.kind != "instructions" or (s.type == "instruction" and s.augmentation.evol_instruct.share == 0)
             ),
+        ),
+        CelRule(
+            "self.type == 'instruction' || self.generation.method != 'backtranslation'",
+            "generation.method backtranslation writes instruction rows: type instruction",
+            lambda s: s.type == "instruction" or s.generation.method != "backtranslation",
         ),
         CelRule(
             "self.type != 'preference' || self.preference.method != 'judged' || self.curation.judge.enabled",

@@ -1,0 +1,71 @@
+"""An existing instruction set curated by ``kubetune run`` (source.kind: instructions), as a user curates an
+Alpaca-style set: real rows of the labelled bench (bench/quality), every CPU curation stage on, the real
+all-MiniLM-L6-v2 model; each kind of bad row is dropped for its reason and named in dropped.jsonl, and the good
+rows reach the splits with their grounding scores."""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+KUBETUNE = Path(sys.executable).parent / "kubetune"
+EXPECTED = {  # kind -> the reason it is dropped for (the rows chosen below are each caught)
+    "word_salad": "gibberish",
+    "truncated": "truncated",
+    "refusal": "refusal",
+    "context_reference": "mentions_context",
+    "wrong_source": "ungrounded",
+    "paraphrase_duplicate": "semantic_duplicate",
+}
+
+
+def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp_path, root, smollm2, minilm, labelled):
+    by_id = {r["id"]: r for r in labelled}
+    chosen = [r for r in labelled if r["kind"] == "good"][:12]
+    for kind in EXPECTED:
+        rows = [r for r in labelled if r["kind"] == kind]
+        if kind == "word_salad":  # the identifier soup and spliced scripts a small generator emits
+            rows = [r for r in rows if any(c in r["answer"] for c in "[]")]
+        chosen += rows[:3]
+    # A paraphrase's original is in the set too (it comes first), so there is something to duplicate.
+    chosen += [by_id[r["duplicate_of"]] for r in chosen if r["kind"] == "paraphrase_duplicate"]
+    chosen.sort(key=lambda r: r["id"])
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({k: r[k] for k in ("id", "instruction", "answer", "source")}) + "\n"
+                              for r in chosen))  # fmt: skip
+    spec = tmp_path / "curate.yaml"
+    spec.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: curated-rows}\nspec:\n"
+        f"  source: {{paths: [{source}], kind: instructions}}\n"
+        f"  generation: {{model: {smollm2}}}\n"
+        f"  curation: {{embeddingModel: {minilm}}}\n"
+        "  split: {testSize: 0.2, seed: 1}\n"
+    )
+    proc = subprocess.run([str(KUBETUNE), "run", "-f", str(spec), "--workdir", str(tmp_path / "work")],
+                          capture_output=True, text=True, cwd=root)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "read_samples" in proc.stdout and "semantic_dedup" in proc.stdout  # the funnel, as printed
+
+    output = tmp_path / "work" / "datasets" / "default" / "curated-rows"
+    dropped = [json.loads(line) for line in (output / "dropped.jsonl").read_text().splitlines()]
+    reasons = collections.defaultdict(set)
+    for d in dropped:
+        reasons[by_id[d["id"]]["kind"]].add(d["reason"])
+    for kind, reason in EXPECTED.items():
+        assert reason in reasons[kind], (kind, reasons[kind])
+    twins = [d for d in dropped if d["reason"] == "semantic_duplicate"]
+    assert all(d["duplicate_of"] in by_id for d in twins)  # which kept row each duplicates
+    kept = [r for split in ("train", "test") for r in pq.read_table(output / f"{split}.parquet").to_pylist()]
+    kinds = collections.Counter(by_id[r["id"]]["kind"] for r in kept)
+    assert kinds["good"] >= 11 and set(kinds) <= {"good", "paraphrase_duplicate"}  # at most a twin kept instead
+    assert all(r["support_score"] >= 0.5 and r["answer_similarity_score"] >= 0.25 for r in kept)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["droppedRows"] == len(dropped) == len(chosen) - len(kept)

@@ -1,0 +1,61 @@
+"""Grounding and semantic dedup on real rows of the labelled bench (bench/quality): each check's scores on a
+good row and on the bad rows it is meant to catch, with the real all-MiniLM-L6-v2 embedding model."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.datagen import grounding
+
+
+def _first(rows: list[dict], kind: str) -> dict:
+    return next(r for r in rows if r["kind"] == kind)
+
+
+def test_content_words_leave_out_function_words_and_stem():
+    assert grounding.content_words("The libraries handle retries for you.") == ["library", "handle", "retry"]
+    assert grounding.content_words("It is 3.12 or later.") == ["3.12", "later"]
+
+
+def test_lexical_support_separates_a_good_row_from_one_attached_to_another_source(labelled):
+    good, wrong = _first(labelled, "good"), _first(labelled, "wrong_source")
+    assert grounding.lexical_support(good["answer"], good["source"]) >= 0.5
+    assert grounding.lexical_support(wrong["answer"], wrong["source"]) < 0.5
+    assert grounding.lexical_support("Yes.", "anything") == 1.0  # no claim to check
+
+
+def test_windows_cover_the_source_in_overlapping_runs_of_sentences():
+    source = "One. Two. Three. Four. Five. Six."
+    assert grounding.windows(source, sentences=3) == ["One. Two. Three.", "Three. Four. Five.", "Five. Six."]
+    assert grounding.windows("no sentence end", sentences=3) == ["no sentence end"]
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm):
+    return grounding.Embedder(str(minilm))
+
+
+def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no modules\.json"):
+        grounding.Embedder(str(tmp_path))
+
+
+def test_similarity_to_the_source_is_high_for_good_rows_and_low_for_word_salad_and_other_sources(
+    labelled, embedder
+):  # fmt: skip
+    rows = [r for r in labelled if r["kind"] == "good"][:10] + [r for r in labelled if r["kind"] == "wrong_source"][:10]
+    scores = grounding.similarity_scores(embedder, rows, [r["source"] for r in rows])
+    good, wrong = scores[:10], scores[10:]
+    assert min(a for a, _ in good) > max(a for a, _ in wrong)  # the answers
+    assert sum(i for _, i in good) / 10 > sum(i for _, i in wrong) / 10 + 0.3  # the instructions
+
+
+def test_semantic_duplicates_keep_the_better_grounded_of_a_pair(labelled, embedder):
+    by_id = {r["id"]: r for r in labelled}
+    paraphrase = _first(labelled, "paraphrase_duplicate")
+    original = by_id[paraphrase["duplicate_of"]]
+    other = next(r for r in labelled if r["kind"] == "good" and r["source_id"] != original["source_id"])
+    samples = [paraphrase, original, other]
+    assert grounding.semantic_duplicates(embedder, samples, 0.8) == [None, 0, None]  # the first of the pair kept
+    assert grounding.semantic_duplicates(embedder, samples, 0.8, preference=[0.1, 0.9, 0.5]) == [1, None, None]
+    assert grounding.semantic_duplicates(embedder, samples, 0.999) == [None, None, None]
