@@ -184,11 +184,25 @@ def looks_truncated(answer: str) -> bool:
     return not _FINAL.search(answer.rstrip())
 
 
+def copies_answer(instruction: str, answer: str) -> bool:
+    """The instruction is a run of six or more of the answer's own words covering nine tenths of it: a statement
+    lifted from the answer (as a weak back-translator writes), not something a user would ask."""
+    asked, said = _words(instruction), _words(answer)
+    if len(asked) < 6:
+        return False
+    text = f" {' '.join(said)} "
+    longest = max(
+        (j - i for i in range(len(asked)) for j in range(i + 6, len(asked) + 1) if f" {' '.join(asked[i:j])} " in text),
+        default=0,
+    )
+    return longest >= 0.9 * len(asked)
+
+
 def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
     """The first check the sample fails, or ``None``. The order: instruction_too_short, answer_too_short,
     answer_too_long, gibberish, refusal, mentions_context (in the answer or the instruction), truncated,
-    restates_instruction, repeated_ngrams, non_alpha. Lengths count the stripped characters; the ``drop_*``
-    fields switch their checks off, ``enabled: false`` all of them."""
+    restates_instruction, repeated_ngrams, non_alpha, copies_answer. Lengths count the stripped characters; the
+    ``drop_*`` fields switch their checks off, ``enabled: false`` all of them."""
     if not spec.enabled:
         return None
     instruction, answer = instruction.strip(), answer.strip()
@@ -212,4 +226,6 @@ def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
         return "repeated_ngrams"
     if non_alpha_ratio(answer) > spec.max_non_alpha_ratio:
         return "non_alpha"
+    if spec.drop_restated_instructions and copies_answer(instruction, answer):
+        return "copies_answer"
     return None

@@ -120,6 +120,17 @@ def test_ratios():
             None,
         ),
         (
+            "fine-tuning is cheaper than pretraining by several orders of magnitude,",
+            "Fine-tuning is cheaper than pretraining by several orders of magnitude: pretraining takes thousands of "
+            "accelerators for weeks, while an adapter trains on one GPU in hours.",
+            "copies_answer",
+        ),
+        (
+            "Is custom function support in jmespath.py stable?",
+            "No. Custom function support in jmespath.py is experimental, and its API may change.",
+            None,
+        ),
+        (
             "Can Hugging Face Tokenizers map a token back to the original text?",
             "Yes: normalization tracks alignments, so each token maps back to its span.",
             None,

@@ -240,7 +240,11 @@ class QualitySpec(SpecModel):
     drop_context_references: bool = Field(
         True, description='Drop answers that mention "the text", "the context", "the passage" (the prompt forbids it).'
     )
-    drop_restated_instructions: bool = Field(True, description="Drop answers that only repeat the instruction.")
+    drop_restated_instructions: bool = Field(
+        True,
+        description="Drop answers that only repeat the instruction (restates_instruction), and instructions that are a "
+        "run of the answer's own words (copies_answer).",
+    )
     drop_gibberish: bool = Field(
         True,
         description="Drop word salad, broken markup and identifier soup in the instruction or the answer (reason "
