@@ -541,14 +541,6 @@ class StrictApiServer(KubernetesEmulator, _Routed):
             raise ApiError(message="metadata.name: Required value: name or generateName is required")
         if request.resource in self.resources and self.resources[request.resource].namespaced:
             meta["namespace"] = request.namespace or meta.get("namespace") or "default"
-        key = (request.resource, meta.get("namespace"), meta["name"])
-        if key in self.objects and not self.objects[key].deleted:
-            # store.Create's storage.NewKeyExistsError, as errors.NewAlreadyExists
-            raise ApiError(
-                status=409,
-                reason="AlreadyExists",
-                message=f'{self._qualified(request)} "{meta["name"]}" already exists',
-            )
         if self._has_status_subresource(request):
             obj.pop("status", None)  # a create never sets status where status is a subresource
         crd = self.crds.get(self._key(request))
@@ -558,6 +550,15 @@ class StrictApiServer(KubernetesEmulator, _Routed):
         elif self._key(request) in BUILTIN_RESOURCES:
             obj = _check_builtin(obj, directive, warnings)
             meta = obj["metadata"]
+        key = (request.resource, meta.get("namespace"), meta["name"])
+        if key in self.objects and not self.objects[key].deleted:
+            # store.Create's storage.NewKeyExistsError, as errors.NewAlreadyExists: after the body's decoding (400)
+            # and the strategy's validation (422), as the server checks them
+            raise ApiError(
+                status=409,
+                reason="AlreadyExists",
+                message=f'{self._qualified(request)} "{meta["name"]}" already exists',
+            )
         meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), creationTimestamp=_now())
         if "spec" in obj:
             meta["generation"] = 1

@@ -121,8 +121,8 @@ def answer_spans(chunk: Chunk, n: int, min_chars: int = 200, max_chars: int = 70
                 spans.append(" ".join(current))
             current = []
         current.append(sentence)
-    if len(" ".join(current)) >= min_chars:
-        spans.append(" ".join(current)[:max_chars])
+    if min_chars <= len(" ".join(current)) <= max_chars:  # a sentence longer than a span on its own is left out
+        spans.append(" ".join(current))
     if len(spans) <= n:
         return spans
     step = len(spans) / n
@@ -131,7 +131,7 @@ def answer_spans(chunk: Chunk, n: int, min_chars: int = 200, max_chars: int = 70
 
 def backtranslation_requests(chunks: list[Chunk], spec: DatasetBuildSpec) -> list[tuple[Chunk, str, Request]]:
     """One request per answer span: write the instruction it answers."""
-    system = _system(spec.generation, BACKTRANSLATION_SYSTEM_PROMPT)
+    system = BACKTRANSLATION_SYSTEM_PROMPT.format()  # generation.systemPrompt is the pairs prompt's, not this one's
     return [
         (
             c,

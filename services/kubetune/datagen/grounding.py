@@ -147,14 +147,18 @@ def semantic_duplicates(
     instructions = embedder.encode([s["instruction"] for s in samples])
     answers = embedder.encode([s["answer"] for s in samples])
     order = sorted(range(len(samples)), key=lambda i: -(preference[i] if preference else 0.0))
+    # The kept samples' vectors side by side, filled as they are kept: a step compares with n kept rows, no copy.
+    both = np.concatenate([instructions, answers], axis=1) / 2
+    kept_vectors = np.empty_like(both)
     kept: list[int] = []
     matches: list[int | None] = [None] * len(samples)
     for i in order:
         if kept:
-            mean = (instructions[kept] @ instructions[i] + answers[kept] @ answers[i]) / 2
+            mean = kept_vectors[: len(kept)] @ np.concatenate([instructions[i], answers[i]])
             best = int(np.argmax(mean))
             if mean[best] >= threshold:
                 matches[i] = kept[best]
                 continue
+        kept_vectors[len(kept)] = both[i]
         kept.append(i)
     return matches

@@ -24,6 +24,7 @@ from kubetune.api.v1alpha1.datasetbuild import SourceSpec
 from kubetune.datagen import documents
 
 _USER, _ASSISTANT = {"human", "user"}, {"gpt", "assistant", "model"}
+MIN_SOURCE_WORDS = 12  # a source field shorter than this is a label (where the row came from), not a text
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -79,20 +80,26 @@ def to_sample(ref: str, row: Any, source: SourceSpec) -> dict[str, Any] | str:
     if "conversations" in row or "messages" in row:
         instruction, answer = _conversation(row)
     else:
-        instruction = _text(row.get(source.instruction_field))
+        asked = instruction = _text(row.get(source.instruction_field))
         extra = _text(row.get(source.input_field))
         if instruction and extra:
             instruction = f"{instruction}\n\n{extra}"
         answer = _text(row.get(source.answer_field, row.get("output")))
+    if "conversations" in row or "messages" in row:
+        asked = instruction
     if instruction is None:
         return "no_instruction"
     if answer is None:
         return "no_answer"
     context = _text(row.get(source.source_field))
+    if context is not None and len(context.split()) < MIN_SOURCE_WORDS:
+        context = None  # a provenance label ("airoboros2.2"), not a text to ground in
     group = "text:" + documents.fingerprint(context)[:16] if context else ref
     sample = {"instruction": instruction, "answer": answer, "source": group, "chunk_id": group, "origin": "curated"}
     if context:
         sample["context"] = context
+    if asked != instruction:  # the quality checks read the instruction as asked, without the appended input
+        sample["asked"] = asked
     if row.get(source.id_field) is not None:
         sample["id"] = str(row[source.id_field])
     return sample

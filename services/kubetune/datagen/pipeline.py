@@ -9,7 +9,7 @@ Stages, in order (those the spec switches off are skipped and left out of the fu
 
 A source of instruction rows (``source.kind: instructions``) starts at ``read_samples`` and runs the curation
 on them as they are. Every sample a curation stage drops is written, with its stage and reason, to
-``dropped.jsonl``: what was dropped can be read, not only counted.
+``dropped.jsonl`` (those of the LLM stages, judge and rank, are counted in the funnel).
 
 Deduplication and decontamination run on documents and chunks before generation, so no LLM time is spent
 on a copy or on evaluation text, and again on the samples (Evol-Instruct's rewrites included) after it.
@@ -100,6 +100,12 @@ def check_inputs(spec: DatasetBuildSpec) -> None:
     from kubetune.datagen import decontam
 
     errors = documents.check_source(spec.source) + decontam.check_eval_sets(spec.curation.decontamination)
+    model = spec.curation.embedding_model
+    if model is not None and not (Path(model) / "modules.json").is_file():
+        errors.append(
+            f"spec.curation.embeddingModel: {model!r} is not a sentence-transformers model folder (no modules.json; "
+            "make setup builds models/all-MiniLM-L6-v2)"
+        )
     if errors:
         raise InputError("; ".join(errors))
 
@@ -256,8 +262,15 @@ class Build:
 # -- the stages, as functions of a Build ----------------------------------------------------------------
 
 
-def _dedup(items: list[dict], key: Callable[[dict], str], text: Callable[[dict], str], b: Build) -> tuple[list, dict]:
-    """Exact (normalised) duplicates, then near duplicates (MinHash LSH), first occurrence kept."""
+def _dedup(
+    items: list[dict],
+    key: Callable[[dict], str],
+    text: Callable[[dict], str],
+    b: Build,
+    record: Callable[[dict, str], None] = lambda item, reason: None,
+) -> tuple[list, dict]:
+    """Exact (normalised) duplicates, then near duplicates (MinHash LSH), first occurrence kept; ``record`` is told
+    of each item dropped, with its reason."""
     dropped: dict[str, int] = {}
     if b.spec.dedup.exact:
         seen: set[str] = set()
@@ -266,13 +279,20 @@ def _dedup(items: list[dict], key: Callable[[dict], str], text: Callable[[dict],
             if (k := key(item)) not in seen:
                 seen.add(k)
                 kept.append(item)
+            else:
+                record(item, "exact_duplicate")
         dropped["exact_duplicate"] = len(items) - len(kept)
         items = kept
     if b.spec.dedup.near.enabled:
         from kubetune.datagen.minhash import find_near_duplicates
 
         matches = find_near_duplicates([text(i) for i in items], b.spec.dedup.near)
-        kept = [item for item, match in zip(items, matches, strict=True) if match is None]
+        kept = []
+        for item, match in zip(items, matches, strict=True):
+            if match is None:
+                kept.append(item)
+            else:
+                record(item, "near_duplicate")
         dropped["near_duplicate"] = len(items) - len(kept)
         items = kept
     return items, dropped
@@ -318,9 +338,17 @@ def _text(item: dict) -> str:
     return item["text"]
 
 
-def _decontaminate(items: list[dict], text: Callable[[dict], str], b: Build) -> tuple[list[dict], dict]:
+def _decontaminate(
+    items: list[dict], text: Callable[[dict], str], b: Build, stage: str | None = None
+) -> tuple[list[dict], dict]:
+    """Items sharing an n-gram with an evaluation text dropped; with ``stage`` (samples), each recorded."""
     index = b.eval_index()
-    kept = [i for i in items if index is None or not index.contaminated(text(i))]
+    kept = []
+    for item in items:
+        if index is None or not index.contaminated(text(item)):
+            kept.append(item)
+        elif stage is not None:
+            b.dropped(stage, item, "contaminated")
     return kept, {"contaminated": len(items) - len(kept)}
 
 
@@ -397,7 +425,9 @@ def _quality(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
     dropped: dict[str, int] = {}
     kept = []
     for s in samples:
-        reason = quality.drop_reason(s["instruction"], s.get("chosen", s["answer"]), b.spec.curation.quality)
+        # An instruction row's own instruction, before an Alpaca input was appended ("Summarize the following
+        # paragraph." leans on the input it carries, which the reader sees).
+        reason = quality.drop_reason(s.get("asked", s["instruction"]), _answer(s), b.spec.curation.quality)
         if (
             reason is None
             and "rejected" in s
@@ -436,7 +466,8 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
         if similarity is not None:
             row["answer_similarity_score"], row["instruction_similarity_score"] = (round(x, 4) for x in similarity)
         reason = None
-        if (
+        unranked = b.spec.type == "preference" and "chosen" not in sample  # its answers come later, from rank
+        if not unranked and (
             row["support_score"] < spec.min_support
             or row.get("answer_similarity_score", 1.0) < spec.min_answer_similarity
         ):
@@ -475,7 +506,11 @@ def _semantic_dedup(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
 
 def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
     kept, dropped = _dedup(
-        samples, lambda s: documents.fingerprint(s["instruction"], s.get("chosen", s["answer"])), _sample_text, b
+        samples,
+        lambda s: documents.fingerprint(s["instruction"], s.get("chosen", s["answer"])),
+        _sample_text,
+        b,
+        lambda s, reason: b.dropped("dedup_samples", s, reason),
     )
     # Two answers to the same question teach nothing new and leak across the split.
     seen: set[str] = set()
@@ -484,6 +519,8 @@ def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
         if (k := documents.fingerprint(s["instruction"])) not in seen:
             seen.add(k)
             unique.append(s)
+        else:
+            b.dropped("dedup_samples", s, "repeated_instruction")
     dropped["repeated_instruction"] = len(kept) - len(unique)
     return unique, dropped
 
@@ -566,12 +603,15 @@ def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dic
     return b.parted("rank", samples, work)
 
 
-def _write_parquet(rows: list[dict], path: Path) -> str:
+def _write_parquet(rows: list[dict], path: Path, columns: list[str]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     # Keys sorted at every level, as the stage store keeps rows: a build that replays its last stages from the
-    # store writes the same columns in the same order, so the same bytes and digest, as one that ran them.
+    # store writes the same columns in the same order, so the same bytes and digest, as one that ran them. Every
+    # row gets every column of the dataset (a score only some rows have is null on the others): pyarrow takes a
+    # table's columns from its first row.
+    rows = [{column: row.get(column) for column in columns} for row in rows]
     rows = json.loads(json.dumps(rows, sort_keys=True, ensure_ascii=False))
     pq.write_table(pa.Table.from_pylist(rows), path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -619,7 +659,7 @@ def build(
     samples = b.stage(
         "decontaminate",
         samples,
-        lambda s: _decontaminate(s, lambda x: f"{_sample_text(x)}\n{x.get('rejected', '')}", b),
+        lambda s: _decontaminate(s, lambda x: f"{_sample_text(x)}\n{x.get('rejected', '')}", b, "decontaminate"),
     )
     samples = b.stage("dedup_samples", samples, lambda s: _dedup_samples(b, s))
     samples = b.stage("semantic_dedup", samples, lambda s: _semantic_dedup(b, s))
@@ -670,12 +710,13 @@ def build(
         manifest["stages"] = [asdict(s) for s in b.funnel.stages]
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
         raise EmptyDatasetError(f"no samples survived curation; the funnel is in {output / 'manifest.json'}")
+    columns = sorted({key for row in [*train, *test] for key in row})
     for split_name, split_rows in (("train", train), ("test", test)):
         if split_rows:
-            digest = _write_parquet(split_rows, output / f"{split_name}.parquet")
+            digest = _write_parquet(split_rows, output / f"{split_name}.parquet", columns)
             manifest["files"][f"{split_name}.parquet"] = {"sha256": digest, "rows": len(split_rows)}
     manifest["digest"] = _digest(manifest["files"])
-    manifest["columns"] = sorted(train[0])  # as the parquet files hold them
+    manifest["columns"] = columns  # as the parquet files hold them
     b.funnel.done(StageReport("write", len(train) + len(test), len(train) + len(test)))
     manifest["stages"] = [asdict(s) for s in b.funnel.stages]
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))

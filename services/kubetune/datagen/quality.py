@@ -121,7 +121,7 @@ _INSTRUCTION_CONTEXT = [
         rf"\b(?:in|from|of|on|within)\s+the\s+{_UNSEEN}s?\b(?!\s+(?:of|for|to|in|type|module|class|function)\b)",
         rf"\bthe\s+{_UNSEEN}\s+(?:above|below|given|provided|shown)\b",
         r"\b(?:summari[sz]e|paraphrase|rewrite|translate)\s+(?:the\s+)?(?:above|this|it)\b",
-        r"\b(?:above|aforementioned|given\s+above|shown\s+above|mentioned\s+above)\b",
+        r"\b(?:aforementioned|the\s+above|(?:given|shown|mentioned|listed|described)\s+above)\b",
     )
 ]
 
@@ -147,8 +147,13 @@ _CAMEL_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _HEX_RUN = re.compile(r"(?=[0-9A-F]*\d)(?=[0-9A-F]*[A-F])[0-9A-F]{5,}")
 
 
+_LETTERS = re.compile(r"^[(\"'\[«„]*[^\W\d_]+(?:['\u2019-][^\W\d_]+)*[.,;:!?)\"'\]»\u3002\u3001\uff0c\uff01\uff1f]*$")
+
+
 def _reads_as_word(token: str) -> bool:
     if _PLAIN_WORD.match(token):
+        return True
+    if not token.isascii() and _LETTERS.match(token):  # a word of another script (Cyrillic, accented, CJK runs)
         return True
     if not _IDENTIFIER.match(token) or _HEX_RUN.search(token):
         return False
@@ -176,12 +181,22 @@ def is_gibberish(text: str) -> bool:
     return sum(_reads_as_word(t) for t in tokens) < 0.6 * len(tokens)
 
 
-_FINAL = re.compile(r"""[.!?:;)\]"'`*…]$""")
+_FINAL = re.compile(r"""[.!?:;)\]"'`*…\u3002\uff01\uff1f\u300d\u300f\uff09]$""")
+_DANGLING_WORDS = """a an the and or but of to in on at by for with from as that which who whose when where than then
+its their is are was were be been has have had can will would should could may might must not no"""
+_DANGLING = frozenset(_DANGLING_WORDS.split())
 
 
 def looks_truncated(answer: str) -> bool:
-    """The answer stops mid-sentence: it does not end the way a sentence, a list or a code span ends."""
-    return not _FINAL.search(answer.rstrip())
+    """The answer stops mid-sentence: no final punctuation, and it ends on a comma or a word that cannot end a
+    sentence ("... and", "... the"), follows a clause or a sentence, or runs to seven words or more. A short
+    label-like answer without a full stop ("The capital of France is Paris", "Paris") is not cut."""
+    text = answer.rstrip()
+    if _FINAL.search(text):
+        return False
+    words = text.split()
+    last = words[-1].lower() if words else ""
+    return text.endswith(",") or last in _DANGLING or ", " in text or ". " in text or len(words) >= 7
 
 
 def copies_answer(instruction: str, answer: str) -> bool:
@@ -191,11 +206,12 @@ def copies_answer(instruction: str, answer: str) -> bool:
     if len(asked) < 6:
         return False
     text = f" {' '.join(said)} "
-    longest = max(
-        (j - i for i in range(len(asked)) for j in range(i + 6, len(asked) + 1) if f" {' '.join(asked[i:j])} " in text),
-        default=0,
+    shortest = max(6, -(-9 * len(asked) // 10))  # only runs of nine tenths of the instruction or more count
+    return any(
+        f" {' '.join(asked[i : i + n])} " in text
+        for n in range(len(asked), shortest - 1, -1)
+        for i in range(len(asked) - n + 1)
     )
-    return longest >= 0.9 * len(asked)
 
 
 def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:

@@ -92,15 +92,19 @@ class MlflowPublisher(Publisher):
     def publish(self, output: Output) -> Publication:
         from kubetune.registry import mlflow_store
 
-        version = mlflow_store.publish(
-            tracking_uri=self.tracking_uri(),
-            model_name=self.spec.model_name,
-            artifact_dir=output.folder,
-            lineage=output.lineage or {},
-            params=output.params,
-            metrics=output.metrics,
-            files=output.files,
-        )
+        uri = self.tracking_uri()
+        try:
+            version = mlflow_store.publish(
+                tracking_uri=uri,
+                model_name=self.spec.model_name,
+                artifact_dir=output.folder,
+                lineage=output.lineage or {},
+                params=output.params,
+                metrics=output.metrics,
+                files=output.files,
+            )
+        except Exception as exc:  # MLflow's own errors, its HTTP client's, the store's: the target failed
+            raise PublishError(f"mlflow {uri}: {' '.join(str(exc).split())[:300]}") from exc
         reference = f"models:/{version['name']}/{version['version']}"
         return Publication(self.target, reference, output.digest, details={"registered": version})
 

@@ -219,7 +219,8 @@ def test_evol_instruct_adds_rewrites_that_face_curation_again(tmp_path, tiny_mod
             return Completion(json.dumps({"instruction": f"Explain step by step: {original}"}), "stop", 12)
         question = request.messages[-1]["content"].split("Question: ")[1]
         assert "Reference:" in request.messages[-1]["content"], "the answer is written from the same chunk"
-        reply = "As an AI, I cannot answer that." if "beta" in question else f"A careful answer to: {question}"
+        careful = f"A careful answer, given step by step, to a question of {len(question.split())} words."
+        reply = "As an AI, I cannot answer that." if "beta" in question else careful
         return Completion(json.dumps({"answer": reply}), "stop", 12)
 
     engine = ScriptedEngine(by_topic(clean, respond))
