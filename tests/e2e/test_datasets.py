@@ -78,15 +78,17 @@ def test_the_curated_example(tmp_path, root, vllm_server):
 
     assert list(stages) == [
         *("ingest", "clean", "dedup_documents", "chunk", "dedup_chunks", "decontaminate_chunks", "generate"),
-        *("evolve", "quality", "decontaminate", "dedup_samples", "judge", "format", "split", "write"),
+        *("evolve", "quality", "grounding", "decontaminate", "dedup_samples", "semantic_dedup", "judge"),
+        *("format", "split", "write"),
     ]
     assert stages["dedup_documents"]["dropped"]["exact_duplicate"] == 1
     assert stages["decontaminate_chunks"]["dropped"]["contaminated"] >= 1, "the quiz quotes the LoRA document"
     assert stages["evolve"]["output"] > stages["evolve"]["input"] and stages["evolve"]["tokens"] > 0
-    assert stages["judge"]["tokens"] > 0 and stages["judge"]["input"] == stages["dedup_samples"]["output"]
+    assert stages["judge"]["tokens"] > 0 and stages["judge"]["input"] == stages["semantic_dedup"]["output"]
     rows = pq.read_table(out / "train.parquet").to_pylist()
     assert rows and all(3 <= r["judge_score"] <= 5 and r["judge_reason"] for r in rows)
-    assert {r["origin"].split(":")[0] for r in rows} <= {"generated", "evolved"}
+    assert {r["origin"].split(":")[0] for r in rows} <= {"backtranslated", "evolved"}
+    assert all(r["support_score"] >= 0.5 and r["instruction_similarity_score"] >= 0.2 for r in rows)  # grounded
     card = (out / "README.md").read_text()
     assert "license: apache-2.0" in card and "| judge |" in card and manifest["digest"] in card
     assert_no_secret(vllm_server.api_key, proc, tmp_path / "work")
@@ -148,6 +150,8 @@ def small_spec(root: Path, server, **generation) -> dict:
             "model": str(root / "models" / "SmolLM2-135M-Instruct"),
             "backend": "endpoint",
             "endpoint": endpoint,
+            # The answers are the documents' sentences, so the build keeps samples whatever a 135M model writes.
+            "method": "backtranslation",
             "pairsPerChunk": 2,
             "maxTokens": 256,
             "batchSize": 1,
