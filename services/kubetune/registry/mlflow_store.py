@@ -8,11 +8,14 @@ name is returned instead of a new one, so a retried pod does not register twice.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.v1alpha1.finetunejob import MlflowTargetSpec
 from kubetune.registry.lineage import TAG_PREFIX, tags
+from kubetune.registry.publishers import Output, Publication, Publisher, PublishError
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -107,3 +110,41 @@ def publish(
         "source": source,
         "created": "true",
     }
+
+
+class MlflowPublisher(Publisher):
+    """A run holding the adapter and its lineage, and a version of the registered model pointing at it
+    (:mod:`kubetune.registry.mlflow_store`)."""
+
+    target = "mlflow"
+    kinds = frozenset({"adapter"})
+    done = "registered as"
+
+    def __init__(self, spec: MlflowTargetSpec, field_path: str):
+        self.spec, self.field_path = spec, field_path
+
+    def tracking_uri(self) -> str:
+        uri = self.spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise PublishError(f"{self.field_path}.trackingUri is unset and so is $MLFLOW_TRACKING_URI")
+        return uri
+
+    def check(self) -> None:
+        self.tracking_uri()
+
+    def publish(self, output: Output) -> Publication:
+        uri = self.tracking_uri()
+        try:
+            version = publish(
+                tracking_uri=uri,
+                model_name=self.spec.model_name,
+                artifact_dir=output.folder,
+                lineage=output.lineage or {},
+                params=output.params,
+                metrics=output.metrics,
+                files=output.files,
+            )
+        except Exception as exc:  # MLflow's own errors, its HTTP client's, the store's: the target failed
+            raise PublishError(f"mlflow {uri}: {' '.join(str(exc).split())[:300]}") from exc
+        reference = f"models:/{version['name']}/{version['version']}"
+        return Publication(self.target, reference, output.digest, details={"registered": version})

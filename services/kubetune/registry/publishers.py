@@ -1,6 +1,7 @@
-"""One interface for every place an output is published, with MLflow and OCI as its two implementations.
+"""One interface for every place an output is published: OCI here, MLflow in :mod:`kubetune.registry.mlflow_store`
+(kept apart so that the datagen image, which publishes datasets to OCI only, needs no MLflow).
 
-A service builds the publishers its spec names (:func:`for_fine_tune_job`, :func:`for_dataset_build`), checks
+A service builds the publishers its spec names (the trainer's ``publishers_for``, :func:`for_dataset_build`), checks
 them all before the work (a missing credential costs no GPU hours), and publishes what it made to each in turn
 (:func:`publish_all`), keeping what went out when a later target fails: a retried pod finds it published and does
 not publish it twice. A third target (a Hugging Face-style hub, a KServe model) is one more :class:`Publisher`
@@ -9,7 +10,6 @@ here and one more field under ``spec.publish``.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec, OciTargetSpec
-from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec, MlflowTargetSpec
 from kubetune.registry import oci_store
 from kubetune.registry.oci_store import PublishError
 
@@ -69,46 +68,6 @@ class Publisher(ABC):
         """Publish ``output``; idempotent: the same content found there is not published twice."""
 
 
-class MlflowPublisher(Publisher):
-    """A run holding the adapter and its lineage, and a version of the registered model pointing at it
-    (:mod:`kubetune.registry.mlflow_store`)."""
-
-    target = "mlflow"
-    kinds = frozenset({"adapter"})
-    done = "registered as"
-
-    def __init__(self, spec: MlflowTargetSpec, field_path: str):
-        self.spec, self.field_path = spec, field_path
-
-    def tracking_uri(self) -> str:
-        uri = self.spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            raise PublishError(f"{self.field_path}.trackingUri is unset and so is $MLFLOW_TRACKING_URI")
-        return uri
-
-    def check(self) -> None:
-        self.tracking_uri()
-
-    def publish(self, output: Output) -> Publication:
-        from kubetune.registry import mlflow_store
-
-        uri = self.tracking_uri()
-        try:
-            version = mlflow_store.publish(
-                tracking_uri=uri,
-                model_name=self.spec.model_name,
-                artifact_dir=output.folder,
-                lineage=output.lineage or {},
-                params=output.params,
-                metrics=output.metrics,
-                files=output.files,
-            )
-        except Exception as exc:  # MLflow's own errors, its HTTP client's, the store's: the target failed
-            raise PublishError(f"mlflow {uri}: {' '.join(str(exc).split())[:300]}") from exc
-        reference = f"models:/{version['name']}/{version['version']}"
-        return Publication(self.target, reference, output.digest, details={"registered": version})
-
-
 class OciPublisher(Publisher):
     """An ORAS artifact (or a KAITO adapter image) in an OCI registry (:mod:`kubetune.registry.oci_store`)."""
 
@@ -128,15 +87,6 @@ class OciPublisher(Publisher):
         else:
             pushed = oci_store.push(self.spec, output.folder, output.lineage or {}, output.name)
         return Publication(self.target, pushed["reference"], output.digest, new=pushed["pushed"] == "true")
-
-
-def for_fine_tune_job(spec: FineTuneJobSpec) -> list[Publisher]:
-    """MLflow first (``publish.mlflow``, or the deprecated ``registry``), then each of ``publish.oci``."""
-    found: list[Publisher] = []
-    if spec.mlflow is not None:
-        field_path = "spec.publish.mlflow" if spec.publish.mlflow is not None else "spec.registry"
-        found.append(MlflowPublisher(spec.mlflow, field_path))
-    return found + [OciPublisher(target) for target in spec.publish.oci]
 
 
 def for_dataset_build(spec: DatasetBuildSpec) -> list[Publisher]:

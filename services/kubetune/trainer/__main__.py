@@ -16,10 +16,23 @@ from pathlib import Path
 
 from kubetune import pod_report
 from kubetune.api.v1alpha1 import FINE_TUNE_JOB, SpecError, parse_spec
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 from kubetune.api.v1alpha1.result import PodResult
 from kubetune.registry import gate, publishers
 from kubetune.registry.lineage import record, this_resource
 from kubetune.trainer.training import CapabilityError, DatasetMismatchError, StartFromError, train
+
+
+def publishers_for(spec: FineTuneJobSpec) -> list[publishers.Publisher]:
+    """Where a FineTuneJob's adapter goes: MLflow first (``publish.mlflow``, or the deprecated ``registry``), then
+    each of ``publish.oci``."""
+    from kubetune.registry.mlflow_store import MlflowPublisher
+
+    found: list[publishers.Publisher] = []
+    if spec.mlflow is not None:
+        field_path = "spec.publish.mlflow" if spec.publish.mlflow is not None else "spec.registry"
+        found.append(MlflowPublisher(spec.mlflow, field_path))
+    return found + [publishers.OciPublisher(target) for target in spec.publish.oci]
 
 
 def size_gpus(spec_file: Path) -> int:
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = parse_spec(FINE_TUNE_JOB, json.loads(args.spec.read_text()))
         if (spec.start_from is None) != (args.start_from is None):
             raise StartFromError("--start-from is given exactly when spec.startFrom is set")
-        targets = publishers.for_fine_tune_job(spec)
+        targets = publishers_for(spec)
         publishers.check_all(targets)  # before training, not after: a missing Secret costs no GPU hours
         metrics = train(spec, args.dataset, args.output, start_from=args.start_from)
     except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError, CapabilityError,
