@@ -98,7 +98,8 @@ def _cuda() -> bool:
 
 class Embedder:
     """A sentence-transformers model loaded from a local folder, its embeddings L2-normalised (a dot product is
-    the cosine)."""
+    the cosine). Each distinct text is encoded once: a chunk's windows serve all of its samples, and the grounding
+    and the semantic dedup of one build share the samples' vectors (:func:`embedder`)."""
 
     def __init__(self, path: str):
         from pathlib import Path
@@ -109,13 +110,24 @@ class Embedder:
                 "models/all-MiniLM-L6-v2"
             )
         self.path = path
+        self._vectors: dict[str, Any] = {}
 
     def encode(self, texts: Sequence[str]) -> Any:
         import numpy as np
 
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
-        return _model(self.path).encode(list(texts), batch_size=64, normalize_embeddings=True)
+        new = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if new:
+            vectors = _model(self.path).encode(new, batch_size=64, normalize_embeddings=True)
+            self._vectors.update(zip(new, vectors, strict=True))
+        return np.stack([self._vectors[t] for t in texts])
+
+
+@functools.cache
+def embedder(path: str) -> Embedder:
+    """The one Embedder of ``path`` in this process, its encoded texts kept."""
+    return Embedder(path)
 
 
 def similarity_scores(embedder: Embedder, samples: list[dict], sources: list[str]) -> list[tuple[float, float]]:

@@ -211,8 +211,11 @@ class Build:
         self.drops += self._stage_drops
         return out
 
-    def dropped(self, stage: str, sample: dict, reason: str, **more: Any) -> None:
-        """Record a sample a curation stage dropped, for dropped.jsonl (``more``: e.g. what it duplicates)."""
+    def dropped(self, stage: str, sample: dict, reason: str, counts: dict[str, int] | None = None, **more: Any) -> None:
+        """Record a sample a curation stage dropped, for dropped.jsonl (``more``: e.g. what it duplicates), and count
+        it under its reason in ``counts``, the stage's funnel entry, when given."""
+        if counts is not None:
+            count(counts, reason)
         kept = {k: sample[k] for k in ("id", "instruction", "answer", "chosen", "source") if k in sample}
         self._stage_drops.append({"stage": stage, "reason": reason, **kept, **more})
 
@@ -299,7 +302,7 @@ def _dedup(
 
 
 def _sample_text(sample: dict) -> str:
-    return f"{sample['instruction']}\n{sample.get('chosen', sample['answer'])}"
+    return f"{sample['instruction']}\n{_answer(sample)}"
 
 
 def prepare(b: Build) -> list[dict]:
@@ -435,8 +438,7 @@ def _quality(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
         ):
             reason = "chosen_equals_rejected"
         if reason:
-            count(dropped, reason)
-            b.dropped("quality", s, reason)
+            b.dropped("quality", s, reason, dropped)
         else:
             kept.append(s)
     return kept, dropped
@@ -452,7 +454,7 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
     with_source = [(s, text) for s, text in sourced if text]
     similarities: list[tuple[float, float] | None] = [None] * len(with_source)
     if b.spec.curation.embedding_model is not None and with_source:
-        embedder = grounding.Embedder(b.spec.curation.embedding_model)
+        embedder = grounding.embedder(b.spec.curation.embedding_model)
         rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s, _ in with_source]
         similarities = grounding.similarity_scores(embedder, rows, [text for _, text in with_source])
     dropped: dict[str, int] = {"ungrounded": 0, "off_topic": 0}
@@ -475,8 +477,7 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
         elif row.get("instruction_similarity_score", 1.0) < spec.min_instruction_similarity:
             reason = "off_topic"
         if reason:
-            count(dropped, reason)
-            b.dropped("grounding", row, reason)
+            b.dropped("grounding", row, reason, dropped)
         else:
             kept.append(row)
     return kept, dropped
@@ -490,7 +491,7 @@ def _answer(sample: dict) -> str:
 def _semantic_dedup(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
     from kubetune.datagen import grounding
 
-    embedder = grounding.Embedder(b.spec.curation.embedding_model)
+    embedder = grounding.embedder(b.spec.curation.embedding_model)
     rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s in samples]
     grounded = [s.get("support_score", 0.0) + s.get("answer_similarity_score", 0.0) for s in samples]
     matches = grounding.semantic_duplicates(embedder, rows, b.spec.curation.semantic_dedup.threshold, grounded)
@@ -507,7 +508,7 @@ def _semantic_dedup(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
 def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
     kept, dropped = _dedup(
         samples,
-        lambda s: documents.fingerprint(s["instruction"], s.get("chosen", s["answer"])),
+        lambda s: documents.fingerprint(s["instruction"], _answer(s)),
         _sample_text,
         b,
         lambda s, reason: b.dropped("dedup_samples", s, reason),
