@@ -243,11 +243,11 @@ _STOPWORD_TEXT = (
     "that the their them then there these they this to was were what when where which who why will with would "
     "you your"
 )
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+FUNCTION_WORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def _content_words(text: str) -> list[str]:
-    return [w for w in _word_list(text) if w not in _STOPWORDS and len(w) > 2]
+    return [w for w in _word_list(text) if w not in FUNCTION_WORDS and len(w) > 2]
 
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")

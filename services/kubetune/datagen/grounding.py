@@ -26,19 +26,20 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-# Words that carry no claim: a source's support of an answer is judged on the rest.
-_STOPWORDS = """
-a about above after again against all also am an and any are aren't as at be because been before being below
-between both but by can cannot could did do does doing don't down during each either else etc even ever every
-few for from further had has have having he her here hers herself him himself his how however i if in into is
-isn't it its itself just let's like may me might more most much must my myself neither no nor not now of off
-often on once one only or other otherwise our ours ourselves out over own per rather same she should so some
-such than that the their theirs them themselves then there these they this those through thus to too under until
-up upon us use used uses using very via was we were what when where whether which while who whom whose why will
-with within without would yes yet you your yours yourself yourselves able allow allows provide provides make
-makes many way ways
+from kubetune.datagen.generate import FUNCTION_WORDS
+
+# Words that carry no claim: a source's support of an answer is judged on the rest. The function words the
+# verbatim-extract matching leaves out (kubetune.datagen.generate), and more that a claim does not rest on.
+_MORE_STOPWORDS = """
+about above after again against all also am any aren't because before being below between both cannot could did
+doing don't down during each either else etc even ever every few further had having he her here hers herself him
+himself his however if into isn't itself just let's like may me might more most much must my myself neither no
+nor not now off often once one only other otherwise our ours ourselves out over own per rather same she should
+some theirs themselves those through thus too under until up upon us use used uses using very via we whether
+while whom whose within without yes yet yours yourself yourselves able allow allows provide provides make makes
+many way ways
 """
-STOPWORDS = frozenset(_STOPWORDS.split())
+STOPWORDS = FUNCTION_WORDS | frozenset(_MORE_STOPWORDS.split())
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_+#.\-']*[A-Za-z0-9+#]|[A-Za-z]|\d+(?:\.\d+)*")
 
 
