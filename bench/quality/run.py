@@ -84,9 +84,11 @@ def measure(rows: list[dict], kept: set[str], dropped: list[dict]) -> dict:
             kept = (kept - {paraphrase}) | {original}
             why[paraphrase] = "semantic_dedup:semantic_duplicate (kept in its original's place)"
     kinds: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    decided: list[dict] = []
     for r in rows:
         decision = "kept" if r["id"] in kept else why.get(r["id"], "other:dropped")
         kinds[r["kind"]][decision] += 1
+        decided.append({"id": r["id"], "kind": r["kind"], "decision": decision})
     per_kind = {}
     for kind, decisions in sorted(kinds.items()):
         total = sum(decisions.values())
@@ -101,6 +103,7 @@ def measure(rows: list[dict], kept: set[str], dropped: list[dict]) -> dict:
         "recall": round(true_drops / len(bad), 3),
         "precision": round(true_drops / max(len(dropped_ids), 1), 3),
         "good_kept": per_kind["good"]["share"],
+        "decisions": decided,
     }
 
 
@@ -142,7 +145,10 @@ def main() -> None:
         }
     results = HERE / "results"
     results.mkdir(exist_ok=True)
+    decisions = result.pop("decisions")
     (results / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    # Row by row, what the curation decided: the file to read when a figure moves.
+    (results / f"{args.tag}.decisions.jsonl").write_text("".join(json.dumps(d) + "\n" for d in decisions))
     (results / f"{args.tag}.md").write_text(table(result))
     print(table(result))
 

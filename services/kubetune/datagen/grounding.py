@@ -11,9 +11,15 @@ catch that, each a score kept on the row:
   (all-MiniLM-L6-v2 by default, built into ``models/`` by ``make setup``; loaded from a folder, never a hub).
   The source is cut into windows of a few sentences, as the model reads 256 word pieces at most.
 
-A sample fails ``ungrounded`` when either answer score is below its floor, ``off_topic`` when the instruction's
-is. The floors' defaults come from the labelled bench (bench/quality): what they catch and what they wrongly drop
-is measured there, not assumed. Semantic deduplication (SemDeDup-style) drops a sample whose instruction and
+- numbers (``unsupported_numbers``): the figures of the answer (versions, counts, percentages, dates) that the
+  source does not hold. An answer that agrees with its source in every word but one figure ("Python 3.8 and newer"
+  from a source that says 3.10) is the contradiction the two scores above cannot see; on the labelled bench this
+  check drops a quarter of the contradicting answers and none of the good ones.
+
+A sample fails ``ungrounded`` when either answer score is below its floor, ``unsupported_number`` when its answer
+states a figure its source does not, ``off_topic`` when the instruction's similarity is below its floor. The
+floors' defaults come from the labelled bench (bench/quality): what they catch and what they wrongly drop is
+measured there, not assumed. Semantic deduplication (SemDeDup-style) drops a sample whose instruction and
 answer embed close to a kept one's (``semantic_duplicate``), keeping the better grounded of the two: a
 paraphrased question teaches nothing new and leaks across the split.
 """
@@ -64,6 +70,25 @@ def lexical_support(answer: str, source: str) -> float:
         return 1.0
     found = set(content_words(source))
     return sum(w in found for w in words) / len(words)
+
+
+# A figure: digits with thousands separators and decimal or version parts ("4,000,000", "3.10", "0.26.0"), not a
+# list's marker at a line's start ("1." / "2)"). A small count (0 to 10) written by the answer's author is left
+# out: "three steps" from a source that lists three is a count the writer made, not a claim against the source.
+_FIGURE = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)*(?![\w])|(?<=[A-Za-z])\d+(?:\.\d+)*|\d+(?=[A-Za-z%])")
+_LIST_MARKER = re.compile(r"^\s*\d+[.)]\s", re.M)
+
+
+def figures(text: str) -> set[str]:
+    """The figures of ``text``, separators removed ("4,000,000" is "4000000")."""
+    return {m.group(0).replace(",", "") for m in _FIGURE.finditer(_LIST_MARKER.sub(" ", text))}
+
+
+def unsupported_numbers(answer: str, source: str) -> list[str]:
+    """The answer's figures the source does not hold, in order; small counts (0 to 10 alone) left out."""
+    held = figures(source)
+    found = sorted(figures(answer) - held, key=answer.find)
+    return [f for f in found if not (f.isdigit() and int(f) <= 10)]
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")

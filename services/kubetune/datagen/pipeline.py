@@ -424,13 +424,14 @@ def _evolve(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[d
     return samples + new
 
 
-def _quality(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
+def _quality(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[list[dict], dict]:
     dropped: dict[str, int] = {}
     kept = []
     for s in samples:
         # An instruction row's own instruction, before an Alpaca input was appended ("Summarize the following
         # paragraph." leans on the input it carries, which the reader sees).
-        reason = quality.drop_reason(s.get("asked", s["instruction"]), _answer(s), b.spec.curation.quality)
+        source = s.get("context") or chunk_text.get(s.get("chunk_id", ""), "")
+        reason = quality.drop_reason(s.get("asked", s["instruction"]), _answer(s), b.spec.curation.quality, source)
         if (
             reason is None
             and "rejected" in s
@@ -445,8 +446,9 @@ def _quality(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
 
 
 def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[list[dict], dict]:
-    """Each sample against its source (kubetune.datagen.grounding): the scores kept on the row, ungrounded and
-    off_topic dropped. A sample without a source (an instruction row that has none) is kept as it is."""
+    """Each sample against its source (kubetune.datagen.grounding): the scores kept on the row, ungrounded,
+    unsupported_number and off_topic dropped. A sample without a source (an instruction row that has none) is
+    kept as it is."""
     from kubetune.datagen import grounding
 
     spec = b.spec.curation.grounding
@@ -457,13 +459,15 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
         embedder = grounding.embedder(b.spec.curation.embedding_model)
         rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s, _ in with_source]
         similarities = grounding.similarity_scores(embedder, rows, [text for _, text in with_source])
-    dropped: dict[str, int] = {"ungrounded": 0, "off_topic": 0}
+    dropped: dict[str, int] = {"ungrounded": 0, "unsupported_number": 0, "off_topic": 0}
     kept, scored = [], iter(similarities)
     for sample, text in sourced:
         if not text:
             kept.append(sample)
             continue
         row = {**sample, "support_score": round(grounding.lexical_support(_answer(sample), text), 4)}
+        if figures := grounding.unsupported_numbers(_answer(sample), text):
+            row["unsupported_numbers"] = figures
         similarity = next(scored)
         if similarity is not None:
             row["answer_similarity_score"], row["instruction_similarity_score"] = (round(x, 4) for x in similarity)
@@ -474,6 +478,8 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
             or row.get("answer_similarity_score", 1.0) < spec.min_answer_similarity
         ):
             reason = "ungrounded"
+        elif not unranked and spec.drop_unsupported_numbers and row.get("unsupported_numbers"):
+            reason = "unsupported_number"
         elif row.get("instruction_similarity_score", 1.0) < spec.min_instruction_similarity:
             reason = "off_topic"
         if reason:
@@ -655,7 +661,7 @@ def build(
             samples = _evolve(b, chunk_text, samples)
     except ShardDone:
         return None
-    samples = b.stage("quality", samples, lambda s: _quality(b, s))
+    samples = b.stage("quality", samples, lambda s: _quality(b, chunk_text, s))
     samples = b.stage("grounding", samples, lambda s: _ground(b, chunk_text, s))
     samples = b.stage(
         "decontaminate",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from kubetune.api.v1alpha1.datasetbuild import QualitySpec
@@ -60,6 +61,9 @@ _REFUSALS = [
         r"\bi\s+(?:do\s+not|don't)\s+have\s+(?:access|the\s+ability|personal\s+(?:opinions|experiences|feelings)"
         r"|(?:any\s+|enough\s+|specific\s+|real-time\s+)?(?:information|data|details))\b",
         r"\bmy\s+(?:knowledge\s+cut-?off|training\s+data(?:\s+only)?\s+(?:goes|extends|includes))\b",
+        # "I don't know what UTS #46 is." / "I'm not sure how ...": the answer says it has none.
+        _SENTENCE_START + r"(?:i\s+(?:do\s+not|don't)\s+know|i(?:'m|\s+am)\s+not\s+(?:sure|certain))\s+"
+        r"(?:what|how|who|which|where|when|why|if|whether|about|the\s+answer)\b",
     )
 ]
 
@@ -122,6 +126,13 @@ _INSTRUCTION_CONTEXT = [
         rf"\bthe\s+{_UNSEEN}\s+(?:above|below|given|provided|shown)\b",
         r"\b(?:summari[sz]e|paraphrase|rewrite|translate)\s+(?:the\s+)?(?:above|this|it)\b",
         r"\b(?:aforementioned|the\s+above|(?:given|shown|mentioned|listed|described)\s+above)\b",
+        # "Read the passage and answer", "Refer to the document", "What does the passage say": an instruction
+        # that sends its reader to a text.
+        rf"\b(?:read|refer\s+to|see|consult|check|use|using|reading)\s+the\s+{_UNSEEN}\b",
+        rf"\b(?:does|did|do)\s+the\s+{_UNSEEN}s?\s+(?:say|mention|state|describe|explain|suggest|claim|list|note)\b",
+        r"\bthe\s+(?:passage|excerpt|snippet|chunk)s?\b",
+        r"\b(?:listed|shown|mentioned|described|given|discussed)\s+here\b",
+        r"\b(?:this|the)\s+readme\b|\bthe\s+author\s+of\s+th(?:is|e)\b",
     )
 ]
 
@@ -160,10 +171,17 @@ def _reads_as_word(token: str) -> bool:
     return all(len(_CAMEL_PART.findall(part)) <= 5 for part in re.split(r"[_.]", token))
 
 
+# Words English doubles ("that that", "had had"); any other word twice in a row is a generator's stutter.
+_DOUBLED = frozenset({"that", "had", "is", "do", "can", "very", "bye", "no", "yes", "ha"})
+# A sentence that ends on an article ("... on like a With 3D datasets the."): scrambled word order.
+_ENDS_ON_ARTICLE = re.compile(r"\b(?:the|a|an)\s*[.!?](?:\s|$)", re.I)
+
+
 def is_gibberish(text: str) -> bool:
     """Word salad, broken markup and runs of identifiers, as small generators emit them: text of another script
-    spliced into Latin prose, chat-template tokens, a word repeated three times in a row, markup characters
-    over a tenth of the text, or too few tokens that read as plain words (identifier soup)."""
+    spliced into Latin prose, chat-template tokens, a word repeated in a row (twice, for a word English does
+    not double), a sentence ending on an article, markup characters over a tenth of the text, or too few tokens
+    that read as plain words (identifier soup)."""
     text = text.strip()
     if not text:
         return False
@@ -176,6 +194,11 @@ def is_gibberish(text: str) -> bool:
     lowered = [t.lower().strip(".,;:!?") for t in tokens]
     if any(a == b == c and a.isalpha() for a, b, c in zip(lowered, lowered[1:], lowered[2:], strict=False)):
         return True
+    bare = [t.lower() for t in tokens]  # "it; it" is two clauses, not a word twice
+    if any(a == b.rstrip(".,;:!?") and a.isalpha() and a not in _DOUBLED for a, b in itertools.pairwise(bare)):
+        return True  # "the the", "dataset dataset": a word twice in a row, as scrambled text has it
+    if _ENDS_ON_ARTICLE.search(text):
+        return True
     if sum(c in _MARKUP for c in text) > 0.1 * len(text):
         return True
     return sum(_reads_as_word(t) for t in tokens) < 0.6 * len(tokens)
@@ -185,6 +208,17 @@ _FINAL = re.compile(r"""[.!?:;)\]"'`*…\u3002\uff01\uff1f\u300d\u300f\uff09]$""
 _DANGLING_WORDS = """a an the and or but of to in on at by for with from as that which who whose when where than then
 its their is are was were be been has have had can will would should could may might must not no"""
 _DANGLING = frozenset(_DANGLING_WORDS.split())
+
+
+def cut_word(answer: str, source: str) -> bool:
+    """The answer, without final punctuation, ends on the start of a source's word that is not a word of the
+    source itself ("... functionalities of cla" where the source says "classic"): cut mid-word."""
+    text = answer.rstrip()
+    if _FINAL.search(text) or not text:
+        return False
+    last = _words(text)[-1:] or [""]
+    words = set(_words(source))
+    return len(last[0]) >= 2 and last[0] not in words and any(w.startswith(last[0]) for w in words)
 
 
 def looks_truncated(answer: str) -> bool:
@@ -214,10 +248,11 @@ def copies_answer(instruction: str, answer: str) -> bool:
     )
 
 
-def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
+def drop_reason(instruction: str, answer: str, spec: QualitySpec, source: str = "") -> str | None:
     """The first check the sample fails, or ``None``. The order: instruction_too_short, answer_too_short,
     answer_too_long, gibberish, refusal, mentions_context (in the answer or the instruction), truncated,
-    restates_instruction, repeated_ngrams, non_alpha, copies_answer. Lengths count the stripped characters; the
+    restates_instruction, repeated_ngrams, non_alpha, copies_answer. ``source``, where known, shows an answer cut
+    mid-word (truncated). Lengths count the stripped characters; the
     ``drop_*`` fields switch their checks off, ``enabled: false`` all of them."""
     if not spec.enabled:
         return None
@@ -234,7 +269,7 @@ def drop_reason(instruction: str, answer: str, spec: QualitySpec) -> str | None:
         return "refusal"
     if spec.drop_context_references and (mentions_context(answer) or instruction_mentions_context(instruction)):
         return "mentions_context"
-    if spec.drop_truncated and looks_truncated(answer):
+    if spec.drop_truncated and (looks_truncated(answer) or cut_word(answer, source)):
         return "truncated"
     if spec.drop_restated_instructions and restates_instruction(instruction, answer):
         return "restates_instruction"

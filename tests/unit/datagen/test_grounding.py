@@ -24,6 +24,23 @@ def test_lexical_support_separates_a_good_row_from_one_attached_to_another_sourc
     assert grounding.lexical_support("Yes.", "anything") == 1.0  # no claim to check
 
 
+def test_a_figure_the_source_does_not_hold_is_unsupported():
+    source = "Requests officially supports Python 3.10+ and is depended upon by 4,000,000+ repositories."
+    assert grounding.unsupported_numbers("Requests supports Python 3.8 and newer.", source) == ["3.8"]
+    assert grounding.unsupported_numbers("About 400,000 repositories use it.", source) == ["400000"]
+    assert grounding.unsupported_numbers("It runs on Python 3.10 in 4,000,000 repositories.", source) == []
+    assert grounding.unsupported_numbers("1. Install it.\n2. Use it in 3 steps.", source) == []  # markers, counts
+
+
+def test_unsupported_numbers_catch_contradictions_and_spare_good_rows(labelled):
+    flagged = {
+        kind: [bool(grounding.unsupported_numbers(r["answer"], r["source"])) for r in labelled if r["kind"] == kind]
+        for kind in ("good", "contradiction")
+    }
+    assert not any(flagged["good"])
+    assert sum(flagged["contradiction"]) >= len(flagged["contradiction"]) / 6  # 9 of 48 at this writing
+
+
 def test_windows_cover_the_source_in_overlapping_runs_of_sentences():
     source = "One. Two. Three. Four. Five. Six."
     assert grounding.windows(source, sentences=3) == ["One. Two. Three.", "Three. Four. Five.", "Five. Six."]

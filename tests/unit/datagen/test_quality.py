@@ -135,6 +135,14 @@ def test_ratios():
             "Yes: normalization tracks alignments, so each token maps back to its span.",
             None,
         ),
+        (QUESTION, "I don't know what low-rank adaptation trains.", "refusal"),
+        (QUESTION, "It trains the the two small matrices of each layer.", "gibberish"),
+        (QUESTION, "Adapters on like a With small matrices the. Frozen rest trains.", "gibberish"),
+        ("Read the passage and answer: what does LoRA train?", GOOD, "mentions_context"),
+        ("What does the document say LoRA trains?", GOOD, "mentions_context"),
+        ("Which of the methods listed here train adapters?", GOOD, "mentions_context"),
+        ("What does the author of this README say LoRA trains?", GOOD, "mentions_context"),
+        ("Had had the model been frozen, what would LoRA train?", GOOD, None),
         (QUESTION, GOOD, None),
         (QUESTION, "I cannot stress enough that it trains two small matrices per layer.", None),
         (QUESTION, "The text editor vim has nothing to do with it; it trains adapters.", None),
@@ -169,3 +177,11 @@ def test_switches_turn_their_checks_off():
     assert quality.drop_reason("Why?", "x", QualitySpec(enabled=False)) is None
     lenient = QualitySpec(max_repeated_ngram_ratio=1.0, max_non_alpha_ratio=1.0, drop_gibberish=False)
     assert quality.drop_reason(QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", lenient) is None
+
+
+def test_an_answer_cut_mid_word_is_truncated_when_the_source_shows_the_word():
+    source = "psutil implements many functionalities offered by classic UNIX command line tools."
+    cut = "psutil implements many functionalities of cla"
+    assert quality.drop_reason("What does psutil reimplement?", cut, QualitySpec(), source) == "truncated"
+    assert quality.drop_reason("What does psutil reimplement?", cut, QualitySpec()) is None  # no source, no proof
+    assert not quality.cut_word("psutil reimplements classic UNIX tools", source)  # "tools" is a whole word

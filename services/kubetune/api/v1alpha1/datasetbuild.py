@@ -305,6 +305,11 @@ class GroundingSpec(SpecModel):
     min_instruction_similarity: float = Field(
         0.2, ge=-1.0, le=1.0, description="Cosine of the instruction with its source below which it is off_topic."
     )
+    drop_unsupported_numbers: bool = Field(
+        True,
+        description="Drop a sample whose answer states a figure (a version, count, percentage or date above 10) "
+        "that its source does not hold (unsupported_number; the figures kept on the row as unsupported_numbers).",
+    )
 
 
 class SemanticDedupSpec(SpecModel):
