@@ -1,10 +1,10 @@
 """Ingest, clean and chunk raw documents. Pure text processing: no model, no I/O beyond reading files.
 
 Inputs: text and markdown files (one document each), HTML (one document, turned into text with the stdlib
-parser), JSONL (one document per line), Parquet (one per row) and folders written by ``datasets``'
-``save_to_disk`` (one per row of every split). Nothing read is fatal: an input that gives no document is
-counted under a reason (``not_utf8``, ``empty``, ``invalid_json``, ``missing_text_field``, ``not_a_string``,
-``unreadable``) for the funnel.
+parser), PDF (one document, its text layer read with pypdf), JSONL (one document per line), Parquet (one per row)
+and folders written by ``datasets``' ``save_to_disk`` (one per row of every split). Nothing read is fatal: an input
+that gives no document is counted under a reason (``not_utf8``, ``empty``, ``invalid_json``, ``missing_text_field``,
+``not_a_string``, ``no_text_layer``, ``encrypted``, ``unreadable``) for the funnel.
 """
 
 from __future__ import annotations
@@ -107,6 +107,21 @@ def _read_text(path: Path, docs: list[Document], dropped: dict[str, int], html: 
         _count(dropped, "empty")
 
 
+def _read_pdf(path: Path, docs: list[Document], dropped: dict[str, int]) -> None:
+    """A PDF's text layer, page by page (pypdf), as one document. A scanned PDF has none (``no_text_layer``: it
+    needs OCR, which kubetune does not do); one that needs a password counts as ``encrypted``."""
+    from pypdf import PdfReader
+
+    reader = PdfReader(path)
+    if reader.is_encrypted and not reader.decrypt(""):
+        return _count(dropped, "encrypted")
+    text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages)
+    if text.strip():
+        docs.append(Document(str(path), text))
+    else:
+        _count(dropped, "no_text_layer")
+
+
 def _read_jsonl(path: Path, field: str, docs: list[Document], dropped: dict[str, int]) -> None:
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -188,7 +203,7 @@ def read_documents(files: list[Path], source: SourceSpec) -> tuple[list[Document
     """Decoded documents, and per reason the inputs (files, lines, rows) that gave none (dropped, not fatal).
 
     A JSONL line or a row is one document; ``source.text_field`` holds its text. Blank JSONL lines are skipped
-    without a count. A Parquet file or ``datasets`` folder that fails to open counts once as ``unreadable``."""
+    without a count. A Parquet file, PDF or ``datasets`` folder that fails to open counts once as ``unreadable``."""
     docs: list[Document] = []
     dropped: dict[str, int] = {}
     field = source.text_field
@@ -201,12 +216,14 @@ def read_documents(files: list[Path], source: SourceSpec) -> tuple[list[Document
                 _read_jsonl(path, field, docs, dropped)
             elif suffix == ".parquet":
                 _read_parquet(path, field, docs, dropped)
+            elif suffix == ".pdf":
+                _read_pdf(path, docs, dropped)
             else:
                 _read_text(path, docs, dropped, html=suffix in (".html", ".htm"))
         except OSError:
             _count(dropped, "unreadable")
-        except Exception:  # pyarrow's and datasets' own errors: a corrupt or foreign file
-            if not (path.is_dir() or suffix == ".parquet"):
+        except Exception:  # pyarrow's, datasets' and pypdf's own errors: a corrupt or foreign file
+            if not (path.is_dir() or suffix in (".parquet", ".pdf")):
                 raise
             _count(dropped, "unreadable")
     return docs, dropped

@@ -53,7 +53,49 @@ class StageReport:
 
 
 class EmptyDatasetError(RuntimeError):
-    """Nothing survived curation; the manifest's funnel says where the samples went."""
+    """Nothing survived curation; the message names the stage that kept nothing and why, the manifest's funnel
+    has every count."""
+
+    @classmethod
+    def of(cls, stages: list[StageReport], manifest: Path) -> EmptyDatasetError:
+        return cls(
+            f"no samples survived curation: {emptied_by(stages)}; the funnel: {funnel_line(stages)} (all in {manifest})"
+        )
+
+
+def _reasons(report: StageReport) -> str:
+    counts = sorted(((n, r) for r, n in report.dropped.items() if n), reverse=True)
+    return ", ".join(f"{r} {n}" for n, r in counts)
+
+
+def emptied_by(stages: list[StageReport]) -> str:
+    """The cause of an empty dataset in words: the first stage that kept nothing, what it was given and why it
+    dropped each."""
+    first = next((s for s in stages if s.output == 0), None)
+    if first is None:
+        return "the split kept no training row"
+    if first.name == "ingest" and first.input == 0:
+        return (
+            "spec.source.paths holds no file kubetune reads (.txt, .md, .html, .jsonl, .parquet or a datasets folder)"
+        )
+    if first.name == "ingest":
+        why = _reasons(first)
+        return f"none of the {first.input} input files held a readable document" + (f" ({why})" if why else "")
+    if first.input == 0:
+        return f"{first.name} was given nothing"
+    why = _reasons(first)
+    return f"{first.name} dropped all {first.input} of its items" + (f" ({why})" if why else "")
+
+
+def funnel_line(stages: list[StageReport]) -> str:
+    """The funnel on one line, up to the stage that kept nothing: "ingest 6 → 6, clean 6 → 5 (too_short 1)"."""
+    parts = []
+    for s in stages:
+        why = _reasons(s)
+        parts.append(f"{s.name} {s.input} → {s.output}" + (f" ({why})" if why else ""))
+        if s.output == 0:
+            break
+    return ", ".join(parts)
 
 
 class InputError(ValueError):
@@ -726,7 +768,7 @@ def build(
     if not train:
         manifest["stages"] = [asdict(s) for s in b.funnel.stages]
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        raise EmptyDatasetError(f"no samples survived curation; the funnel is in {output / 'manifest.json'}")
+        raise EmptyDatasetError.of(b.funnel.stages, output / "manifest.json")
     columns = sorted({key for row in [*train, *test] for key in row})
     for split_name, split_rows in (("train", train), ("test", test)):
         if split_rows:

@@ -212,3 +212,42 @@ def test_check_source_reads_a_datasets_folder_schema(tmp_path):
     assert documents.check_source(SourceSpec(paths=[str(folder)])) == [
         f"spec.source.textField: 'text' is not a field of {folder} (its fields: question, answer)"
     ]
+
+
+def write_pdf(path, pages: list[str]) -> None:
+    """A PDF 1.4 file of one text line per page in Helvetica, written byte by byte (objects, xref, trailer), as
+    a word processor's export would hold it; an empty string gives a page with no text layer, as a scan has."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", ""]
+    kids = []
+    font = 3 + 2 * len(pages)
+    for i, text in enumerate(pages):
+        page, content = 3 + 2 * i, 4 + 2 * i
+        kids.append(f"{page} 0 R")
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET" if text else ""
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R "
+            f"/Resources << /Font << /F1 {font} 0 R >> >> >>"
+        )
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>"
+    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(out)
+
+
+def test_pdfs_are_read_page_by_page_and_a_scan_or_a_broken_one_is_counted(tmp_path):
+    write_pdf(tmp_path / "guide.pdf", ["LoRA trains two small matrices per layer.", "QLoRA quantizes the base."])
+    write_pdf(tmp_path / "scan.pdf", [""])
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\nnot a pdf at all")
+    docs, dropped = documents.read_documents(documents.find_files(source(tmp_path)), source(tmp_path))
+    assert docs == [
+        Document(str(tmp_path / "guide.pdf"), "LoRA trains two small matrices per layer.\n\nQLoRA quantizes the base.")
+    ]
+    assert dropped == {"no_text_layer": 1, "unreadable": 1}

@@ -450,8 +450,10 @@ def test_plan_runs_the_stages_before_generation_and_writes_nothing(tmp_path, tin
 def test_empty_result_fails_with_the_funnel_written(tmp_path, tiny_model):
     folder = write_corpus(tmp_path, {"lora.md": LORA})
     engine = ScriptedEngine(lambda r: Completion("garbage", "stop", 1))
-    with pytest.raises(pipeline.EmptyDatasetError, match="no samples survived"):
+    with pytest.raises(pipeline.EmptyDatasetError, match="no samples survived") as failed:
         run(make_spec(folder, tiny_model), tmp_path / "out", engine)
+    # The cause in the message: the stage that kept nothing, and why.
+    assert "generate dropped all 1 of its items (invalid_json 1)" in str(failed.value), failed.value
     funnel = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]
     assert funnel[-1]["name"] == "split" and any(s["dropped"].get("invalid_json") for s in funnel)
 
@@ -547,3 +549,13 @@ def test_backtranslation_answers_with_the_sources_own_sentences(tmp_path, tiny_m
     assert all(r["support_score"] == 1.0 for r in rows)
     stages = {s["name"]: s for s in manifest["stages"]}
     assert stages["generate"]["output"] == engine.count("evolve") == len(engine.asked)
+
+
+def test_an_empty_dataset_names_its_cause():
+    report = pipeline.StageReport
+    unreadable = [report("ingest", 3, 0, {"not_utf8": 3}), report("clean", 0, 0)]
+    assert pipeline.emptied_by(unreadable) == "none of the 3 input files held a readable document (not_utf8 3)"
+    assert pipeline.funnel_line(unreadable) == "ingest 3 → 0 (not_utf8 3)"
+    assert "holds no file" in pipeline.emptied_by([report("ingest", 0, 0)])
+    curated = [report("ingest", 2, 2), report("quality", 9, 0, {"gibberish": 2, "truncated": 7})]
+    assert pipeline.emptied_by(curated) == "quality dropped all 9 of its items (truncated 7, gibberish 2)"

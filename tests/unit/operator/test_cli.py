@@ -344,3 +344,27 @@ def test_a_markdown_document_revised_in_a_few_words_is_a_near_duplicate_after_cl
     stages = {s["name"]: s for s in json.loads(plan.stdout)[0]["stages"]}
     assert stages["dedup_documents"]["dropped"]["near_duplicate"] == 1
     assert stages["dedup_documents"]["output"] == 1
+
+
+def test_kubetune_run_on_files_it_cannot_read_says_so(root, tmp_path):
+    """`kubetune run` of a DatasetBuild whose three documents are not UTF-8: it fails before any model starts,
+    and its error names the cause (the files, and why each gave nothing), not only "no samples survived"."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"notes-{i}.txt").write_bytes(bytes(range(128, 256)) * 8)
+    build = tmp_path / "build.yaml"
+    build.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: unreadable}\n"
+        f"spec:\n  source: {{paths: [{corpus}]}}\n"
+        f"  generation: {{model: {root / 'models' / 'SmolLM2-135M-Instruct'}}}\n"
+    )
+    kubetune = str(Path(sys.executable).parent / "kubetune")
+    run = subprocess.run(
+        [kubetune, "run", "-f", str(build), "--workdir", str(tmp_path / "work")], capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert "none of the 3 input files held a readable document (not_utf8 3)" in run.stdout + run.stderr, run.stderr

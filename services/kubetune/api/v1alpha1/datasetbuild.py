@@ -18,7 +18,7 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class SourceSpec(SpecModel):
-    """Where the raw documents are: text, markdown, HTML, JSONL, Parquet or a ``datasets`` folder."""
+    """Where the raw documents are: text, markdown, HTML, PDF, JSONL, Parquet or a ``datasets`` folder."""
 
     paths: list[str] = Field(
         min_length=1,
@@ -26,7 +26,7 @@ class SourceSpec(SpecModel):
         "A folder holding a dataset saved with datasets' save_to_disk is read as one.",
     )
     include: list[str] = Field(
-        default_factory=lambda: ["*.txt", "*.md", "*.html", "*.htm", "*.jsonl", "*.parquet"],
+        default_factory=lambda: ["*.txt", "*.md", "*.html", "*.htm", "*.pdf", "*.jsonl", "*.parquet"],
         description="Glob patterns a file in a folder must match to be read.",
     )
     text_field: str = Field(
