@@ -305,6 +305,17 @@ def test_datagen_shard_argument(monkeypatch, value, env, expected):
             shard_arg(value)
 
 
+def _corpus_build(root: Path, tmp_path: Path, name: str, corpus: Path) -> Path:
+    """A DatasetBuild of the documents in ``corpus`` with the demo model, written to a file."""
+    build = tmp_path / "build.yaml"
+    build.write_text(
+        f"apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  source: {{paths: [{corpus}]}}\n"
+        f"  generation: {{model: {root / 'models' / 'SmolLM2-135M-Instruct'}}}\n"
+    )
+    return build
+
+
 def test_a_markdown_document_revised_in_a_few_words_is_a_near_duplicate_after_cleaning(root, tmp_path):
     """`kubetune plan` on a corpus of a markdown document (the quickstart's own prose with two code blocks) and
     its revision: three words edited, one of them a code fence's opening line. Markdown stripping pairs the fences
@@ -332,12 +343,7 @@ def test_a_markdown_document_revised_in_a_few_words_is_a_near_duplicate_after_cl
     clean = CleaningSpec()
     assert jaccard(documents.clean(original, clean), documents.clean(revised, clean)) < 0.65  # what cleaning does
     assert jaccard(original, revised) > 0.8
-    build = tmp_path / "build.yaml"
-    build.write_text(
-        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: revised}\n"
-        f"spec:\n  source: {{paths: [{corpus}]}}\n"
-        f"  generation: {{model: {root / 'models' / 'SmolLM2-135M-Instruct'}}}\n"
-    )
+    build = _corpus_build(root, tmp_path, "revised", corpus)
     kubetune = str(Path(sys.executable).parent / "kubetune")
     plan = subprocess.run([kubetune, "plan", "-f", str(build), "-o", "json"], capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
@@ -356,12 +362,7 @@ def test_kubetune_run_on_files_it_cannot_read_says_so(root, tmp_path):
     corpus.mkdir()
     for i in range(3):
         (corpus / f"notes-{i}.txt").write_bytes(bytes(range(128, 256)) * 8)
-    build = tmp_path / "build.yaml"
-    build.write_text(
-        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: unreadable}\n"
-        f"spec:\n  source: {{paths: [{corpus}]}}\n"
-        f"  generation: {{model: {root / 'models' / 'SmolLM2-135M-Instruct'}}}\n"
-    )
+    build = _corpus_build(root, tmp_path, "unreadable", corpus)
     kubetune = str(Path(sys.executable).parent / "kubetune")
     run = subprocess.run(
         [kubetune, "run", "-f", str(build), "--workdir", str(tmp_path / "work")], capture_output=True, text=True
