@@ -482,7 +482,7 @@ def _quality(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple
     for s in samples:
         # An instruction row's own instruction, before an Alpaca input was appended ("Summarize the following
         # paragraph." leans on the input it carries, which the reader sees).
-        source = s.get("context") or chunk_text.get(s.get("chunk_id", ""), "")
+        source = _source(s, chunk_text)
         reason = quality.drop_reason(s.get("asked", s["instruction"]), _answer(s), b.spec.curation.quality, source)
         if (
             reason is None
@@ -504,7 +504,7 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
     from kubetune.datagen import grounding
 
     spec = b.spec.curation.grounding
-    sourced = [(s, s.get("context") or chunk_text.get(s["chunk_id"], "")) for s in samples]
+    sourced = [(s, _source(s, chunk_text)) for s in samples]
     with_source = [(s, text) for s, text in sourced if text]
     similarities: list[tuple[float, float] | None] = [None] * len(with_source)
     if b.spec.curation.embedding_model is not None and with_source:
@@ -584,34 +584,45 @@ def _dedup_samples(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
     return unique, dropped
 
 
-def _judge(b: Build, samples: list[dict]) -> list[dict]:
+def _judge(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dict]:
+    """Each sample scored by the judge against its source, per criterion; one below its floor dropped
+    (``low_<criterion>``, the first in kubetune.llm.judge.CRITERIA's order)."""
     spec, seed = b.spec.curation.judge, b.spec.generation.seed
+    floors = {name: getattr(spec.min_scores, name) or spec.min_score for name in judge.CRITERIA}
 
     def work(part: list[dict], first: int) -> tuple[list[dict], dict, int]:
         dropped: dict[str, int] = {}
-        field_ = "chosen" if b.spec.type == "preference" else "answer"
+        sources = [_source(s, chunk_text) or None for s in part]
         requests = [
-            judge.request(s["instruction"], s[field_], spec.rubric, max_tokens=spec.max_tokens, seed=seed) for s in part
+            judge.request(s["instruction"], _answer(s), spec.rubric, source=x, max_tokens=spec.max_tokens, seed=seed)
+            for s, x in zip(part, sources, strict=True)
         ]
         completions = b.ask(requests, model=spec.model)
         rows = []
-        for sample, completion in zip(part, completions, strict=True):
-            verdict = judge.read(completion, dropped)
+        for sample, source, completion in zip(part, sources, completions, strict=True):
+            verdict = judge.read(completion, dropped, judge.criteria_for(source))
             if verdict is None:
                 continue
-            score, reason = verdict
-            if score < spec.min_score:
-                count(dropped, "low_score")
+            low = next((name for name, score in verdict.scores.items() if score < floors[name]), None)
+            if low is not None:
+                count(dropped, f"low_{low}")
                 continue
-            rows.append({**sample, "judge_score": score, "judge_reason": reason})
+            scores = {f"judge_{name}": score for name, score in verdict.scores.items()}
+            rows.append({**sample, "judge_score": verdict.score, **scores, "judge_reason": verdict.reason})
         return rows, dropped, sum(c.tokens for c in completions)
 
     return b.parted("judge", samples, work)
 
 
+def _source(sample: dict, chunk_text: dict[str, str]) -> str:
+    """The text a sample was written from: an instruction row's source, or its chunk ("" where none is known)."""
+    return sample.get("context") or chunk_text.get(sample.get("chunk_id", ""), "")
+
+
 def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dict]:
-    """The judged preference method: one answer per temperature, each scored by the judge; the best is
-    chosen and the worst rejected; a tie (all scores equal) says nothing and is dropped."""
+    """The judged preference method: one answer per temperature, each scored by the judge against the chunk
+    (its lowest criterion); the best is chosen and the worst rejected; a tie (all scores equal) says nothing and is
+    dropped."""
     temperatures = b.spec.preference.temperatures
     spec = b.spec.curation.judge
 
@@ -631,17 +642,20 @@ def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dic
             group = answers[k * len(temperatures) : (k + 1) * len(temperatures)]
             candidates.append([generate.read_field(c, "answer", dropped) for c in group])
         scored = [(i, a) for i, group in enumerate(candidates) for a in group if a is not None]
+        sources = [chunk_text[s["chunk_id"]] for s in part]
         verdicts = b.ask(
             [
-                judge.request(part[i]["instruction"], a, spec.rubric, max_tokens=spec.max_tokens, seed=seed)
+                judge.request(
+                    part[i]["instruction"], a, spec.rubric, source=sources[i], max_tokens=spec.max_tokens, seed=seed
+                )
                 for i, a in scored
             ],
             model=spec.model,
         )
         scores: list[list[tuple[int, str]]] = [[] for _ in part]
         for (i, a), completion in zip(scored, verdicts, strict=True):
-            if (verdict := judge.read(completion, dropped)) is not None:
-                scores[i].append((verdict[0], a))
+            if (verdict := judge.read(completion, dropped, judge.criteria_for(sources[i]))) is not None:
+                scores[i].append((verdict.score, a))
         rows = []
         for sample, ranked in zip(part, scores, strict=True):
             if len(ranked) < 2:
@@ -723,7 +737,7 @@ def build(
     samples = b.stage("dedup_samples", samples, lambda s: _dedup_samples(b, s))
     samples = b.stage("semantic_dedup", samples, lambda s: _semantic_dedup(b, s))
     try:
-        samples = _judge(b, samples)
+        samples = _judge(b, chunk_text, samples)
         samples = _rank(b, chunk_text, samples)
     except ShardDone:
         return None

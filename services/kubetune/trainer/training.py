@@ -412,10 +412,10 @@ def judge_generations(spec: FineTuneJobSpec, generations: list[dict[str, Any]], 
     scores: dict[str, list[int]] = {"base": [], "tuned": []}
     for i, completion in enumerate(completions):
         g, side = generations[i // 2], ("base", "tuned")[i % 2]
-        verdict = judge.read(completion, dropped)
-        g[f"{side}_score"], g[f"{side}_reason"] = verdict if verdict else (None, None)
+        verdict = judge.read(completion, dropped, judge.criteria_for(None))
+        g[f"{side}_score"], g[f"{side}_reason"] = (verdict.score, verdict.reason) if verdict else (None, None)
         if verdict:
-            scores[side].append(verdict[0])
+            scores[side].append(verdict.score)
     mean = {side: round(sum(v) / len(v), 3) if v else None for side, v in scores.items()}
     judged = {f"{side}_judged": len(v) for side, v in scores.items()}
     return {"base_score": mean["base"], "tuned_score": mean["tuned"], **judged, **dropped}

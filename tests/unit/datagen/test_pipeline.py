@@ -51,7 +51,7 @@ def kind(request: Request) -> str:
     props = request.schema["properties"]
     if "pairs" in props:
         return "samples"
-    if "score" in props:
+    if "style" in props:
         return "judge"
     return "answer" if "answer" in props else "evolve"
 
@@ -191,17 +191,22 @@ def test_judge_scores_and_drops_below_the_threshold(tmp_path, tiny_model):
 
     def grade(request: Request) -> Completion:
         body = request.messages[-1]["content"]
-        assert request.temperature == 0.0 and "Accuracy" in request.messages[0]["content"]
-        score = 2 if "four-bit" in body else 5
-        return Completion(json.dumps({"reason": "checked", "score": score}), "stop", 8)
+        assert request.temperature == 0.0 and "faithfulness" in request.messages[0]["content"]
+        assert body.startswith("Source: "), "the judge reads the chunk the sample was written from"
+        # QLoRA's answer is unfaithful (a 3 passes minScore 3, not its own floor of 4); LoRA's is a 4 on style.
+        faithful = 3 if "four-bit" in body else 5
+        return Completion(json.dumps({"reason": "checked", "faithfulness": faithful, "helpfulness": 5, "style": 4}),
+                          "stop", 8)  # fmt: skip
 
     engine = ScriptedEngine(by_topic(samples, grade))
-    spec = make_spec(folder, tiny_model, curation={"judge": {"enabled": True, "minScore": 3}}, split={"testSize": 0.0})
+    judged = {"enabled": True, "minScore": 3, "minScores": {"faithfulness": 4}}
+    spec = make_spec(folder, tiny_model, curation={"judge": judged}, split={"testSize": 0.0})
     manifest = run(spec, tmp_path / "out", engine)
     stages = {s["name"]: s for s in manifest["stages"]}
-    assert stages["judge"]["dropped"] == {"low_score": 1} and stages["judge"]["output"] == 1
+    assert stages["judge"]["dropped"] == {"low_faithfulness": 1} and stages["judge"]["output"] == 1
     (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
-    assert row["judge_score"] == 5 and row["judge_reason"] == "checked"
+    assert row["judge_score"] == 4 and row["judge_reason"] == "checked"
+    assert (row["judge_faithfulness"], row["judge_helpfulness"], row["judge_style"]) == (5, 5, 4)
 
 
 def test_evol_instruct_adds_rewrites_that_face_curation_again(tmp_path, tiny_model):
@@ -287,10 +292,10 @@ def test_judged_preference_chooses_the_best_and_drops_ties(tmp_path, tiny_model)
                 "stop",
                 9,
             )
-        body = request.messages[-1]["content"]
+        judged = request.messages[-1]["content"].split("\n\nInstruction: ")[-1]  # not the chunk: what is judged
         # LoRA: the cold answer is better; QLoRA: a tie.
-        score = 4 if "QLoRA" in body else (5 if "temperature 0.2" in body else 2)
-        return Completion(json.dumps({"reason": "r", "score": score}), "stop", 5)
+        score = 4 if "QLoRA" in judged else (5 if "temperature 0.2" in judged else 2)
+        return Completion(json.dumps({"reason": "r", "faithfulness": score, "helpfulness": 5, "style": 5}), "stop", 5)
 
     engine = ScriptedEngine(by_topic(samples, respond))
     spec = make_spec(

@@ -564,7 +564,9 @@ def test_the_judge_scores_the_base_and_the_tuned_answers(tmp_path, tiny_model, d
                     out.append(Completion('{"reason": "empty"', "length", 8))  # cut: counted, not scored
                 else:
                     score = 5 if "LoRA" in answer else 1
-                    out.append(Completion(json.dumps({"reason": "graded", "score": score}), "stop", 9))
+                    out.append(
+                        Completion(json.dumps({"reason": "graded", "helpfulness": score, "style": 5}), "stop", 9)
+                    )
             return out
 
     monkeypatch.setattr(kubetune.llm.endpoint, "EndpointEngine", Grader)

@@ -264,22 +264,39 @@ class QualitySpec(SpecModel):
     )
 
 
-DEFAULT_RUBRIC = (
-    "Accuracy: the answer is factually correct and fully answers the instruction. "
-    "Style: the answer is clear, well written and sounds like a helpful assistant, not a web page or a quote. "
-    "5 = excellent on both, 3 = acceptable, 1 = wrong or unusable."
-)
+DEFAULT_RUBRIC = "On each criterion, 5 = excellent, 3 = acceptable, 1 = wrong or unusable."
+
+
+class CriterionScores(SpecModel):
+    """A floor per criterion of the judge (kubetune.llm.judge); an unset one is judge.minScore."""
+
+    faithfulness: int | None = Field(
+        None, ge=1, le=5, description="Every claim stated in, or following from, the source; below: low_faithfulness."
+    )
+    helpfulness: int | None = Field(
+        None, ge=1, le=5, description="Answers the instruction fully, which stands on its own; below: low_helpfulness."
+    )
+    style: int | None = Field(None, ge=1, le=5, description="Clear and well written; below: low_style.")
 
 
 class JudgeSpec(SpecModel):
-    """An LLM scores each sample 1-5 on a rubric, under a JSON schema; scores are kept as columns."""
+    """An LLM scores each sample 1-5 on three criteria under a JSON schema: faithfulness to the source it reads
+    (the chunk, or an instruction row's source), helpfulness and style. Each score is kept as a column
+    (judge_faithfulness, judge_helpfulness, judge_style; judge_score is the lowest)."""
 
     enabled: bool = Field(False, description="Score every sample with the judge; off by default (an LLM call each).")
     model: str | None = Field(None, description="Another model to judge with. Default: the generation engine.")
     rubric: str = Field(
-        DEFAULT_RUBRIC, min_length=1, description="What the judge scores, and what 1, 3 and 5 mean; sent verbatim."
+        DEFAULT_RUBRIC,
+        min_length=1,
+        description="What 1, 3 and 5 mean, and any guidance of your own; sent verbatim before the criteria.",
     )
-    min_score: int = Field(3, ge=1, le=5, description="Samples scored below this are dropped (reason low_score).")
+    min_score: int = Field(
+        3, ge=1, le=5, description="A sample scored below this on any criterion is dropped (low_<criterion>)."
+    )
+    min_scores: CriterionScores = Field(
+        default_factory=CriterionScores, description="A floor per criterion, instead of minScore."
+    )
     max_tokens: int = Field(
         256, ge=16, description="Token budget of one verdict (JSON); one cut short is asked again (malformedRetries)."
     )

@@ -197,7 +197,10 @@ class EvaluationJudgeSpec(SpecModel):
 
     endpoint: EndpointSpec = Field(description="The server the judge is asked on (url, model, API key).")
     rubric: str = Field(
-        DEFAULT_RUBRIC, min_length=1, description="What the judge scores, and what 1, 3 and 5 mean; sent verbatim."
+        DEFAULT_RUBRIC,
+        min_length=1,
+        description="What 1, 3 and 5 mean, and any guidance of your own; sent verbatim before the criteria "
+        "(helpfulness and style: an answer of a model has no source to be faithful to).",
     )
     max_tokens: int = Field(256, ge=16, description="Token budget of one verdict; a cut verdict is asked again.")
     malformed_retries: int = Field(2, ge=0, le=10, description="A verdict that is not JSON is asked again.")
