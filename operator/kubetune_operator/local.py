@@ -113,6 +113,10 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
     if (output / "metrics.json").exists():
         metrics = json.loads((output / "metrics.json").read_text())
         details.update({k: metrics.get(k) for k in ("steps", "initial_eval_loss", "eval_loss")})
+        quality = metrics.get("output_quality") or {}
+        for figure in ("rouge_l", "similarity"):  # the answers against the references: base -> tuned
+            if quality.get(f"tuned_{figure}") is not None:
+                details[figure] = f"{quality[f'base_{figure}']:.3f}->{quality[f'tuned_{figure}']:.3f}"
     if (output / "registration.json").exists():
         reg = json.loads((output / "registration.json").read_text())
         details.update({"model": reg["name"], "version": reg["version"]})

@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from kubetune.datagen import grounding
+
 pytestmark = pytest.mark.slow
 
 KUBETUNE = Path(sys.executable).parent / "kubetune"
@@ -24,6 +26,7 @@ EXPECTED = {  # kind -> the reason it is dropped for (the rows chosen below are 
     "context_reference": "mentions_context",
     "wrong_source": "ungrounded",
     "paraphrase_duplicate": "semantic_duplicate",
+    "contradiction": "unsupported_number",
 }
 
 
@@ -34,6 +37,8 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
         rows = [r for r in labelled if r["kind"] == kind]
         if kind == "word_salad":  # the identifier soup and spliced scripts a small generator emits
             rows = [r for r in rows if any(c in r["answer"] for c in "[]")]
+        if kind == "contradiction":  # those that change a figure of the source ("30 million" for its "300M")
+            rows = [r for r in rows if grounding.unsupported_numbers(r["answer"], r["source"])]
         chosen += rows[:3]
     # A paraphrase's original is in the set too (it comes first), so there is something to duplicate.
     chosen += [by_id[r["duplicate_of"]] for r in chosen if r["kind"] == "paraphrase_duplicate"]
@@ -69,3 +74,10 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
     assert all(r["support_score"] >= 0.5 and r["answer_similarity_score"] >= 0.25 for r in kept)
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["droppedRows"] == len(dropped) == len(chosen) - len(kept)
+    # The topic map of what was kept: every kept row in a named cluster, drawn, and in the card.
+    topics = manifest["topics"]
+    assert topics["samples"] == len(kept) == sum(c["size"] for c in topics["clusters"])
+    assert all(c["name"] and c["example"] for c in topics["clusters"])
+    assert 0.3 < topics["meanCosineDistance"] < 1.0 and 1.0 <= topics["effectiveTopics"] <= len(topics["clusters"])
+    assert (output / "topics.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Topics" in (output / "README.md").read_text()

@@ -87,6 +87,9 @@ def test_the_curated_example(tmp_path, root, vllm_server):
     assert stages["judge"]["tokens"] > 0 and stages["judge"]["input"] == stages["semantic_dedup"]["output"]
     rows = pq.read_table(out / "train.parquet").to_pylist()
     assert rows and all(3 <= r["judge_score"] <= 5 and r["judge_reason"] for r in rows)
+    # The judge read each sample's chunk and scored three criteria apart; judge_score is the lowest.
+    criteria = ("judge_faithfulness", "judge_helpfulness", "judge_style")
+    assert all(r["judge_score"] == min(r[c] for c in criteria) for r in rows)
     assert {r["origin"].split(":")[0] for r in rows} <= {"backtranslated", "evolved"}
     assert all(r["support_score"] >= 0.5 and r["instruction_similarity_score"] >= 0.2 for r in rows)  # grounded
     card = (out / "README.md").read_text()

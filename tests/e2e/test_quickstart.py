@@ -84,7 +84,11 @@ def test_kubetune_run_quickstart(tmp_path, root, smollm2):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] > 0 and metrics["eval_loss"] < metrics["initial_eval_loss"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
-    assert (out / "loss.png").exists() and (dataset / "funnel.png").exists()
+    assert (out / "loss.png").exists() and (dataset / "funnel.png").exists() and (dataset / "topics.png").exists()
+    quality = metrics["output_quality"]  # the test answers against their references, as the quickstart asks
+    assert quality["answers"] >= 1 and quality["embedding_model"] == "models/all-MiniLM-L6-v2"
+    assert 0 <= quality["tuned_rouge_l"] <= 1 and -1 <= quality["tuned_similarity"] <= 1
+    assert "rouge_l=" in proc.stdout, "the run's summary shows it"
 
     (version,) = registered_versions(workdir / "mlflow.db")
     assert version.tags["kubetune.dev/dataset-digest"] == manifest["digest"]

@@ -40,6 +40,25 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+def _topics(topics: dict[str, Any] | None) -> list[str]:
+    """The topic map's clusters and diversity (kubetune.datagen.topics), where the build embedded its samples."""
+    if not topics:
+        return []
+    lines = [
+        "",
+        "## Topics",
+        "",
+        f"The {topics['samples']} samples in {len(topics['clusters'])} clusters ({topics['method']}; `topics.png` "
+        f"maps them). Diversity: mean cosine distance {topics['meanCosineDistance']:.2f} between two samples, "
+        f"{topics['effectiveTopics']:.1f} effective topics (exp of the entropy of the cluster sizes).",
+        "",
+        "| topic | samples | example instruction |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {c['name']} | {c['size']} | {c['example'].replace('|', '/')} |" for c in topics["clusters"]]
+    return lines
+
+
 def render(manifest: dict[str, Any], spec: DatasetBuildSpec) -> str:
     rows = sum(f["rows"] for f in manifest["files"].values())
     meta = {
@@ -92,6 +111,7 @@ def render(manifest: dict[str, Any], spec: DatasetBuildSpec) -> str:
             f"{n} {why}" for why, n in sorted(s.get("dropped", {}).items(), key=lambda x: (-x[1], x[0])) if n
         )
         lines.append(f"| {s['name']} | {s['input']} | {s['output']} | {dropped} |")
+    lines += _topics(manifest.get("topics"))
     lines += ["", "## Splits", "", "| split | rows |", "|---|---:|"]
     lines += [f"| {n.split('.')[0]} | {f['rows']} |" for n, f in sorted(manifest["files"].items())]
     lines += [

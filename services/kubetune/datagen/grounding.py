@@ -26,13 +26,10 @@ paraphrased question teaches nothing new and leaks across the split.
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-from collections.abc import Sequence
-from typing import Any
 
 from kubetune.datagen.generate import FUNCTION_WORDS
+from kubetune.llm.embeddings import Embedder
 
 # Words that carry no claim: a source's support of an answer is judged on the rest. The function words the
 # verbatim-extract matching leaves out (kubetune.datagen.generate), and more that a claim does not rest on.
@@ -57,10 +54,15 @@ def _stem(word: str) -> str:
     return word
 
 
-def content_words(text: str) -> list[str]:
-    """The words of ``text`` that carry its claims, lower-cased and stemmed: no function words."""
+def terms(text: str) -> list[str]:
+    """The words of ``text`` that carry its claims, lower-cased, as written: no function words."""
     words = (w.lower().strip(".-'") for w in _WORD.findall(text))
-    return [_stem(w) for w in words if w and w not in STOPWORDS and (len(w) > 2 or w.isdigit())]
+    return [w for w in words if w and w not in STOPWORDS and (len(w) > 2 or w.isdigit())]
+
+
+def content_words(text: str) -> list[str]:
+    """:func:`terms`, stemmed: what a source's support of an answer is counted on."""
+    return [_stem(w) for w in terms(text)]
 
 
 def lexical_support(answer: str, source: str) -> float:
@@ -106,54 +108,6 @@ def windows(source: str, sentences: int = 3, max_chars: int = 600) -> list[str]:
         if start + sentences >= len(parts):
             return found
         start += max(sentences - 1, 1)
-
-
-@functools.cache
-def _model(path: str) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder, never a hub
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path, device="cpu" if not _cuda() else "cuda")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-class Embedder:
-    """A sentence-transformers model loaded from a local folder, its embeddings L2-normalised (a dot product is
-    the cosine). Each distinct text is encoded once: a chunk's windows serve all of its samples, and the grounding
-    and the semantic dedup of one build share the samples' vectors (:func:`embedder`)."""
-
-    def __init__(self, path: str):
-        from pathlib import Path
-
-        if not (Path(path) / "modules.json").exists():
-            raise FileNotFoundError(
-                f"{path} is not a sentence-transformers model folder (no modules.json); make setup builds "
-                "models/all-MiniLM-L6-v2"
-            )
-        self.path = path
-        self._vectors: dict[str, Any] = {}
-
-    def encode(self, texts: Sequence[str]) -> Any:
-        import numpy as np
-
-        if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        new = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        if new:
-            vectors = _model(self.path).encode(new, batch_size=64, normalize_embeddings=True)
-            self._vectors.update(zip(new, vectors, strict=True))
-        return np.stack([self._vectors[t] for t in texts])
-
-
-@functools.cache
-def embedder(path: str) -> Embedder:
-    """The one Embedder of ``path`` in this process, its encoded texts kept."""
-    return Embedder(path)
 
 
 def similarity_scores(embedder: Embedder, samples: list[dict], sources: list[str]) -> list[tuple[float, float]]:

@@ -502,13 +502,14 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
     unsupported_number and off_topic dropped. A sample without a source (an instruction row that has none) is
     kept as it is."""
     from kubetune.datagen import grounding
+    from kubetune.llm import embeddings
 
     spec = b.spec.curation.grounding
     sourced = [(s, _source(s, chunk_text)) for s in samples]
     with_source = [(s, text) for s, text in sourced if text]
     similarities: list[tuple[float, float] | None] = [None] * len(with_source)
     if b.spec.curation.embedding_model is not None and with_source:
-        embedder = grounding.embedder(b.spec.curation.embedding_model)
+        embedder = embeddings.embedder(b.spec.curation.embedding_model)
         rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s, _ in with_source]
         similarities = grounding.similarity_scores(embedder, rows, [text for _, text in with_source])
     dropped: dict[str, int] = {"ungrounded": 0, "unsupported_number": 0, "off_topic": 0}
@@ -548,8 +549,9 @@ def _answer(sample: dict) -> str:
 
 def _semantic_dedup(b: Build, samples: list[dict]) -> tuple[list[dict], dict]:
     from kubetune.datagen import grounding
+    from kubetune.llm import embeddings
 
-    embedder = grounding.embedder(b.spec.curation.embedding_model)
+    embedder = embeddings.embedder(b.spec.curation.embedding_model)
     rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s in samples]
     grounded = [s.get("support_score", 0.0) + s.get("answer_similarity_score", 0.0) for s in samples]
     matches = grounding.semantic_duplicates(embedder, rows, b.spec.curation.semantic_dedup.threshold, grounded)
@@ -676,6 +678,18 @@ def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dic
     return b.parted("rank", samples, work)
 
 
+def _topics(b: Build, samples: list[dict], path: Path, name: str) -> dict[str, Any]:
+    """The topic map of the kept samples (kubetune.datagen.topics): the manifest's entry, and topics.png."""
+    from kubetune.datagen import topics
+    from kubetune.llm import embeddings
+
+    rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s in samples]
+    entry, coordinates, labels = topics.topic_map(rows, embeddings.embedder(b.spec.curation.embedding_model),
+                                                  b.spec.split.seed)  # fmt: skip
+    topics.draw(entry, coordinates, labels, path, f"DatasetBuild {name}")
+    return entry
+
+
 def _write_parquet(rows: list[dict], path: Path, columns: list[str]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -792,6 +806,8 @@ def build(
     manifest["columns"] = columns  # as the parquet files hold them
     b.funnel.done(StageReport("write", len(train) + len(test), len(train) + len(test)))
     manifest["stages"] = [asdict(s) for s in b.funnel.stages]
+    if spec.curation.embedding_model is not None:
+        manifest["topics"] = _topics(b, samples, output / "topics.png", name)
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
     card.write(manifest, spec, output / "README.md")
     from kubetune import plots

@@ -604,10 +604,15 @@ def train(
         # Whether the tuned model ends its answers (EOS) within evaluation.maxNewTokens: a model that never
         # stops was trained on completions without their end-of-turn token.
         "tuned_stopped_share": sum(g["tuned_stopped"] for g in generations) / len(generations) if generations else None,
+        "output_quality": None,
         "judge": None,
         "output": str(target),
         "merged": str(output / MERGED_DIR) if spec.merge and spec.method != "full" else None,
     }
+    if generations:
+        from kubetune.trainer.scoring import score_generations
+
+        metrics["output_quality"] = score_generations(generations, spec.evaluation.embedding_model)
     state = trainer.state
     if generations and spec.evaluation.judge is not None:
         progress.write(state, "judge")

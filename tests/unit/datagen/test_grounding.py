@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kubetune.datagen import grounding
+from kubetune.llm import embeddings
 
 
 def _first(rows: list[dict], kind: str) -> dict:
@@ -49,12 +50,12 @@ def test_windows_cover_the_source_in_overlapping_runs_of_sentences():
 
 @pytest.fixture(scope="module")
 def embedder(minilm):
-    return grounding.Embedder(str(minilm))
+    return embeddings.Embedder(str(minilm))
 
 
 def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no modules\.json"):
-        grounding.Embedder(str(tmp_path))
+        embeddings.Embedder(str(tmp_path))
 
 
 def test_similarity_to_the_source_is_high_for_good_rows_and_low_for_word_salad_and_other_sources(

@@ -581,6 +581,9 @@ def test_the_judge_scores_the_base_and_the_tuned_answers(tmp_path, tiny_model, d
     assert asked[0].messages[-1]["content"].startswith("Instruction: What does LoRA train, case 0?\n")
     rows = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert all(r["tuned_score"] == 5 for r in rows)
+    # Output quality against the references, judge or not: ROUGE-L per row and per model.
+    assert metrics["output_quality"]["answers"] == 3 and all(0 <= r["tuned_rouge_l"] <= 1 for r in rows)
+    assert metrics["output_quality"]["base_rouge_l"] is not None
     assert metrics["judge"]["tuned_score"] == 5.0 and metrics["judge"]["tuned_judged"] == 3
     assert metrics["judge"]["base_score"] in (1.0, None)  # the random base: 1, or cut answers counted
     assert metrics["judge"]["base_score"] is not None or metrics["judge"]["judge_truncated"] == 3

@@ -220,6 +220,12 @@ class EvaluationSpec(SpecModel):
         "OUTPUT/generations.jsonl; 0: none.",
     )
     max_new_tokens: int = Field(128, ge=1, le=8192, description="Token budget per generated answer.")
+    embedding_model: str | None = Field(
+        None,
+        description="A sentence-transformers model folder (e.g. models/all-MiniLM-L6-v2): both models' answers are "
+        "scored by their cosine with the reference answers, beside ROUGE-L (metrics.json output_quality). None: "
+        "ROUGE-L alone.",
+    )
     judge: EvaluationJudgeSpec | None = Field(
         None, description="Score both models' answers with an LLM judge (needs generations above 0)."
     )
