@@ -101,7 +101,8 @@ def _reconcile(body: kopf.Body | dict[str, Any], dependencies: Any = None, depen
         decision = planner.invalid_spec(exc.errors)
     else:
         waited = dependencies(body.get("spec") or {}, meta["namespace"]) if dependencies else ()
-        decision = planner.plan(resource, SETTINGS, *waited)
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        decision = planner.plan(resource, SETTINGS, *waited, previous_reason=ready.get("reason"))
     decision, job_name, existed = _create_children(body, decision)
     patch = planner.status_patch(decision, status, meta.get("generation"))
     if job_name and not decision.permanent:
@@ -183,6 +184,20 @@ def _waiting_stub(namespace: str, name: str) -> dict[str, Any]:
     done: nothing to do). Still waiting, or failed: its status says so already."""
     return {"kind": FINE_TUNE_JOB, "metadata": {"namespace": namespace, "name": name},
             "status": {"phase": Phase.WAITING}}  # fmt: skip
+
+
+def _is_deletion(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL[DATASET_BUILD], id="deleted", when=_is_deletion)
+@kopf.on.event(GROUP, VERSION, PLURAL[FINE_TUNE_JOB], id="deleted", when=_is_deletion)
+def deleted(body: kopf.Body, namespace: str, name: str, dependents: kopf.Index, **_: Any) -> None:
+    """A resource others wait on was deleted: they say so now ("was deleted; waiting for it to be applied
+    again"), not at the poller's next look. The watch's DELETED event: an event handler needs no finalizer, which
+    a delete handler would add to every resource."""
+    if dependents.get((namespace, body["kind"], name)):
+        _wake(body["kind"], namespace, name, dependents)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune"}, id="job-status")

@@ -133,10 +133,30 @@ def _details(kind: str, output: Path) -> dict[str, Any]:
 RUN_FILE = ".kubetune-run.json"  # in an output folder: what the run was made from, and whether it finished
 
 
+def _spec_digest(resource: Resource) -> str:
+    return hashlib.sha256(json.dumps(resource.spec.result_wire(), sort_keys=True).encode()).hexdigest()
+
+
+def _inputs_digest(resource: Resource) -> str:
+    """A DatasetBuild's inputs by content: each source file's and evaluation set's sha256 ("" when a path is
+    missing: the build itself then says which)."""
+    from kubetune.datagen.documents import find_files
+    from kubetune.datagen.stage_store import file_digest
+
+    spec = resource.spec
+    try:
+        files = [*find_files(spec.source), *(Path(e.path) for e in spec.curation.decontamination.eval_sets)]
+    except OSError:
+        return ""
+    return hashlib.sha256("".join(f"{f}\0{file_digest(f)}\n" for f in files if f.exists()).encode()).hexdigest()
+
+
 def _fingerprint(resource: Resource, dataset: str | None, start_from: str | None = None) -> str:
-    """The spec, the digest of the dataset a FineTuneJob reads and the fingerprint of the job it starts from:
-    equal fingerprints, same result."""
-    parts = [json.dumps(resource.spec.result_wire(), sort_keys=True)]
+    """The spec; a DatasetBuild's inputs by content; the digest of the dataset a FineTuneJob reads and the
+    fingerprint of the job it starts from: equal fingerprints, same result."""
+    parts = [_spec_digest(resource)]
+    if resource.kind == DATASET_BUILD:
+        parts.append(_inputs_digest(resource))
     if dataset and (Path(dataset) / "manifest.json").exists():
         parts.append(json.loads((Path(dataset) / "manifest.json").read_text()).get("digest", ""))
     if start_from and (Path(start_from) / RUN_FILE).exists():
@@ -144,22 +164,25 @@ def _fingerprint(resource: Resource, dataset: str | None, start_from: str | None
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _prepare(output: Path, fingerprint: str, force: bool) -> bool:
+def _prepare(output: Path, fingerprint: str, spec: str, force: bool, staged: bool) -> bool:
     """True when the output is up to date. Otherwise the folder is made ready for a run.
 
     An unfinished run with the same fingerprint keeps its folder, so the service resumes from its
     checkpoints; anything made from another spec or dataset (or everything, with ``force``) is removed
-    first, so that no stale checkpoint is resumed into a different run.
+    first, so that no stale checkpoint is resumed into a different run. A ``staged`` output (a DatasetBuild's,
+    whose stages record the digest of their input) of the same spec is kept when only its inputs changed: the
+    build reruns the stages the change reaches and replays the others.
     """
     marker = output / RUN_FILE
     previous = json.loads(marker.read_text()) if marker.exists() else None
     same = previous is not None and previous.get("fingerprint") == fingerprint
     if same and previous.get("complete") and not force:
         return True
-    if output.exists() and (force or not same):
+    reusable = same or (staged and previous is not None and previous.get("spec") == spec)
+    if output.exists() and (force or not reusable):
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint, "complete": False}))
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "spec": spec, "complete": False}))
     return False
 
 
@@ -216,7 +239,7 @@ def run_one(resource: Resource, workdir: Path, force: bool = False, observer: Ob
         if named.fine_tune_job is not None:
             start_from = builders.output_path(str(workdir), FINE_TUNE_JOB, ns, named.fine_tune_job)
     fingerprint = _fingerprint(resource, dataset, start_from)
-    if _prepare(output, fingerprint, force):
+    if _prepare(output, fingerprint, _spec_digest(resource), force, staged=kind == DATASET_BUILD):
         return Outcome(resource, Phase.SUCCEEDED, str(output), 0.0, {"upToDate": True, **_details(kind, output)})
     command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset, start_from)
     env = {
@@ -245,7 +268,9 @@ def run_one(resource: Resource, workdir: Path, force: bool = False, observer: Ob
                 raise
     phase = Phase.SUCCEEDED if code == 0 else Phase.FAILED
     if phase == Phase.SUCCEEDED:
-        (output / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True}))
+        (output / RUN_FILE).write_text(
+            json.dumps({"fingerprint": fingerprint, "spec": _spec_digest(resource), "complete": True})
+        )
     seconds = time.perf_counter() - started
     return Outcome(resource, phase, str(output), seconds, _details(kind, output), log=str(log), exit_code=code)
 

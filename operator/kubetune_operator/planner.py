@@ -48,14 +48,22 @@ def child_refused(child: dict[str, Any], server_message: str) -> Decision:
 
 
 def _wait_for(
-    kind: str, name: str, dependency: dict[str, Any] | None, settings: Settings, waiting_reason: str
+    kind: str,
+    name: str,
+    dependency: dict[str, Any] | None,
+    settings: Settings,
+    waiting_reason: str,
+    previous_reason: str | None = None,
 ) -> Decision | str:
     """A Decision to wait or fail while the ``kind`` ``name`` a resource depends on is missing, running or
-    failed; its output path once it has succeeded."""
+    failed; its output path once it has succeeded. ``previous_reason``: the waiting resource's reason so far; it
+    tells a dependency deleted while waited on from one not applied yet."""
     if dependency is None:
-        return Decision(
-            Phase.WAITING, f"{kind}NotFound", f"waiting for {kind} {name} to exist", retry_after=settings.wait_seconds
-        )
+        if previous_reason in (waiting_reason, f"{kind}Deleted"):  # it was there while waited on
+            message = f"{kind} {name} was deleted; waiting for it to be applied again"
+            return Decision(Phase.WAITING, f"{kind}Deleted", message, retry_after=settings.wait_seconds)
+        message = f"waiting for {kind} {name} to exist"
+        return Decision(Phase.WAITING, f"{kind}NotFound", message, retry_after=settings.wait_seconds)
     status = dependency.get("status") or {}
     phase = status.get("phase")
     if phase == Phase.FAILED:
@@ -107,6 +115,7 @@ def plan(
     dependency: dict[str, Any] | None = None,
     start_from: dict[str, Any] | None = None,
     gpus: int | None = None,
+    previous_reason: str | None = None,
 ) -> Decision:
     """The children a valid resource needs, or why it must wait or fail.
 
@@ -114,6 +123,7 @@ def plan(
     ``spec.startFrom`` names (their bodies as read from the API), or None when they do not exist (yet):
     resources applied together by GitOps may arrive in any order. ``gpus`` is what the sizing step planned for
     a FineTuneJob whose ``resources.gpus`` is auto; without it, such a job starts with that step.
+    ``previous_reason``: the resource's status reason so far (a dependency it waited on, now gone, was deleted).
     """
     if resource.kind == DATASET_BUILD:
         shards = resource.spec.generation.shards
@@ -127,13 +137,17 @@ def plan(
     if named.dataset_build is None:
         dataset = resource.spec.dataset.path
     else:
-        found = _wait_for(DATASET_BUILD, named.dataset_build, dependency, settings, "WaitingForDataset")
+        found = _wait_for(
+            DATASET_BUILD, named.dataset_build, dependency, settings, "WaitingForDataset", previous_reason
+        )
         if isinstance(found, Decision):
             return found
         dataset = found
     previous = None
     if named.fine_tune_job is not None:
-        found = _wait_for(FINE_TUNE_JOB, named.fine_tune_job, start_from, settings, "WaitingForBaseModel")
+        found = _wait_for(
+            FINE_TUNE_JOB, named.fine_tune_job, start_from, settings, "WaitingForBaseModel", previous_reason
+        )
         if isinstance(found, Decision):
             return found
         previous = found

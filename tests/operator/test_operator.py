@@ -657,3 +657,26 @@ def test_a_failed_build_fails_with_its_cause_and_so_does_the_job_waiting_for_it(
 
     cluster = run_in_cluster(scenario)
     assert "failed with an exception" not in cluster.log()  # every write taken: no handler gave up
+
+
+def _ready(status: dict) -> str | None:
+    return next((c["reason"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+
+
+def test_a_job_whose_build_is_deleted_while_it_waits_says_so(run_in_cluster):
+    """A FineTuneJob waits for a running DatasetBuild, which is then deleted: its status says the build was
+    deleted (woken by the DatasetBuild's DELETED event, not at the poller's next look, which is minutes away
+    here), and keeps saying it until the build is applied again."""
+
+    async def scenario(cluster: Cluster):
+        await cluster.apply(copy.deepcopy(DSB))
+        await cluster.apply(copy.deepcopy(FTJ))
+        await _job_of(cluster, "docs-datagen")
+        waiting = await _status_when(cluster, "FineTuneJob", "tune", lambda s: _ready(s) == "WaitingForDataset")
+        assert waiting["message"].startswith("waiting for DatasetBuild docs (phase ")
+        await cluster.delete("DatasetBuild", "docs")
+        gone = await _status_when(cluster, "FineTuneJob", "tune", lambda s: _ready(s) == "DatasetBuildDeleted")
+        assert gone["phase"] == "Waiting"
+        assert gone["message"] == "DatasetBuild docs was deleted; waiting for it to be applied again"
+
+    run_in_cluster(scenario, operator_env={"KUBETUNE_WAIT_SECONDS": "600"})

@@ -35,7 +35,7 @@ from kubetune.api.v1alpha1.constants import DATASET_BUILD
 from kubetune.api.v1alpha1.datasetbuild import DatasetBuildSpec
 from kubetune.api.v1alpha1.status import now
 from kubetune.datagen import card, documents, formatting, generate, quality
-from kubetune.datagen.stage_store import StageStore
+from kubetune.datagen.stage_store import StageStore, file_digest, input_digest
 from kubetune.llm import judge
 from kubetune.llm.chat import ChatEngine, Completion, Request, complete_with_retries, count, request_seed
 from kubetune.llm.engine import open_engine
@@ -213,6 +213,13 @@ class Build:
             self._eval_index = EvalIndex.load(self.spec.curation.decontamination)
         return self._eval_index
 
+    def eval_digest(self) -> str:
+        """The evaluation sets' content, which the decontamination stages read besides their input."""
+        sets = self.spec.curation.decontamination.eval_sets
+        return input_digest(
+            [{"path": e.path, "sha256": file_digest(Path(e.path))} for e in sets if Path(e.path).exists()]
+        )
+
     # -- engines ---------------------------------------------------------------------------------------
 
     def engine(self, model: str | None = None) -> ChatEngine:
@@ -235,21 +242,25 @@ class Build:
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def stage(self, name: str, items: list[dict], run: Callable[[list[dict]], tuple[list[dict], dict]]) -> list[dict]:
-        """A whole-list stage: kept once done, replayed from the store on resume."""
+    def stage(
+        self, name: str, items: list[dict], run: Callable[[list[dict]], tuple[list[dict], dict]], *reads: str
+    ) -> list[dict]:
+        """A whole-list stage: kept once done, replayed from the store for the same input (``items``, and the
+        digests of what else it ``reads``), done again for another."""
         if name not in self.funnel.planned:
             return items
-        if (cached := self.store.load(name)) is not None:
+        digest = input_digest(items, *reads)
+        if (cached := self.store.load(name, digest)) is not None:
             out, record = cached
             self.funnel.done(StageReport(**record), resumed=True)
-            self.drops += (self.store.load(f"{name}-dropped") or ([], {}))[0]
+            self.drops += (self.store.load(f"{name}-dropped", digest) or ([], {}))[0]
             return out
         self.funnel.start(name)
         self._stage_drops = []
         out, dropped = run(items)
         report = self.funnel.done(StageReport(name, len(items), len(out), dropped))
-        self.store.save(f"{name}-dropped", self._stage_drops, {})
-        self.store.save(name, out, asdict(report))
+        self.store.save(f"{name}-dropped", self._stage_drops, {}, digest)
+        self.store.save(name, out, asdict(report), digest)
         self.drops += self._stage_drops
         return out
 
@@ -268,7 +279,8 @@ class Build:
         returns the part's output, drop counts and tokens written."""
         if name not in self.funnel.planned:
             return items
-        if (cached := self.store.load(name)) is not None:
+        digest = input_digest(items)
+        if (cached := self.store.load(name, digest)) is not None:
             out, record = cached
             self.funnel.done(StageReport(**record), resumed=True)
             return out
@@ -278,7 +290,8 @@ class Build:
         out, dropped, tokens, missing, reused = [], {}, 0, 0, 0
         for index in range(n_parts):
             part = items[index * size : (index + 1) * size]
-            if (kept := self.store.load_part(name, index)) is not None:
+            part_digest = input_digest(part)
+            if (kept := self.store.load_part(name, index, part_digest)) is not None:
                 reused += 1
             elif self.shard and index % self.shard[1] != self.shard[0]:
                 missing += 1
@@ -288,7 +301,7 @@ class Build:
                 self.log(f"      {name}: part {index + 1}/{n_parts} ({len(part)} items)")
                 rows, part_dropped, part_tokens = work(part, index * size)
                 kept = (rows, {"input": len(part), "dropped": part_dropped, "tokens": part_tokens})
-                self.store.save_part(name, index, *kept)
+                self.store.save_part(name, index, *kept, part_digest)
             rows, record = kept
             out.extend(rows)
             tokens += record["tokens"]
@@ -300,7 +313,7 @@ class Build:
             self.log(f"      {name}: shard {self.shard[0]}/{self.shard[1]} done; {missing} parts are other shards'")
             raise ShardDone(name)
         report = self.funnel.done(StageReport(name, len(items), len(out), dropped, tokens=tokens))
-        self.store.save(name, out, asdict(report))
+        self.store.save(name, out, asdict(report), digest)
         return out
 
 
@@ -370,12 +383,17 @@ def prepare(b: Build) -> list[dict]:
         return [asdict(c) for c in chunks], {}
 
     # One input per file; a JSONL, Parquet or datasets input gives a document per row.
-    docs = b.stage("ingest", [{"path": str(f)} for f in documents.find_files(spec.source)], ingest)
+    docs = b.stage("ingest", _inputs(spec), ingest)
     docs = b.stage("clean", docs, clean)
     docs = b.stage("dedup_documents", docs, lambda d: _dedup(d, lambda x: documents.fingerprint(x["text"]), _read, b))
     chunks = b.stage("chunk", docs, chunk)
     chunks = b.stage("dedup_chunks", chunks, lambda c: _dedup(c, lambda x: x["chunk_id"], _text, b))
-    return b.stage("decontaminate_chunks", chunks, lambda c: _decontaminate(c, _text, b))
+    return b.stage("decontaminate_chunks", chunks, lambda c: _decontaminate(c, _text, b), b.eval_digest())
+
+
+def _inputs(spec: DatasetBuildSpec) -> list[dict]:
+    """The first stage's input: each file (or datasets folder) with the sha256 of its content."""
+    return [{"path": str(f), "sha256": file_digest(f)} for f in documents.find_files(spec.source)]
 
 
 def _read_samples(b: Build, files: list[dict]) -> tuple[list[dict], dict]:
@@ -731,8 +749,7 @@ def build(
     b = Build(spec, output, log, engine_factory, shard)
     try:
         if spec.source.kind == "instructions":
-            files = [{"path": str(f)} for f in documents.find_files(spec.source)]
-            samples = b.stage("read_samples", files, lambda f: _read_samples(b, f))
+            samples = b.stage("read_samples", _inputs(spec), lambda f: _read_samples(b, f))
             chunk_text: dict[str, str] = {}
         else:
             chunks = prepare(b)
@@ -747,6 +764,7 @@ def build(
         "decontaminate",
         samples,
         lambda s: _decontaminate(s, lambda x: f"{_sample_text(x)}\n{x.get('rejected', '')}", b, "decontaminate"),
+        b.eval_digest(),
     )
     samples = b.stage("dedup_samples", samples, lambda s: _dedup_samples(b, s))
     samples = b.stage("semantic_dedup", samples, lambda s: _semantic_dedup(b, s))

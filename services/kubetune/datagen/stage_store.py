@@ -6,6 +6,11 @@ last and atomically: a stage whose marker is there is never run again. The LLM s
 generation loses at most the part in flight. Shard ``I`` of ``N`` computes the parts ``i % N == I`` only; a
 later run (the merge, or a restart) finds them done. ``spec.json`` pins the folder to one spec: a build of
 another spec into it is refused rather than mixed with stale parts.
+
+Each marker also records the digest of the stage's (or the part's) input: a stage is replayed only for the same
+input, so a changed document reruns the stages its change reaches and no others (as content-addressed build tools
+do). The first stage's input names each file with the sha256 of its bytes (:func:`file_digest`), so an edited
+document, a file added to a folder or an empty corpus filled later is seen as a new input, not an old result.
 """
 
 from __future__ import annotations
@@ -31,6 +36,31 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def input_digest(items: list[dict], *more: str) -> str:
+    """sha256 of ``items`` as canonical JSON, and of ``more`` (what else a stage reads: an evaluation set's
+    digest)."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, ensure_ascii=False, sort_keys=True).encode())
+        h.update(b"\n")
+    for extra in more:
+        h.update(extra.encode())
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in order): a datasets folder."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 class StageStore:
     """Stage outputs under ``root``; with ``root=None`` (``kubetune plan``) nothing is kept or read."""
 
@@ -50,27 +80,32 @@ class StageStore:
             write_atomic(pinned, wire)
         self.spec_digest = hashlib.sha256(wire.encode()).hexdigest()
 
-    def load(self, name: str) -> tuple[list[dict], dict] | None:
-        """A finished stage's items and funnel record, or None."""
-        if self.root is None or not (marker := self.root / f"{name}.done.json").exists():
+    def _load(self, marker: Path, digest: str | None) -> tuple[list[dict], dict] | None:
+        if self.root is None or not marker.exists():
             return None
-        return _read_jsonl(self.root / f"{name}.jsonl"), json.loads(marker.read_text())
+        record = json.loads(marker.read_text())
+        if record.pop("inputDigest", None) != digest:
+            return None  # made from another input: done again
+        return _read_jsonl(marker.with_name(marker.name.replace(".done.json", ".jsonl"))), record
 
-    def save(self, name: str, items: list[dict], record: dict) -> None:
+    def _save(self, marker: Path, items: list[dict], record: dict, digest: str | None) -> None:
         if self.root is None:
             return
-        _write_jsonl(self.root / f"{name}.jsonl", items)
-        write_atomic(self.root / f"{name}.done.json", json.dumps(record))
+        marker.parent.mkdir(exist_ok=True)
+        _write_jsonl(marker.with_name(marker.name.replace(".done.json", ".jsonl")), items)
+        write_atomic(marker, json.dumps({**record, "inputDigest": digest}))
 
-    def load_part(self, name: str, index: int) -> tuple[list[dict], dict] | None:
-        if self.root is None or not (marker := self.root / name / f"part-{index:05d}.done.json").exists():
-            return None
-        return _read_jsonl(self.root / name / f"part-{index:05d}.jsonl"), json.loads(marker.read_text())
+    def load(self, name: str, digest: str | None = None) -> tuple[list[dict], dict] | None:
+        """A finished stage's items and funnel record, or None (not done, or done from another input)."""
+        return self._load(self.root / f"{name}.done.json", digest) if self.root else None
 
-    def save_part(self, name: str, index: int, items: list[dict], record: dict) -> None:
-        if self.root is None:
-            return
-        folder = self.root / name
-        folder.mkdir(exist_ok=True)
-        _write_jsonl(folder / f"part-{index:05d}.jsonl", items)
-        write_atomic(folder / f"part-{index:05d}.done.json", json.dumps(record))
+    def save(self, name: str, items: list[dict], record: dict, digest: str | None = None) -> None:
+        if self.root is not None:
+            self._save(self.root / f"{name}.done.json", items, record, digest)
+
+    def load_part(self, name: str, index: int, digest: str | None = None) -> tuple[list[dict], dict] | None:
+        return self._load(self.root / name / f"part-{index:05d}.done.json", digest) if self.root else None
+
+    def save_part(self, name: str, index: int, items: list[dict], record: dict, digest: str | None = None) -> None:
+        if self.root is not None:
+            self._save(self.root / name / f"part-{index:05d}.done.json", items, record, digest)

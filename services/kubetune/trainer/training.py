@@ -13,6 +13,7 @@ an observer (the CLI, the operator) reads.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,22 @@ def render_with_template(spec: FineTuneJobSpec, data: dict, tokenizer, base: str
 
 class StartFromError(ValueError):
     """The FineTuneJob to start from left nothing this job can start from."""
+
+
+def check_base_model(base_model: str, field: str = "spec.baseModel") -> None:
+    """A local base model must be a Hugging Face model folder: say so, naming the field, before transformers does
+    (in a 29-line traceback ending in a hint about tokenizer libraries). A hub id is left to the hub, where one is
+    reachable (HF_HUB_OFFLINE unset)."""
+    path = Path(base_model)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{field}: {base_model} holds no config.json: it is not a model folder (a "
+                                "Hugging Face model's config.json, tokenizer and weights)")  # fmt: skip
+    if not path.exists() and (offline or base_model.startswith(("/", ".")) or path.is_absolute()):
+        raise FileNotFoundError(f"{field}: {base_model}: no such folder" + (" (and the model hub is not reached: "
+                                "HF_HUB_OFFLINE=1)" if offline else ""))  # fmt: skip
+    if path.is_file():
+        raise FileNotFoundError(f"{field}: {base_model} is a file; name the model's folder")
 
 
 def resolve_base(spec: FineTuneJobSpec, start_from: Path | None, output: Path, log=print) -> str:
@@ -513,6 +530,7 @@ def train(
     import torch
     from transformers import AutoTokenizer
 
+    check_base_model(spec.base_model)
     output.mkdir(parents=True, exist_ok=True)
     on_gpu = torch.cuda.is_available()
     data = _load_dataset(dataset_dir, spec.objective)

@@ -420,6 +420,33 @@ def test_a_killed_build_resumes_from_its_parts_and_ends_with_the_same_digest(tmp
     assert resumed["digest"] == whole["digest"]
 
 
+def test_a_changed_document_reruns_the_stages_it_reaches_and_no_others(tmp_path, tiny_model):
+    """Stage markers hold their input's digest: the second build, after one of four documents changed, asks the
+    LLM about that document's chunk only, and the third, after an unreadable file was added, re-reads the files
+    but replays every later stage, its input unchanged."""
+    folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA, "dpo.md": DPO, "eval.md": EVALUATION})
+    spec = make_spec(folder, tiny_model, generation={"model": str(tiny_model), "pairsPerChunk": 2, "batchSize": 1})
+    first = ScriptedEngine(by_topic(GOOD))
+    run(spec, tmp_path / "out", first)
+    (folder / "dpo.md").write_text(DPO + " It needs a reference model.")
+    second = ScriptedEngine(by_topic(GOOD))
+    log: list[str] = []
+    rebuilt = pipeline.build(spec, tmp_path / "out", name="tiny", engine_factory=lambda *_a, **_k: second,
+                             log=log.append)  # fmt: skip
+    assert second.count("samples") == 1, "only the changed document's chunk is asked about"
+    assert any("3 of 4 parts kept from an earlier run" in line for line in log), log
+    chunks = [json.loads(x) for x in (tmp_path / "out" / "stages" / "chunk.jsonl").read_text().splitlines()]
+    assert any("It needs a reference model." in c["text"] for c in chunks)
+    (folder / "notes.txt").write_bytes(b"\xff\xfe not text")
+    third = ScriptedEngine(by_topic(GOOD))
+    log.clear()
+    again = pipeline.build(spec, tmp_path / "out", name="tiny", engine_factory=lambda *_a, **_k: third, log=log.append)
+    assert third.asked == [] and again["digest"] == rebuilt["digest"]
+    assert {s["name"]: s for s in again["stages"]}["ingest"]["dropped"] == {"not_utf8": 1}
+    replayed = [line for line in log if "kept from an earlier run" in line]
+    assert not any(line.startswith("[1/") for line in replayed) and len(replayed) >= 5, log
+
+
 def test_shards_split_the_llm_work_and_the_merge_finishes_the_build(tmp_path, tiny_model):
     folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA, "dpo.md": DPO})
     spec = make_spec(folder, tiny_model, generation={"model": str(tiny_model), "pairsPerChunk": 2, "batchSize": 1})

@@ -140,6 +140,9 @@ def test_local_order_puts_builds_first_and_rejects_missing_dependencies(root, tm
         pytest.param({"fingerprint": "a", "complete": False}, False, False, True, id="interrupted-resumes"),
         pytest.param({"fingerprint": "b", "complete": False}, False, False, False, id="other-spec-wiped"),
         pytest.param(None, False, False, False, id="unknown-folder-wiped"),
+        # A DatasetBuild's stages know their inputs: the same spec over changed documents keeps them.
+        pytest.param({"fingerprint": "b", "spec": "s", "complete": True}, False, False, True, id="new-inputs-staged"),
+        pytest.param({"fingerprint": "b", "spec": "t", "complete": True}, False, False, False, id="new-spec-staged"),
     ],
 )
 def test_prepare_resumes_only_the_same_run(tmp_path, previous, force, up_to_date, checkpoint_kept):
@@ -148,7 +151,8 @@ def test_prepare_resumes_only_the_same_run(tmp_path, previous, force, up_to_date
     checkpoint.mkdir(parents=True)
     if previous is not None:
         (output / local.RUN_FILE).write_text(json.dumps(previous))
-    assert local._prepare(output, "a", force) is up_to_date
+    staged = previous is not None and "spec" in previous
+    assert local._prepare(output, "a", "s", force, staged=staged) is up_to_date
     assert checkpoint.exists() is checkpoint_kept
     marker = json.loads((output / local.RUN_FILE).read_text())
     assert marker["fingerprint"] == "a" and marker["complete"] is up_to_date
@@ -369,3 +373,83 @@ def test_kubetune_run_on_files_it_cannot_read_says_so(root, tmp_path):
     )
     assert run.returncode == 1
     assert "none of the 3 input files held a readable document (not_utf8 3)" in run.stdout + run.stderr, run.stderr
+
+
+def test_kubetune_run_rebuilds_a_dataset_whose_input_changed_and_only_the_stages_it_reaches(root, tmp_path):
+    """`kubetune run` twice is up to date; after a row is appended to the source, it is not, and the new row is
+    in the dataset; after a line that reads as no row is appended, the file is read again but every later stage
+    is replayed (its input is the same), and the dataset's digest is unchanged."""
+    import subprocess
+    import sys
+
+    rows = tmp_path / "rows.jsonl"
+    good = [
+        ("What does LoRA train?", "LoRA trains two small low-rank matrices in each layer and keeps the base frozen."),
+        ("What does QLoRA store in four bits?", "QLoRA stores the frozen base model's weights in 4-bit NormalFloat."),
+        ("What does DPO learn from?", "DPO learns from pairs of a chosen and a rejected answer to the same prompt."),
+        ("What is decontamination?", "Decontamination drops training samples that share long n-grams with tests."),
+    ]
+    rows.write_text("".join(json.dumps({"instruction": i, "answer": a}) + "\n" for i, a in good[:3]))
+    build = tmp_path / "build.yaml"
+    build.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: rows}\n"
+        f"spec:\n  source: {{paths: [{rows}], kind: instructions}}\n"
+        f"  generation: {{model: {root / 'models' / 'SmolLM2-135M-Instruct'}}}\n"
+        "  split: {testSize: 0.0}\n"
+    )
+    kubetune = str(Path(sys.executable).parent / "kubetune")
+    work = tmp_path / "work"
+
+    def run() -> tuple[str, dict]:
+        proc = subprocess.run([kubetune, "run", "-f", str(build), "--workdir", str(work)], capture_output=True,
+                              text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        out = work / "datasets" / "default" / "rows"
+        return proc.stdout, json.loads((out / "manifest.json").read_text())
+
+    _, first = run()
+    assert first["files"]["train.parquet"]["rows"] == 3
+    again, _ = run()
+    assert "Succeeded (up to date)" in again
+    with rows.open("a") as f:
+        f.write(json.dumps({"instruction": good[3][0], "answer": good[3][1]}) + "\n")
+    changed, second = run()
+    assert "up to date" not in changed and second["files"]["train.parquet"]["rows"] == 4
+    with rows.open("a") as f:
+        f.write("not a row\n")
+    _, third = run()
+    log = (work / "datasets" / "default" / "rows" / "logs" / "datasetbuild.log").read_text().split("=====")[-1]
+    assert "read_samples ..." in log, "the changed file is read again"
+    for replayed in ("quality", "dedup_samples", "format"):
+        assert re.search(rf"{replayed}: \d+ in, \d+ out \(kept from an earlier run\)", log), log
+    assert third["digest"] == second["digest"]
+
+
+def test_kubetune_run_of_a_base_model_that_is_no_model_names_the_field(tmp_path):
+    """`kubetune run` of a FineTuneJob whose baseModel is a folder without config.json: one line naming the field
+    and what is missing, not transformers' traceback."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    (not_a_model / "README.md").write_text("a folder of notes\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = pa.table({"prompt": ["What is LoRA?"], "completion": ["Low-rank adapters."]})
+    pq.write_table(rows, data / "train.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: notes}\n"
+        f"spec:\n  baseModel: {not_a_model}\n  dataset: {{path: {data}}}\n  method: lora\n"
+    )
+    kubetune = str(Path(sys.executable).parent / "kubetune")
+    run = subprocess.run([kubetune, "run", "-f", str(job), "--workdir", str(tmp_path / "work")], capture_output=True,
+                         text=True)  # fmt: skip
+    assert run.returncode == 1
+    said = run.stdout + run.stderr
+    assert f"spec.baseModel: {not_a_model} holds no config.json" in said, said[-3000:]
+    assert "Traceback" not in said and "sentencepiece" not in said
