@@ -8,7 +8,9 @@ other. Per run: peak memory (on a GPU ``torch.cuda.max_memory_allocated`` during
 records; on a CPU the process's peak resident set, which also holds the Python runtime, the evaluation and
 the data) beside the memory planner's prediction for the same spec, seconds per step, tokens per second,
 trainable parameters, eval loss before and after (and, for DPO, the share of test pairs whose chosen answer
-the tuned model prefers). Writes ``results[-TAG].json``, ``results[-TAG].md`` and ``methods[-TAG].png``.
+the tuned model prefers), and output quality: the base and the tuned model's greedy answers to ``--generations``
+test prompts against the references (ROUGE-L, and all-MiniLM-L6-v2 cosine where models/ holds it). Writes
+``results[-TAG].json``, ``results[-TAG].md`` and ``methods[-TAG].png``.
 
 The data: examples/data's documents. SFT rows ask for the notes on a topic and answer with them; DPO rows
 pair the same prompt with those notes (chosen) and the same words shuffled (rejected), in TRL's conversational
@@ -32,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
+MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
 METHODS = ("full", "lora", "qlora")
 OBJECTIVES = ("sft", "dpo")
 # Learning rates as the methods are usually run: full fine-tuning lower than adapters, DPO lower than SFT.
@@ -101,7 +104,12 @@ def spec_for(model: Path, dataset: Path, objective: str, method: str, args) -> d
             "optim": args.optim,
             "gradientCheckpointing": args.gradient_checkpointing,
         },
-        "evaluation": {"generations": 0},
+        "evaluation": {
+            "generations": args.generations,
+            "maxNewTokens": args.max_new_tokens,
+            # Answers scored against the references by ROUGE-L and, where the model is built, embedding similarity.
+            "embeddingModel": str(MINILM) if (MINILM / "modules.json").exists() else None,
+        },
     }
 
 
@@ -143,6 +151,7 @@ def run_one(spec: dict, work: Path) -> dict:
         "reward_margin": m.get("rewards/margins"),
         "losses": m["losses"],
         "bf16": m["bf16"],
+        "output_quality": m.get("output_quality"),
     }
 
 
@@ -159,8 +168,9 @@ def markdown(report: dict) -> str:
         f"{c['device']}.",
         "",
         "| objective | method | peak memory GiB (measured) | planned GiB | s/step | tokens/s | trainable params | "
-        "eval loss before -> after | DPO: chosen preferred |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "eval loss before -> after | DPO: chosen preferred | "
+        "answers vs references: ROUGE-L, similarity (base -> tuned) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         if "error" in r:
@@ -173,11 +183,21 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['objective']} | {r['method']} | {measured / GIB:.2f} | {r['planned_peak_bytes'] / GIB:.2f} | "
             f"{r['seconds_per_step']:.2f} | {r['tokens_per_second']:,.0f} | {r['trainable_parameters'] / 1e6:.1f} M | "
-            f"{r['initial_eval_loss']:.3f} -> {r['eval_loss']:.3f} | {accuracy} |"
+            f"{r['initial_eval_loss']:.3f} -> {r['eval_loss']:.3f} | {accuracy} | {_quality(r.get('output_quality'))} |"
         )
     what = "torch.cuda.max_memory_allocated during train()" if on_gpu else "the process's peak resident set"
     lines += ["", f"Measured memory: {what}; planned: the planner's peak of live tensors for the same spec."]
     return "\n".join(lines) + "\n"
+
+
+def _quality(q: dict | None) -> str:
+    """ROUGE-L (and embedding similarity) of the base and the tuned answers against the references."""
+    if not q or q.get("tuned_rouge_l") is None:
+        return ""
+    text = f"{q['base_rouge_l']:.3f} -> {q['tuned_rouge_l']:.3f}"
+    if q.get("tuned_similarity") is not None:
+        text += f", {q['base_similarity']:.3f} -> {q['tuned_similarity']:.3f}"
+    return text + f" ({q['answers']} prompts)"
 
 
 def plot(report: dict, path: Path) -> None:
@@ -219,6 +239,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--optim", default="adamw_torch_fused")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--generations", type=int, default=4, help="test prompts answered by both models, scored")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
     parser.add_argument("--gpu", default=None, help="the planner's GPU type (default: H100-80GB/H200-141GB by name)")

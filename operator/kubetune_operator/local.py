@@ -140,7 +140,7 @@ def _spec_digest(resource: Resource) -> str:
 def _inputs_digest(resource: Resource) -> str:
     """A DatasetBuild's inputs by content: each source file's and evaluation set's sha256 ("" when a path is
     missing: the build itself then says which)."""
-    from kubetune.datagen.documents import find_files
+    from kubetune.datagen.inputs import find_files
     from kubetune.datagen.stage_store import file_digest
 
     spec = resource.spec

@@ -9,7 +9,6 @@ that gives no document is counted under a reason (``not_utf8``, ``empty``, ``inv
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import re
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1.datasetbuild import ChunkingSpec, CleaningSpec, SourceSpec
+from kubetune.datagen.inputs import find_files, is_datasets_folder
+
+__all__ = ["Chunk", "Document", "find_files", "is_datasets_folder"]
 
 
 @dataclass(frozen=True)
@@ -34,44 +36,6 @@ class Chunk:
     chunk_id: str  # sha256 of the normalised text: equal text, equal id
     source: str
     text: str
-
-
-# --- finding the inputs -------------------------------------------------------------------------------------
-
-_DATASETS_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
-
-
-def is_datasets_folder(path: Path) -> bool:
-    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
-    return path.is_dir() and any((path / marker).is_file() for marker in _DATASETS_MARKERS)
-
-
-def _expand(path: Path, include: list[str]) -> list[Path]:
-    """The inputs under a folder: files matching ``include`` and ``datasets`` folders (not descended into)."""
-    if is_datasets_folder(path):
-        return [path]
-    found: list[Path] = []
-    for child in sorted(path.iterdir()):
-        if child.is_dir():
-            found.extend(_expand(child, include))
-        elif child.is_file() and any(fnmatch.fnmatch(child.name, pat) for pat in include):
-            found.append(child)
-    return found
-
-
-def find_files(source: SourceSpec) -> list[Path]:
-    """The inputs named by ``source.paths`` in a stable order: files as given, folders expanded through
-    ``source.include``. A ``datasets`` folder is one input whatever ``include`` says."""
-    found: list[Path] = []
-    for i, raw in enumerate(source.paths):
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(_expand(path, source.include))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"spec.source.paths[{i}]: {raw!r} is neither a file nor a folder")
-    return found
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -336,11 +300,7 @@ def check_source(source: SourceSpec) -> list[str]:
         for i, raw in enumerate(source.paths)
         if not (Path(raw).is_file() or Path(raw).is_dir())
     ]
-    inputs: list[Path] = []
-    for raw in source.paths:
-        path = Path(raw)
-        inputs.extend(_expand(path, source.include) if path.is_dir() else [path] if path.is_file() else [])
-    for path in inputs:
+    for path in find_files(source, strict=False):
         if not (path.is_dir() or path.suffix.lower() in (".jsonl", ".parquet")):
             continue
         try:

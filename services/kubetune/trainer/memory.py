@@ -579,7 +579,7 @@ def _device(spec: FineTuneJobSpec, gpu: str | None, notes: list[str]) -> tuple[G
 def _dtypes(spec: FineTuneJobSpec, on_gpu: bool, a: Assumptions, notes: list[str]) -> _Dtypes:
     """Which tensors are which dtype (see the module docstring)."""
     method = spec.method
-    compute = 2 if on_gpu else 4  # training.py: bf16 on a GPU (autocast), fp32 on a CPU
+    compute = 2 if on_gpu else 4  # training.py: bf16 on a GPU (autocast), fp32 on a CPU without AMX
     bf16 = getattr(spec.training, "bf16", None)
     if bf16 is not None and bf16 != on_gpu:
         notes.append(

@@ -587,3 +587,18 @@ def test_the_judge_scores_the_base_and_the_tuned_answers(tmp_path, tiny_model, d
     assert metrics["judge"]["tuned_score"] == 5.0 and metrics["judge"]["tuned_judged"] == 3
     assert metrics["judge"]["base_score"] in (1.0, None)  # the random base: 1, or cut answers counted
     assert metrics["judge"]["base_score"] is not None or metrics["judge"]["judge_truncated"] == 3
+
+
+@pytest.mark.parametrize(("amx", "bf16_kernels", "expected"), [(True, True, True), (False, True, False),
+                                                                (False, False, False)])  # fmt: skip
+def test_a_cpu_trains_in_the_precision_it_does_fastest(monkeypatch, tiny_model, amx, bf16_kernels, expected):
+    """By default a CPU with AMX tiles trains under bf16 autocast, one without (this machine's AVX2, or
+    AVX512-BF16 alone) in fp32; a set training.bf16 wins either way."""
+    import torch
+
+    from kubetune.trainer import training as training_module
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(training_module, "_bf16_supported", lambda on_gpu: bf16_kernels)
+    assert training_module.use_bf16(spec_for(tiny_model), on_gpu=False) is expected
+    assert training_module.use_bf16(spec_for(tiny_model, bf16=False), on_gpu=False) is False

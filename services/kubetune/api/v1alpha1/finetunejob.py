@@ -167,8 +167,8 @@ class TrainingSpec(SpecModel):
     )
     bf16: bool | None = Field(
         None,
-        description="bf16 mixed precision. Default: on a GPU that supports bf16; fp32 on a CPU (true there needs a "
-        "CPU with AVX512-BF16 or AMX).",
+        description="bf16 mixed precision. Default: on a GPU that supports bf16; on a CPU, what it does fastest: bf16 "
+        "with AMX, fp32 without (true there needs AVX512-BF16 or AMX).",
     )
     seed: int = Field(42, description="Seed of the adapter's initialisation, the data order and dropout.")
 
