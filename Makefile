@@ -17,7 +17,7 @@ REGISTRY ?= ghcr.io/kubetune
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint crds chart images clean
+.PHONY: help setup setup-demo demo test test-fast lint crds chart images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,9 +55,11 @@ $(OCI_REGISTRY) &:
 		echo "warning: the OCI publishing tests need Debian's docker-registry and skopeo: sudo apt-get install docker-registry skopeo" >&2; \
 	fi
 
-setup: $(STAMP) $(MODEL_DIR)/config.json $(EMBEDDING_DIR)/modules.json $(HELM) $(OCI_REGISTRY) ## Install everything into .venv, helm and kubectl into .cache/tools, Debian's docker-registry and skopeo (for the OCI tests), and build the SmolLM2-135M demo model and the all-MiniLM-L6-v2 embedding model (once)
+setup-demo: $(STAMP) $(MODEL_DIR)/config.json $(EMBEDDING_DIR)/modules.json ## What the demo needs: install into .venv, build the SmolLM2-135M demo model and the all-MiniLM-L6-v2 embedding model (once)
 
-demo: setup ## Run examples/quickstart.yaml locally: build a dataset, train a LoRA adapter, register it
+setup: setup-demo $(HELM) $(OCI_REGISTRY) ## setup-demo, and what the tests add: helm and kubectl into .cache/tools, Debian's docker-registry and skopeo (for the OCI tests)
+
+demo: setup-demo ## Run examples/quickstart.yaml locally: build a dataset, train a LoRA adapter, register it
 	$(VENV)/bin/kubetune run -f examples/quickstart.yaml --workdir .kubetune
 
 test: setup lint ## Lint, then run every test (the slow end-to-end ones too)

@@ -28,6 +28,19 @@ EXPECTED = {  # kind -> the reason it is dropped for (the rows chosen below are 
     "paraphrase_duplicate": "semantic_duplicate",
     "contradiction": "unsupported_number",
 }
+# Two back-translated instructions SmolLM2-135M wrote for a span of the quickstart's docs/qlora.md (the answer is
+# the span, verbatim): a statement that asks nothing, and a question about names the span never mentions.
+QLORA_SPAN = (
+    "The LoRA adapters stay in 16-bit precision and receive the gradients, while the base weights are dequantised "
+    "on the fly during the forward and backward passes. QLoRA also uses double quantisation, which quantises the "
+    "quantisation constants themselves, and paged optimizers that move optimizer state to CPU memory when the GPU "
+    "runs short."
+)
+GENERATED = {
+    "not_a_request": "The LoRa Adapter provides improved performance by utilizing advanced data compression "
+    "techniques, such as delta encoding.",
+    "unknown_term": "How does QLOA avoid FFXI optimization?",
+}
 
 
 def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp_path, root, smollm2, minilm, labelled):
@@ -43,6 +56,12 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
     # A paraphrase's original is in the set too (it comes first), so there is something to duplicate.
     chosen += [by_id[r["duplicate_of"]] for r in chosen if r["kind"] == "paraphrase_duplicate"]
     chosen.sort(key=lambda r: r["id"])
+    chosen += [
+        {"id": f"smollm2-{reason}", "kind": reason, "instruction": instruction, "answer": QLORA_SPAN,
+         "source": QLORA_SPAN}
+        for reason, instruction in GENERATED.items()
+    ]  # fmt: skip
+    by_id.update((r["id"], r) for r in chosen)
     source = tmp_path / "rows.jsonl"
     source.write_text("".join(json.dumps({k: r[k] for k in ("id", "instruction", "answer", "source")}) + "\n"
                               for r in chosen))  # fmt: skip
@@ -66,6 +85,8 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
         reasons[by_id[d["id"]]["kind"]].add(d["reason"])
     for kind, reason in EXPECTED.items():
         assert reason in reasons[kind], (kind, reasons[kind])
+    for reason in GENERATED:
+        assert reasons[reason] == {reason}
     twins = [d for d in dropped if d["reason"] == "semantic_duplicate"]
     assert all(d["duplicate_of"] in by_id for d in twins)  # which kept row each duplicates
     kept = [r for split in ("train", "test") for r in pq.read_table(output / f"{split}.parquet").to_pylist()]

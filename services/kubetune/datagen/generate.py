@@ -41,8 +41,8 @@ ANSWER_SYSTEM_PROMPT = (
 
 BACKTRANSLATION_SYSTEM_PROMPT = (
     "You write training data for a helpful assistant. The user gives you an answer taken from a document. "
-    "Write the one instruction a user would give, without seeing the document, to which this is the answer: a "
-    'question or a task that names its subject. Never mention "the text", "the passage" or "the answer". '
+    "Write the one question a user would ask, without seeing the document, to which this is the answer: a "
+    'question that names its subject. Never mention "the text", "the passage" or "the answer". '
     'Reply with JSON only: {{"instruction": "..."}}.'
 )
 
@@ -86,6 +86,22 @@ def pairs_schema(n: int, extract: bool = False) -> dict:
 
 ANSWER_SCHEMA = _object(answer=_string(MAX_ANSWER_CHARS))
 INSTRUCTION_SCHEMA = _object(instruction=_string(MAX_INSTRUCTION_CHARS))
+# Back-translation's instruction is a question, from its first word to its mark: a weak model left free writes a
+# statement or a heading instead (quality's not_a_request), and one made to start with a question word asks.
+QUESTION_SCHEMA = _object(
+    instruction={
+        "type": "string",
+        "maxLength": MAX_INSTRUCTION_CHARS,
+        # No {m,n} bound: xgrammar 0.2 cannot compile a bounded repeat inside a JSON string's pattern.
+        "pattern": r"^(What|How|Why|When|Which|Who|Where|Is|Are|Does|Do|Can|Should) [^\n?]+\?$",
+    }
+)
+# One worked example before the real answer (few-shot): the shape of the reply, on a subject of no corpus.
+_BACKTRANSLATION_EXAMPLE = (
+    "Answer: list.sort() sorts a Python list in place and returns None, while sorted() returns a new sorted "
+    "list and leaves its argument unchanged.",
+    '{"instruction": "What is the difference between list.sort() and sorted() in Python?"}',
+)
 
 
 def _system(spec: GenerationSpec, template: str) -> str:
@@ -137,8 +153,13 @@ def backtranslation_requests(chunks: list[Chunk], spec: DatasetBuildSpec) -> lis
             c,
             span,
             Request(
-                [{"role": "system", "content": system}, {"role": "user", "content": f"Answer: {span}"}],
-                INSTRUCTION_SCHEMA,
+                [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": _BACKTRANSLATION_EXAMPLE[0]},
+                    {"role": "assistant", "content": _BACKTRANSLATION_EXAMPLE[1]},
+                    {"role": "user", "content": f"Answer: {span}"},
+                ],
+                QUESTION_SCHEMA,
                 request_seed(spec.generation.seed, "backtranslate", c.chunk_id, span),
             ),
         )

@@ -16,8 +16,13 @@ catch that, each a score kept on the row:
   from a source that says 3.10) is the contradiction the two scores above cannot see; on the labelled bench this
   check drops a quarter of the contradicting answers and none of the good ones.
 
+- names (``unknown_terms``): the names and acronyms of the instruction (two capitals or more: QLoRA, FastAPI)
+  that the source never mentions. A question about an invented "QLOA" or "FFXI" embeds close to a source on
+  QLoRA, so the similarity floor passes it.
+
 A sample fails ``ungrounded`` when either answer score is below its floor, ``unsupported_number`` when its answer
-states a figure its source does not, ``off_topic`` when the instruction's similarity is below its floor. The
+states a figure its source does not, ``unknown_term`` when its instruction names what the source never does,
+``off_topic`` when the instruction's similarity is below its floor. The
 floors' defaults come from the labelled bench (bench/quality): what they catch and what they wrongly drop is
 measured there, not assumed. Semantic deduplication (SemDeDup-style) drops a sample whose instruction and
 answer embed close to a kept one's (``semantic_duplicate``), keeping the better grounded of the two: a
@@ -91,6 +96,27 @@ def unsupported_numbers(answer: str, source: str) -> list[str]:
     held = figures(source)
     found = sorted(figures(answer) - held, key=answer.find)
     return [f for f in found if not (f.isdigit() and int(f) <= 10)]
+
+
+# A name or an acronym: a word with two capitals or more (QLoRA, DPO, FastAPI, GPT4). General computing acronyms
+# a question may use whatever its source says are left out.
+_NAME = re.compile(r"(?<![\w-])[A-Za-z0-9]*[A-Z][A-Za-z0-9]*[A-Z][A-Za-z0-9]*(?![\w-])")
+_GENERAL_NAMES = frozenset(
+    re.findall(
+        r"\w+",
+        "AI API APIs CPU CPUs GPU GPUs LLM LLMs ML NLP JSON YAML HTML CSS URL URLs SQL PDF CSV HTTP HTTPS OK CLI UI OS "
+        "RAM IDE",
+    )
+)
+
+
+def unknown_terms(instruction: str, source: str) -> list[str]:
+    """The names and acronyms the instruction asks about that its source never mentions, in order, compared
+    without case ("How does QLOA avoid FFXI optimization?" about a source on QLoRA): a question about something
+    invented, which the embedding similarity still finds close to the source's topic."""
+    held = source.casefold()
+    found = [n for n in _NAME.findall(instruction) if n not in _GENERAL_NAMES and n.casefold() not in held]
+    return list(dict.fromkeys(found))
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")

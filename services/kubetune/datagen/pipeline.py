@@ -517,8 +517,8 @@ def _quality(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple
 
 def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[list[dict], dict]:
     """Each sample against its source (kubetune.datagen.grounding): the scores kept on the row, ungrounded,
-    unsupported_number and off_topic dropped. A sample without a source (an instruction row that has none) is
-    kept as it is."""
+    unsupported_number, unknown_term and off_topic dropped. A sample without a source (an instruction row that has
+    none) is kept as it is."""
     from kubetune.datagen import grounding
     from kubetune.llm import embeddings
 
@@ -530,7 +530,7 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
         embedder = embeddings.embedder(b.spec.curation.embedding_model)
         rows = [{"instruction": s["instruction"], "answer": _answer(s)} for s, _ in with_source]
         similarities = grounding.similarity_scores(embedder, rows, [text for _, text in with_source])
-    dropped: dict[str, int] = {"ungrounded": 0, "unsupported_number": 0, "off_topic": 0}
+    dropped: dict[str, int] = {"ungrounded": 0, "unsupported_number": 0, "unknown_term": 0, "off_topic": 0}
     kept, scored = [], iter(similarities)
     for sample, text in sourced:
         if not text:
@@ -539,6 +539,8 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
         row = {**sample, "support_score": round(grounding.lexical_support(_answer(sample), text), 4)}
         if figures := grounding.unsupported_numbers(_answer(sample), text):
             row["unsupported_numbers"] = figures
+        if names := grounding.unknown_terms(sample["instruction"], text):
+            row["unknown_terms"] = names
         similarity = next(scored)
         if similarity is not None:
             row["answer_similarity_score"], row["instruction_similarity_score"] = (round(x, 4) for x in similarity)
@@ -551,6 +553,8 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
             reason = "ungrounded"
         elif not unranked and spec.drop_unsupported_numbers and row.get("unsupported_numbers"):
             reason = "unsupported_number"
+        elif spec.drop_unknown_terms and row.get("unknown_terms"):
+            reason = "unknown_term"
         elif row.get("instruction_similarity_score", 1.0) < spec.min_instruction_similarity:
             reason = "off_topic"
         if reason:

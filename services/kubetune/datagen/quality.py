@@ -248,12 +248,58 @@ def copies_answer(instruction: str, answer: str) -> bool:
     )
 
 
+# What a request opens with: an imperative of an instruction set's tasks, at the start of any clause ("Using
+# pandas, read a CSV file"), or a question word or an auxiliary at its very start (a question without its mark:
+# "How do I install it"); an adverb may come first ("Briefly explain ...").
+_IMPERATIVES = frozenset(
+    re.findall(
+        r"[a-z]+",
+        """
+    add adapt analyse analyze answer apply arrange assess brainstorm build calculate categorise categorize change
+    check choose cite classify combine compare compose compute condense configure construct contrast convert
+    correct count create debug decide declare define demonstrate derive describe design detail determine develop
+    diagnose differentiate discuss distinguish draft draw edit elaborate enumerate estimate evaluate explain
+    express extract figure fill find fix follow format formulate generate give group guess highlight identify
+    illustrate implement improve infer insert interpret introduce investigate justify label list locate make map
+    match mention merge modify name note offer optimise optimize order organise organize outline paraphrase pick
+    plan please point predict prepare present propose prove provide put rank rate read recommend refactor
+    reformulate rephrase replace report respond restate review revise rewrite run say select show simplify solve
+    sort specify state suggest summarise summarize tell translate turn use verify walk write
+    """,
+    )
+)
+_QUESTION_WORDS = frozenset(
+    re.findall(
+        r"[a-z]+",
+        """
+    what whats how why when where which who whom whose whether is are was were am do does did can could should
+    would will shall may might must have has had
+    """,
+    )
+)
+_CLAUSE = re.compile(r"(?:^|[,:;.!]\s+|\n)[\"'(\[]*([A-Za-z]+)(?:\s+([A-Za-z]+))?")
+
+
+def is_request(instruction: str) -> bool:
+    """The instruction asks for something: it has a question mark, or it opens with a question word, or one of
+    its clauses opens with an imperative ("Summarize the release notes.", "Using pandas, read a CSV file"). A
+    statement ("The LoRA adapter provides improved performance.") or a bare heading ("Building an instruction
+    dataset") is not one: a weak back-translator writes those. English only, as the word lists are."""
+    if "?" in instruction or "\uff1f" in instruction:
+        return True
+    for i, (first, second) in enumerate(_CLAUSE.findall(instruction.strip())):
+        word = (second if first.casefold().endswith("ly") and second else first).casefold()
+        if word in _IMPERATIVES or (i == 0 and word in _QUESTION_WORDS):
+            return True
+    return False
+
+
 def drop_reason(instruction: str, answer: str, spec: QualitySpec, source: str = "") -> str | None:
     """The first check the sample fails, or ``None``. The order: instruction_too_short, answer_too_short,
     answer_too_long, gibberish, refusal, mentions_context (in the answer or the instruction), truncated,
-    restates_instruction, repeated_ngrams, non_alpha, copies_answer. ``source``, where known, shows an answer cut
-    mid-word (truncated). Lengths count the stripped characters; the
-    ``drop_*`` fields switch their checks off, ``enabled: false`` all of them."""
+    restates_instruction, repeated_ngrams, non_alpha, copies_answer, not_a_request. ``source``, where known,
+    shows an answer cut mid-word (truncated). Lengths count the stripped characters; the ``drop_*`` fields
+    switch their checks off, ``enabled: false`` all of them."""
     if not spec.enabled:
         return None
     instruction, answer = instruction.strip(), answer.strip()
@@ -279,4 +325,6 @@ def drop_reason(instruction: str, answer: str, spec: QualitySpec, source: str = 
         return "non_alpha"
     if spec.drop_restated_instructions and copies_answer(instruction, answer):
         return "copies_answer"
+    if spec.drop_non_requests and not is_request(instruction):
+        return "not_a_request"
     return None

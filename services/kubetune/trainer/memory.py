@@ -89,7 +89,7 @@ GPUs needed
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -308,7 +308,8 @@ class Assumptions:
     training loop), ``chunked`` torchtune's CEWithChunkedOutputLoss over ``loss_chunks`` chunks (compiled).
     adapter_dtype: ``auto`` is kubetune's: fp32 for lora (PEFT), bf16 for qlora (TRL); on a CPU the same.
     upcast_unquantized: QLoRA's embeddings, lm_head, norms and biases in fp32 (PEFT's
-    ``prepare_model_for_kbit_training``), or in the compute dtype (torchtune).
+    ``prepare_model_for_kbit_training``), or in the compute dtype (torchtune); None: as the spec's
+    ``lora.upcastUnquantized`` says (kubetune's default: the compute dtype).
     padded_batches: a padded batch carries an attention mask (K and V repeated to every head, a boolean
     s x s mask); None: padded unless ``training.packing``.
     """
@@ -316,7 +317,7 @@ class Assumptions:
     loss: Literal["fused", "full", "chunked"] = "fused"
     loss_chunks: int = 8
     adapter_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    upcast_unquantized: bool = True
+    upcast_unquantized: bool | None = None
     padded_batches: bool | None = None
 
 
@@ -343,7 +344,6 @@ OPTIMIZERS: dict[str, _Optimizer] = {
     "adafactor": _Optimizer(0, 4, factored=True),
     "sgd": _Optimizer(0, None),
 }
-DEFAULT_OPTIMIZER = "adamw_torch_fused"
 
 
 def gpu_type(name: str) -> GpuType | None:
@@ -922,6 +922,8 @@ def plan_memory(
     """Predict one training step's peak memory for ``spec`` on ``gpu`` (a GPU type's name, ``cpu``, or None:
     the CPU when ``spec.resources.gpus`` is 0, else ``spec.resources.gpuType``, else a GPU of no named type)."""
     a = assumptions or Assumptions()
+    if a.upcast_unquantized is None:
+        a = replace(a, upcast_unquantized=spec.lora.upcast_unquantized)
     shape = model_shape(config)
     t = spec.training
     notes: list[str] = []
@@ -931,7 +933,7 @@ def plan_memory(
     gpu_spec, on_gpu = _device(spec, gpu, notes)
     d = _dtypes(spec, on_gpu, a, notes)
     params = _parameters(shape, spec, d, notes)
-    optim_name = optim or getattr(t, "optim", None) or DEFAULT_OPTIMIZER
+    optim_name = optim or spec.optimizer(on_gpu)
     optimizer_states = _optimizer_states(optim_name, shape, spec, params, notes)
     acts = _activations(shape, spec, a, d, params.lora_modules, notes)
     gc = t.gradient_checkpointing

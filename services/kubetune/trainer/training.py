@@ -200,9 +200,24 @@ def _load_model(spec: FineTuneJobSpec, on_gpu: bool, path: str | None = None, bf
                 # gradient through the layer, silently. The repacked kernel is for inference: not here.
                 module.support_avx512bf16_for_cpu = False
     if spec.method == "qlora":
+        model = _prepare_quantized(model, spec.lora.upcast_unquantized, spec.training.gradient_checkpointing)
+    return model
+
+
+def _prepare_quantized(model, upcast: bool, gradient_checkpointing: bool):
+    """A 4-bit model made ready for adapters: every weight frozen and, with checkpointing, the embeddings' output
+    made to require grad and non-reentrant checkpointing, as PEFT does. With
+    ``upcast``, PEFT's prepare_model_for_kbit_training, which also casts the unquantized modules (embeddings,
+    LM head, norms) to fp32; without, they keep the dtype they were loaded in (lora.upcastUnquantized)."""
+    if upcast:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    for param in model.parameters():
+        param.requires_grad = False
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -269,7 +284,7 @@ def check_capabilities(spec: FineTuneJobSpec, base: str, on_gpu: bool) -> None:
                 f"spec.training.maxLength {spec.training.max_length} is above the {positions} positions of "
                 f"{base} (config.json max_position_embeddings); set maxLength to at most {positions}"
             )
-    optim = spec.training.optim
+    optim = spec.optimizer(on_gpu)
     needs_bnb = spec.method == "qlora" or "8bit" in optim or optim.startswith("paged_")
     if optim.startswith("paged_") and not on_gpu:
         raise CapabilityError(
@@ -495,7 +510,7 @@ def _trainer_and_config(
         warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
-        optim=t.optim,
+        optim=spec.optimizer(on_gpu),
         logging_steps=t.logging_steps,
         gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed,
@@ -524,8 +539,11 @@ def _history(log_history: list[dict[str, Any]], initial_eval: float | None) -> t
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     # Step 0 is the baseline evaluation, when there was one; the last is the one after training.
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
-    # DPO's own measures at the last evaluation: how often, and by how much, chosen beats rejected.
+    # DPO's own measures at the last evaluation: how often, and by how much, chosen beats rejected; without a test
+    # split, at the last logged training step.
     preference = {k.removeprefix("eval_"): v for h in history for k, v in h.items() if k.startswith("eval_rewards/")}
+    if not preference:
+        preference = {k: v for h in history for k, v in h.items() if k.startswith("rewards/")}
     return losses, evals, preference
 
 

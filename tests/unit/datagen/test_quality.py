@@ -146,6 +146,13 @@ def test_ratios():
         (QUESTION, GOOD, None),
         (QUESTION, "I cannot stress enough that it trains two small matrices per layer.", None),
         (QUESTION, "The text editor vim has nothing to do with it; it trains adapters.", None),
+        # What SmolLM2-135M wrote as back-translated instructions for the quickstart's documents: statements.
+        ("The LoRa Adapter provides improved performance by utilizing data compression.", GOOD, "not_a_request"),
+        ("Building an instruction dataset", GOOD, "not_a_request"),
+        ("LoRA is efficient, which is why it is used", GOOD, "not_a_request"),
+        ("Briefly explain what LoRA trains.", GOOD, None),
+        ("Using the peft library, describe what LoRA trains", GOOD, None),
+        ("How does LoRA keep the base model frozen", GOOD, None),
     ],
 )
 def test_drop_reason(instruction, answer, reason):
@@ -175,6 +182,9 @@ def test_switches_turn_their_checks_off():
         assert quality.drop_reason(QUESTION, answer, off) is None
     assert quality.drop_reason(QUESTION, QUESTION, off) is None
     assert quality.drop_reason("Why?", "x", QualitySpec(enabled=False)) is None
+    heading = "Les adaptateurs de rang faible"  # a French instruction: the English word list cannot tell
+    assert quality.drop_reason(heading, GOOD, QualitySpec()) == "not_a_request"
+    assert quality.drop_reason(heading, GOOD, QualitySpec(drop_non_requests=False)) is None
     lenient = QualitySpec(max_repeated_ngram_ratio=1.0, max_non_alpha_ratio=1.0, drop_gibberish=False)
     assert quality.drop_reason(QUESTION, "It trains: {A, B} -> [W + A*B] ~ (r=16); <frozen>!!", lenient) is None
 

@@ -116,8 +116,15 @@ def figure(plan: MemoryPlan, term: str) -> int:
 
 
 BENCH = {r["method"]: r for r in BENCH_GPU["results"]}
-BENCH_TRAINING = {"perDeviceTrainBatchSize": 2, "maxLength": 2048, "gradientCheckpointing": True, "packing": True}
-BENCH_LORA = {"r": 16, "loraAlpha": 32, "loraDropout": 0.0, "targetModules": ["all-linear"]}
+# Measured with the trainer of then: QLoRA's unquantized modules upcast to fp32 (PEFT) and AdamW for every method.
+BENCH_TRAINING = {
+    "perDeviceTrainBatchSize": 2,
+    "maxLength": 2048,
+    "gradientCheckpointing": True,
+    "packing": True,
+    "optim": "adamw_torch_fused",
+}
+BENCH_LORA = {"r": 16, "loraAlpha": 32, "loraDropout": 0.0, "targetModules": ["all-linear"], "upcastUnquantized": True}
 TT_TRAINING = {"perDeviceTrainBatchSize": 2, "maxLength": 2048, "gradientCheckpointing": True, "packing": True}
 
 CASES = [
@@ -356,22 +363,24 @@ def test_qlora_needs_less_than_lora_which_needs_less_than_full(tmp_path, gpu):
     peaks = [plan_8b(tmp_path, m, gpu, gradientCheckpointing=True).peak_allocated for m in ("qlora", "lora", "full")]
     assert peaks == sorted(peaks) and len(set(peaks)) == 3
     weights = [plan_8b(tmp_path, m, gpu).weights for m in ("qlora", "lora", "full")]
-    # NF4 is a quarter of bf16, but the fp32 embeddings and lm_head (4.2 GB) keep QLoRA's weights near half.
+    # NF4 is a quarter of bf16, but the unquantized bf16 embeddings and lm_head (2.1 GB) stay whole.
     assert weights[0] < weights[1] / 2 and weights[1] == weights[2]
 
 
 def test_without_checkpointing_qloras_fp32_residual_stream_outweighs_its_4bit_weights(tmp_path):
-    """prepare_model_for_kbit_training upcasts the embeddings, so QLoRA's hidden states and MLP run in fp32."""
+    """prepare_model_for_kbit_training (lora.upcastUnquantized) upcasts the embeddings, so QLoRA's hidden states
+    and MLP run in fp32; kubetune's default keeps them in bf16, as LoRA's."""
     lora = plan_8b(tmp_path, "lora", perDeviceTrainBatchSize=4, maxLength=1024)
     qlora = plan_8b(tmp_path, "qlora", perDeviceTrainBatchSize=4, maxLength=1024)
-    assert qlora.activations > 1.2 * lora.activations
-    torchtune_like = plan_memory(
+    upcast = plan_memory(
         LLAMA_31_8B,
-        spec_for("x", "qlora", perDeviceTrainBatchSize=4, maxLength=1024),
+        spec_for("x", "qlora", {"upcastUnquantized": True}, perDeviceTrainBatchSize=4, maxLength=1024),
         "H100-80GB",
-        assumptions=Assumptions(upcast_unquantized=False),
     )
-    assert torchtune_like.activations == lora.activations  # without the upcast: bf16 like LoRA's
+    assert upcast.activations > 1.2 * lora.activations
+    assert qlora.activations == lora.activations  # without the upcast: bf16 like LoRA's
+    # The unquantized embeddings and LM head (2 x 128256 x 4096) at 2 bytes instead of 4.
+    assert upcast.weights - qlora.weights == 2 * 2 * 128256 * 4096 + 2 * 4096 * (2 * 32 + 1)
 
 
 def test_the_whole_logits_dominate_a_128k_vocabulary_unless_the_head_is_fused(tmp_path):

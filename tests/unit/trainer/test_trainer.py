@@ -602,3 +602,17 @@ def test_a_cpu_trains_in_the_precision_it_does_fastest(monkeypatch, tiny_model, 
     monkeypatch.setattr(training_module, "_bf16_supported", lambda on_gpu: bf16_kernels)
     assert training_module.use_bf16(spec_for(tiny_model), on_gpu=False) is expected
     assert training_module.use_bf16(spec_for(tiny_model, bf16=False), on_gpu=False) is False
+
+
+def test_dpos_reward_measures_come_from_the_last_evaluation_else_the_last_training_log():
+    from kubetune.trainer.training import _history
+
+    log = [
+        {"step": 1, "loss": 0.69, "rewards/margins": 0.01, "rewards/accuracies": 0.5},
+        {"step": 2, "loss": 0.60, "rewards/margins": 0.20, "rewards/accuracies": 1.0},
+    ]
+    losses, evals, preference = _history(log, None)
+    assert [h["loss"] for h in losses] == [0.69, 0.60] and not evals
+    assert preference == {"rewards/margins": 0.20, "rewards/accuracies": 1.0}  # no test split: the last step's
+    evaluated = [*log, {"step": 2, "eval_loss": 0.65, "eval_rewards/margins": 0.15}]
+    assert _history(evaluated, 0.7)[2] == {"rewards/margins": 0.15}

@@ -254,6 +254,12 @@ class QualitySpec(SpecModel):
     drop_truncated: bool = Field(
         True, description="Drop answers that stop mid-sentence (reason truncated): no final punctuation."
     )
+    drop_non_requests: bool = Field(
+        True,
+        description="Drop instructions that ask for nothing (reason not_a_request): no question mark, and no clause "
+        "opens with an imperative, a question word or 'please' (a statement, a bare heading). English word list: set "
+        "false for other languages.",
+    )
 
     cel_rules: ClassVar = (
         CelRule(
@@ -326,6 +332,12 @@ class GroundingSpec(SpecModel):
         True,
         description="Drop a sample whose answer states a figure (a version, count, percentage or date above 10) "
         "that its source does not hold (unsupported_number; the figures kept on the row as unsupported_numbers).",
+    )
+    drop_unknown_terms: bool = Field(
+        True,
+        description="Drop a sample whose instruction names something (a word with two capitals or more: QLoRA, "
+        "FastAPI; general acronyms such as GPU or JSON aside) that its source never mentions (unknown_term; the "
+        "names kept on the row as unknown_terms).",
     )
 
 
