@@ -587,6 +587,8 @@ def _dtypes(spec: FineTuneJobSpec, on_gpu: bool, a: Assumptions, notes: list[str
             f"{'bf16' if on_gpu else 'fp32'}, the default there"
         )
     w_b = compute  # load dtype of the unquantized model
+    if method == "full" and on_gpu and spec.training.fp32_master_weights:
+        w_b = 4  # fp32 weights (and so gradients and AdamW states) under bf16 autocast
     auto_adapter_b = 2 if method == "qlora" else 4  # TRL casts a quantized model's adapters to bf16
     adapter_b = auto_adapter_b if a.adapter_dtype == "auto" else _dtype_bytes(a.adapter_dtype)
     unq_b = 4 if (method == "qlora" and a.upcast_unquantized) else w_b
@@ -841,6 +843,8 @@ def _layer_backward(
     # Autocast's bf16 copies of fp32 trainable adapters are kept by the matmuls that used them (one layer's
     # worth at a time with checkpointing, which recomputes them).
     copy_adapters = 2 * params.n_lora if (d.on_gpu and d.adapter_b == 4) else 0
+    if d.on_gpu and spec.method == "full" and d.w_b == 4:  # fp32MasterWeights: the decoder's weights, likewise
+        copy_adapters += 2 * (shape.decoder_linear_params + shape.head_params)
     temporaries = 3 * d.m_b * shape.intermediate * acts.n_tok
     dequant = d.compute * max(i * o for i, o in shape.linears().values()) if spec.method == "qlora" else 0
     recompute = (acts.layer_bytes if gc else 0) + temporaries + dequant
@@ -938,6 +942,11 @@ def plan_memory(
     acts = _activations(shape, spec, a, d, params.lora_modules, notes)
     gc = t.gradient_checkpointing
     activations = acts.with_checkpointing if gc else acts.without_checkpointing
+    if t.activation_offloading and on_gpu:
+        # TRL's OffloadActivations: what the forward keeps goes to pinned CPU memory as it is made, and comes back
+        # a layer ahead of the backward: about two layers' worth stays on the GPU.
+        activations = activations * 2 // shape.layers
+        notes.append("activation offloading: the saved activations of all but about two layers are in CPU memory")
     n_head = acts.batch * (acts.seq_len - 1) if a.loss == "fused" else acts.n_tok
     final = _final(shape, spec, a, d, params.lora_modules, acts.n_tok, n_head)
     logits, head_copy = _head_and_loss(shape, spec, a, d, acts.n_tok, n_head)

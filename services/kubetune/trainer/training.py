@@ -179,8 +179,10 @@ def _load_model(spec: FineTuneJobSpec, on_gpu: bool, path: str | None = None, bf
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    # On a GPU the weights are loaded in bf16; on a CPU they stay fp32 and bf16 is autocast only.
-    dtype = torch.bfloat16 if on_gpu and bf16 else torch.float32
+    # On a GPU the weights are loaded in bf16 (a full fine-tune then trains pure bf16), unless fp32MasterWeights; on a
+    # CPU they stay fp32 and bf16 is autocast only.
+    master = spec.method == "full" and spec.training.fp32_master_weights
+    dtype = torch.bfloat16 if on_gpu and bf16 and not master else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
     if spec.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -274,7 +276,8 @@ def use_bf16(spec: FineTuneJobSpec, on_gpu: bool) -> bool:
 
 def check_capabilities(spec: FineTuneJobSpec, base: str, on_gpu: bool) -> None:
     """Fail before loading any weight on what cannot work here: a sequence longer than the model's positions,
-    QLoRA or an 8-bit/paged optimizer where bitsandbytes cannot run, a paged optimizer without a GPU."""
+    QLoRA or an 8-bit/paged optimizer where bitsandbytes cannot run, a paged optimizer or activation offloading
+    without a GPU."""
     config_file = Path(base) / "config.json"
     if config_file.exists():
         config = json.loads(config_file.read_text())
@@ -284,6 +287,11 @@ def check_capabilities(spec: FineTuneJobSpec, base: str, on_gpu: bool) -> None:
                 f"spec.training.maxLength {spec.training.max_length} is above the {positions} positions of "
                 f"{base} (config.json max_position_embeddings); set maxLength to at most {positions}"
             )
+    if spec.training.activation_offloading and not on_gpu:
+        raise CapabilityError(
+            "spec.training.activationOffloading moves activations from GPU memory to CPU memory and needs a GPU; "
+            "set it false on a CPU"
+        )
     optim = spec.optimizer(on_gpu)
     needs_bnb = spec.method == "qlora" or "8bit" in optim or optim.startswith("paged_")
     if optim.startswith("paged_") and not on_gpu:
@@ -513,6 +521,7 @@ def _trainer_and_config(
         optim=spec.optimizer(on_gpu),
         logging_steps=t.logging_steps,
         gradient_checkpointing=t.gradient_checkpointing,
+        activation_offloading=t.activation_offloading,
         seed=t.seed,
         eval_strategy=("steps" if every else "epoch") if "test" in data else "no",
         eval_steps=every,

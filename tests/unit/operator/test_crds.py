@@ -190,6 +190,19 @@ CASES = {
         False,
         "resources.gpus must be at least generation.tensorParallelSize",
     ),
+    "fp32-master-weights-lora": (
+        _set(FTJ, "spec.training.fp32MasterWeights", True),
+        False,
+        "training.fp32MasterWeights is for method full",
+    ),
+    "fp32-master-weights-full": (
+        lambda docs: (
+            FTJ,
+            with_field(_set(FTJ, "spec.method", "full")(docs)[1], "spec.training.fp32MasterWeights", True),
+        ),
+        True,
+        None,
+    ),
     "tensor-parallel-gpus-unset": (_set(DSB, "spec.generation.tensorParallelSize", 4), True, None),
     "dtype-float16": (_set(DSB, "spec.generation.dtype", "float16"), True, None),
     "dtype-unknown": (_set(DSB, "spec.generation.dtype", "fp8"), False, "dtype"),

@@ -383,6 +383,39 @@ def test_without_checkpointing_qloras_fp32_residual_stream_outweighs_its_4bit_we
     assert upcast.weights - qlora.weights == 2 * 2 * 128256 * 4096 + 2 * 4096 * (2 * 32 + 1)
 
 
+def test_activation_offloading_leaves_about_two_layers_of_checkpoints_on_the_gpu(tmp_path):
+    """torchtune's published conditions (batch 2, packed 2048, checkpointing, r 8 on q, v, o and the MLP): with
+    kubetune's defaults QLoRA is planned at 7.56 GiB; offloading the checkpoints takes it under torchtune's 7.4."""
+    conditions = {"perDeviceTrainBatchSize": 2, "maxLength": 2048, "gradientCheckpointing": True, "packing": True}
+    lora = {
+        "r": 8,
+        "loraAlpha": 16,
+        "targetModules": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    }
+    kept = plan_memory(LLAMA_31_8B, spec_for("x", "qlora", lora, **conditions), "H100-80GB")
+    offloaded = plan_memory(
+        LLAMA_31_8B, spec_for("x", "qlora", lora, activationOffloading=True, **conditions), "H100-80GB"
+    )
+    assert offloaded.activations == kept.activations * 2 // 32
+    assert kept.peak_allocated > 7.4 * GIB > offloaded.peak_allocated
+    assert any("activation offloading" in n for n in offloaded.notes)
+    on_cpu = plan_memory(LLAMA_31_8B, spec_for("x", "qlora", lora, activationOffloading=True, **conditions), "cpu")
+    assert on_cpu.activations == plan_memory(LLAMA_31_8B, spec_for("x", "qlora", lora, **conditions), "cpu").activations
+
+
+def test_a_full_fine_tune_with_fp32_master_weights_costs_twice_pure_bf16s_persistent_memory(tmp_path):
+    """Pure bf16 (the default): 2 + 2 + 4 bytes per parameter for weights, gradients and AdamW; with an fp32 master
+    copy 4 + 4 + 8, and autocast's bf16 copies of the matmuls' weights on top while a step runs."""
+    conditions = {"perDeviceTrainBatchSize": 1, "maxLength": 1024, "gradientCheckpointing": True}
+    pure = plan_memory(LLAMA_31_8B, spec_for("x", "full", **conditions), "H100-80GB")
+    master = plan_memory(LLAMA_31_8B, spec_for("x", "full", fp32MasterWeights=True, **conditions), "H100-80GB")
+    n = pure.parameters
+    assert (pure.weights, pure.gradients, pure.optimizer_states) == (2 * n, 2 * n, 4 * n)
+    assert (master.weights, master.gradients, master.optimizer_states) == (4 * n, 4 * n, 8 * n)
+    assert master.peak_allocated > 2 * pure.peak_allocated - 10 * GIB
+    assert not master.fits and pure.fits  # 8B: pure bf16 fits one 80 GB card, fp32 master weights do not
+
+
 def test_the_whole_logits_dominate_a_128k_vocabulary_unless_the_head_is_fused(tmp_path):
     folder = model_dir(tmp_path, LLAMA_31_8B)
     spec = spec_for(folder, "lora", perDeviceTrainBatchSize=2, maxLength=2048, gradientCheckpointing=True)

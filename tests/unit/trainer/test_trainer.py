@@ -417,6 +417,9 @@ def test_dora_and_rslora_reach_the_adapter_config(tmp_path, tiny_model, dataset)
         pytest.param({"maxLength": 100_000}, "lora", r"maxLength 100000 is above the \d+ positions", id="too-long"),
         pytest.param({"optim": "paged_adamw_8bit"}, "lora", r"optim paged_adamw_8bit .* needs a GPU", id="paged-cpu"),
         pytest.param({"bf16": True}, "lora", r"bf16 is true, but this CPU", id="bf16-cpu"),
+        pytest.param(
+            {"activationOffloading": True}, "lora", r"activationOffloading .* needs a GPU", id="offloading-cpu"
+        ),
     ],
 )
 def test_what_cannot_run_here_fails_before_training(

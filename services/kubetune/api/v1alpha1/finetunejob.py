@@ -149,6 +149,19 @@ class TrainingSpec(SpecModel):
         1, ge=1, description="Loss recorded (metrics.json, loss.png, status progress) every this many steps."
     )
     save_steps: int = Field(50, ge=1, description="A checkpoint every this many steps; a restarted pod resumes.")
+    fp32_master_weights: bool = Field(
+        False,
+        description="method full on a GPU: weights, gradients and AdamW states in fp32 under bf16 autocast (mixed "
+        "precision with an fp32 master copy: no update is lost to bf16 rounding), 16 bytes per parameter and bf16 "
+        "copies for the matmuls. Default false: pure bf16, 8 bytes per parameter, what fits an 8B full fine-tune on "
+        "one 80 GB GPU.",
+    )
+    activation_offloading: bool = Field(
+        False,
+        description="Move the activations kept for the backward pass to CPU memory during the forward pass and back "
+        "for the backward (TRL's activation_offloading, on CUDA streams): with gradientCheckpointing, a GPU holds the "
+        "checkpoints of about two layers instead of all. GPU only.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them: less memory, about a third "
@@ -365,6 +378,12 @@ class FineTuneJobSpec(SchedulingSpec):
             lambda s: (
                 s.publish.gate is None or s.publish.gate.min_judge_score is None or s.evaluation.judge is not None
             ),
+        ),
+        CelRule(
+            "!has(self.training) || !has(self.training.fp32MasterWeights) || !self.training.fp32MasterWeights || "
+            "self.method == 'full'",
+            "training.fp32MasterWeights is for method full: lora and qlora update only their adapters",
+            lambda s: not s.training.fp32_master_weights or s.method == "full",
         ),
         CelRule(
             "type(self.resources.gpus) != string || has(self.resources.gpuType)",
