@@ -13,6 +13,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.api.v1alpha1.resources import Resource
+from kubetune.trainer import distributed
 from kubetune_operator.constants import (
     COMPONENT,
     COMPONENT_OF,
@@ -51,16 +52,20 @@ def service_command(
     output: str,
     dataset: str | None = None,
     start_from: str | None = None,
+    processes: int = 1,
 ) -> list[str]:
-    """The command line of the service entrypoint that does a resource's work."""
-    command = [python, "-m", _MODULE[kind], "--spec", spec_file, "--output", output, "--name", name]
+    """The command line of the service entrypoint that does a resource's work; a FineTuneJob's on ``processes``
+    ranks is started by torchrun."""
+    args = ["--spec", spec_file, "--output", output, "--name", name]
     if kind == FINE_TUNE_JOB:
         if dataset is None:
             raise ValueError("a FineTuneJob's command needs the dataset folder")
-        command += ["--dataset", dataset]
+        args += ["--dataset", dataset]
         if start_from is not None:
-            command += ["--start-from", start_from]
-    return command
+            args += ["--start-from", start_from]
+        if processes > 1:
+            return distributed.torchrun(python, _MODULE[kind], args, processes)
+    return [python, "-m", _MODULE[kind], *args]
 
 
 _SUFFIX = {DATASET_BUILD: "datagen", FINE_TUNE_JOB: "train"}
@@ -265,6 +270,14 @@ def _gpus(resource: Resource, planned: int | None) -> int | None:
     return count or None
 
 
+def _ranks(resource: Resource, resources: dict[str, Any]) -> int:
+    """A FineTuneJob pod's ranks: distributed.processesPerNode when set, else one per GPU the pod gets (the spec's,
+    the sizing step's or the operator's default), else 1."""
+    if resource.spec.distributed.processes_per_node is not None:
+        return resource.spec.distributed.processes_per_node
+    return max(int((resources.get("limits") or {}).get(GPU, 0)), 1)
+
+
 def job(
     resource: Resource,
     settings: Settings,
@@ -284,20 +297,22 @@ def job(
     component = COMPONENT_OF[kind]
     defaults = settings.pod_defaults.get(component) or {}
     output = output_path(settings.storage_root, kind, ns, name)
-    command = service_command(settings.python, kind, name, f"{SPEC_MOUNT}/{SPEC_FILE}", output, dataset, start_from)
+    spec = resource.spec
+    requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
+    resources = _merge_resources(defaults.get("resources") or {}, requests, _gpus(resource, gpus))
+    processes = _ranks(resource, resources) if kind == FINE_TUNE_JOB else 1
+    spec_file = f"{SPEC_MOUNT}/{SPEC_FILE}"
+    command = service_command(settings.python, kind, name, spec_file, output, dataset, start_from, processes)
     env = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **REPORT_ENV}.items()]
     # Who the pod works for, recorded in the dataset's manifest and the model's lineage (the uid names this one
     # resource among all that ever had its name).
     identity = {"kind": kind, "namespace": ns, "name": name, "uid": (resource.metadata.model_extra or {}).get("uid")}
     env.append({"name": RESOURCE_ENV, "value": json.dumps(identity, separators=(",", ":"))})
     volumes, mounts = _volumes(resource, settings)
-    spec = resource.spec
     if kind == FINE_TUNE_JOB:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_uri()})
     secret_volumes, secret_mounts, env_from = _credentials(resource)
     volumes, mounts = volumes + secret_volumes, mounts + secret_mounts
-    requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
-    gpus = _gpus(resource, gpus)
     env += defaults.get("env") or []  # e.g. MLflow credentials, as secretKeyRef: never a literal secret
     container_security, pod_security = _pod_security()
     container: dict[str, Any] = {
@@ -311,7 +326,6 @@ def job(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    resources = _merge_resources(defaults.get("resources") or {}, requests, gpus)
     if resources:
         container["resources"] = resources
     pod: dict[str, Any] = {

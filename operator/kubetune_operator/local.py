@@ -241,7 +241,11 @@ def run_one(resource: Resource, workdir: Path, force: bool = False, observer: Ob
     fingerprint = _fingerprint(resource, dataset, start_from)
     if _prepare(output, fingerprint, _spec_digest(resource), force, staged=kind == DATASET_BUILD):
         return Outcome(resource, Phase.SUCCEEDED, str(output), 0.0, {"upToDate": True, **_details(kind, output)})
-    command = builders.service_command(sys.executable, kind, name, str(spec_file), str(output), dataset, start_from)
+    # A FineTuneJob's ranks, all of them on this machine (numNodes x processesPerNode).
+    processes = resource.spec.world_size() if kind == FINE_TUNE_JOB else 1
+    command = builders.service_command(
+        sys.executable, kind, name, str(spec_file), str(output), dataset, start_from, processes
+    )
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

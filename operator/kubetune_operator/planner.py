@@ -133,6 +133,14 @@ def plan(
         return _started(
             resource, [builders.config_map(resource), builders.job(resource, settings)], "generating the dataset"
         )
+    nodes = resource.spec.distributed.num_nodes
+    if nodes > 1:
+        message = (
+            f"spec.distributed.numNodes is {nodes}: in a cluster a FineTuneJob trains in one pod in this version, "
+            "its GPUs as the ranks (resources.gpus, up to 16); set numNodes 1. kubetune run starts numNodes x "
+            "processesPerNode ranks on one machine"
+        )
+        return Decision(Phase.FAILED, "InvalidSpec", message, permanent=True)
     named = resource.spec.dependencies()
     if named.dataset_build is None:
         dataset = resource.spec.dataset.path
@@ -270,8 +278,9 @@ def _sized(
     verdict = (result.verdict if result is not None else None) or "the sizing pod reported no plan"
     if gpus is None or gpus < 1:
         advice = (
-            "kubetune's trainer runs one process per pod, without FSDP: choose method qlora or lora, a smaller "
-            "training.maxLength or batch, gradient checkpointing, or a larger resources.gpuType"
+            "no GPU count this job can train on holds it (qlora and distributed.strategy ddp do not shard; fsdp "
+            "takes up to 16 GPUs a pod): choose method qlora or lora, a smaller training.maxLength or batch, "
+            "gradient checkpointing, or a larger resources.gpuType"
         )
         return Decision(Phase.FAILED, "DoesNotFit", f"{verdict}; {advice}", permanent=True)
     decision = plan(resource, settings, dependency, start_from, gpus=gpus)

@@ -20,6 +20,7 @@ from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 from kubetune.api.v1alpha1.result import PodResult
 from kubetune.registry import gate, publishers
 from kubetune.registry.lineage import record, this_resource
+from kubetune.trainer.distributed import Ranks
 from kubetune.trainer.training import CapabilityError, DatasetMismatchError, StartFromError, train
 
 
@@ -35,10 +36,22 @@ def publishers_for(spec: FineTuneJobSpec) -> list[publishers.Publisher]:
     return found + [publishers.OciPublisher(target) for target in spec.publish.oci]
 
 
+def gpus_per_pod(plan, spec: FineTuneJobSpec) -> int | None:
+    """GPUs each of the spec's numNodes pods asks for: one when a step fits one GPU; else, where the strategy may
+    shard (auto or fsdp), the planner's FSDP count spread over the pods; None when nothing fits (qlora, ddp, or more
+    than 16 GPUs a pod)."""
+    if plan.fits:
+        return 1
+    if plan.gpus_needed is None or spec.distributed.strategy == "ddp" or spec.method == "qlora":
+        return None
+    per_pod = -(-plan.gpus_needed // spec.distributed.num_nodes)
+    return per_pod if per_pod <= 16 else None
+
+
 def size_gpus(spec_file: Path) -> int:
-    """The memory plan's answer for ``resources.gpus: auto``: one GPU when a step fits one ``gpuType``, else none
-    (the trainer runs one process per pod, without FSDP), with the plan's one-line verdict. Exit status 0 when
-    it planned, whatever the answer; 1 when it could not (the base model's config.json unreadable)."""
+    """The memory plan's answer for ``resources.gpus: auto``: the GPUs a pod asks for (:func:`gpus_per_pod`),
+    with the plan's one-line verdict. Exit status 0 when it planned, whatever the answer; 1 when it could not
+    (the base model's config.json unreadable)."""
     from kubetune.trainer import memory
 
     try:
@@ -51,7 +64,7 @@ def size_gpus(spec_file: Path) -> int:
         return 1
     print(plan.verdict(), flush=True)
     summary = PodResult(
-        gpus=1 if plan.fits else None,
+        gpus=gpus_per_pod(plan, spec),
         gpu_type=plan.gpu.name,
         per_gpu_gib=round(plan.total / memory.GIB, 2),
         verdict=plan.verdict(),
@@ -85,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         targets = publishers_for(spec)
         publishers.check_all(targets)  # before training, not after: a missing Secret costs no GPU hours
         metrics = train(spec, args.dataset, args.output, start_from=args.start_from)
+        if not Ranks.from_env().main:  # lineage, the gate and publishing happen once, on rank 0
+            return 0
     except (SpecError, FileNotFoundError, DatasetMismatchError, StartFromError, CapabilityError,
             publishers.PublishError) as exc:  # fmt: skip
         print(f"trainer failed: {exc}", file=sys.stderr)

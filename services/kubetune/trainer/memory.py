@@ -418,6 +418,9 @@ class MemoryPlan:
     fits: bool | None = None
     gpus_needed: int | None = None
     sharded_per_gpu: int | None = None
+    ranks: int = 1  # spec.distributed's numNodes x processesPerNode
+    strategy: str = "none"  # ddp or fsdp with several ranks (auto decided)
+    per_rank: int | None = None  # with several ranks: one rank's peak, overhead included on a GPU
     assumptions: Assumptions = field(default_factory=Assumptions)
     notes: list[str] = field(default_factory=list)
 
@@ -513,6 +516,12 @@ class MemoryPlan:
                 "gpusNeeded": self.gpus_needed,
                 "shardedPerGpuGiB": None if self.sharded_per_gpu is None else round(self.sharded_per_gpu / GIB, 3),
             },
+            "distributed": {
+                "ranks": self.ranks,
+                "strategy": self.strategy,
+                "perRankGiB": None if self.per_rank is None else round(self.per_rank / GIB, 3),
+                "fits": self.rank_fits(),
+            },
             "assumptions": {
                 "loss": self.assumptions.loss,
                 "adapterDtype": self.assumptions.adapter_dtype,
@@ -522,14 +531,33 @@ class MemoryPlan:
             "notes": self.notes,
         }
 
+    def rank_fits(self) -> bool | None:
+        """With several ranks, whether one rank's share fits the named GPU (None: one rank, or no GPU named)."""
+        if self.per_rank is None or self.gpu is None:
+            return None
+        return self.per_rank <= self.gpu.memory_gib * GIB
+
     def verdict(self) -> str:
         """One line: whether it fits, and how many GPUs it needs."""
+        if self.per_rank is not None:
+            where = "a CPU rank" if self.device == CPU else "each GPU"
+            line = f"{self.ranks} ranks, {self.strategy.upper()}: {_g(self.per_rank)} on {where}"
+            if self.gpu is None or self.device == CPU:
+                return line
+            if self.rank_fits():
+                return f"{line}: fits {self.gpu.name} ({self.gpu.memory_gib:.1f} GiB)"
+            if self.strategy == "fsdp" and self.gpus_needed is not None:
+                return f"{line}: does not fit {self.gpu.name}; FSDP over {self.gpus_needed} GPUs would"
+            return f"{line}: does not fit {self.gpu.name} ({self.gpu.memory_gib:.1f} GiB)"
         if self.device == CPU:
             return f"CPU run: {_g(self.total)} of tensors at the peak (the process's resident set runs higher)"
         if self.gpu is None:
             return f"{_g(self.total)} per GPU; name a GPU type (--gpu) to check the fit"
         if self.fits:
             return f"fits one {self.gpu.name} ({_g(self.total)} of {self.gpu.memory_gib:.1f} GiB)"
+        if self.gpus_needed is None and self.method == "qlora":
+            size = f"{_g(self.total)} of {self.gpu.memory_gib:.1f} GiB"
+            return f"does not fit one {self.gpu.name} ({size}); qlora is not sharded"
         if self.gpus_needed is None:
             return f"does not fit a {self.gpu.name} even sharded over {MAX_SHARDS} GPUs"
         return (
@@ -875,34 +903,64 @@ def _gpus_needed(
     capacity = gpu_spec.memory_gib * GIB
     if total <= capacity:
         return True, 1, None
-    method = spec.method
-    layer_w = shape.layer_linear_weights
-    layer_weights = (
-        round(layer_w * NF4_BYTES_PER_WEIGHT) if method == "qlora" else layer_w * d.w_b
-    ) + shape.layer_small_params * d.unq_b
-    root = (shape.embedding_params + shape.head_params + shape.hidden) * (d.unq_b if method == "qlora" else d.w_b)
-    gathered = max(layer_weights, root) + layer_weights
     gpus_needed = sharded = None
+    if spec.method == "qlora":
+        notes.append("sharding: qlora trains under DDP only (its 4-bit weights are not sharded): no GPU count helps")
+        return False, None, None
     for n in range(2, MAX_SHARDS + 1):
-        alloc = shardable / n + rest + gathered
-        per_gpu = alloc + CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * alloc
+        per_gpu = _fsdp_rank(n, shardable, rest, shape, spec, d, on_gpu=True)
         if per_gpu <= capacity:
-            gpus_needed, sharded = n, round(per_gpu)
+            gpus_needed, sharded = n, per_gpu
             break
-    notes.append(
-        "sharding: kubetune's trainer runs one process per pod without FSDP today; the GPU count is an "
-        "FSDP full-shard estimate"
-    )
     return False, gpus_needed, sharded
 
 
+def _fsdp_rank(
+    n: int, shardable: int, rest: int, shape: ModelShape, spec: FineTuneJobSpec, d: _Dtypes, on_gpu: bool
+) -> int:
+    """One rank's peak under FSDP full shard over ``n`` ranks: its 1/n of the weights, adapters, gradients and
+    optimizer states, the whole rest of the step (activations, head and loss), and the all-gathered unit being
+    computed (the largest of a decoder layer and the embeddings with lm_head) with the next layer prefetched;
+    on a GPU, the overhead on top."""
+    layer_w = shape.layer_linear_weights
+    layer_weights = (
+        round(layer_w * NF4_BYTES_PER_WEIGHT) if spec.method == "qlora" else layer_w * d.w_b
+    ) + shape.layer_small_params * d.unq_b
+    root = (shape.embedding_params + shape.head_params + shape.hidden) * (d.unq_b if spec.method == "qlora" else d.w_b)
+    alloc = shardable / n + rest + max(layer_weights, root) + layer_weights
+    return round(alloc + CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * alloc if on_gpu else alloc)
+
+
+def _ranks(
+    spec: FineTuneJobSpec,
+    capacity: float | None,
+    peak: int,
+    gradients: int,
+    fsdp: Any,
+    on_gpu: bool,
+    notes: list[str],
+) -> tuple[int, str, int | None]:
+    """The spec's ranks (numNodes x processesPerNode), the strategy they train under and one rank's peak: under
+    DDP the whole step plus DDP's gradient buckets (a copy of the trainable parameters' gradients it all-reduces
+    from); under FSDP ``fsdp(ranks)``. auto (the trainer asks this function too) is DDP unless a full fine-tune's
+    DDP rank would not fit ``capacity``, the named GPU's bytes."""
+    ranks = spec.world_size()
+    if ranks == 1:
+        return 1, "none", None
+    alloc = peak + gradients
+    ddp = round(alloc + CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * alloc if on_gpu else alloc)
+    strategy = spec.distributed.strategy
+    if strategy == "auto":
+        too_big = capacity is not None and ddp > capacity
+        strategy = "fsdp" if spec.method == "full" and too_big else "ddp"
+    if strategy == "fsdp":
+        return ranks, strategy, fsdp(ranks)
+    notes.append("DDP: every rank holds the whole step, and its gradient buckets (a copy of the trainable gradients)")
+    return ranks, strategy, ddp
+
+
 def _run_notes(spec: FineTuneJobSpec, on_gpu: bool, acts: _Activations, notes: list[str]) -> None:
-    """Notes on how the run reads the plan: data-parallel replicas, padded batches, a CPU's resident set."""
-    if on_gpu and (spec.resources.gpu_count() or 0) > 1:
-        notes.append(
-            f"spec.resources.gpus is {spec.resources.gpus}: data-parallel replicas each hold this much; "
-            "more GPUs do not lower it"
-        )
+    """Notes on how the run reads the plan: padded batches, a CPU's resident set."""
     if acts.padded:
         notes.append(
             f"padded batches (packing off): up to {acts.batch} x {acts.seq_len} tokens; K and V repeated to all heads "
@@ -973,6 +1031,15 @@ def plan_memory(
     shardable = params.weights + params.adapters + optimizer_states + params.gradients
     rest = max(phases["loss backward"], phases["layer backward"]) - persistent
     fits, gpus_needed, sharded = _gpus_needed(gpu_spec, total, shardable, rest, shape, spec, d, notes)
+    ranks, strategy, per_rank = _ranks(
+        spec,
+        gpu_spec.memory_gib * GIB if gpu_spec is not None else None,
+        peak,
+        params.gradients,
+        lambda n: _fsdp_rank(n, shardable, rest, shape, spec, d, on_gpu),
+        on_gpu,
+        notes,
+    )
     _run_notes(spec, on_gpu, acts, notes)
     return MemoryPlan(
         model=shape,
@@ -1009,6 +1076,9 @@ def plan_memory(
         fits=fits,
         gpus_needed=gpus_needed,
         sharded_per_gpu=sharded,
+        ranks=ranks,
+        strategy=strategy,
+        per_rank=per_rank,
         assumptions=a,
         notes=notes,
     )

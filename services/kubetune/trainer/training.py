@@ -20,6 +20,7 @@ from typing import Any
 
 from kubetune import plots, pod_report
 from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
+from kubetune.trainer import distributed
 
 # Where the result goes in the output folder: an adapter (lora, qlora) or the whole model (full).
 ADAPTER_DIR = "adapter"
@@ -411,17 +412,17 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) 
     return answers
 
 
-def compare_generations(spec: FineTuneJobSpec, trainer, tokenizer, test, base: str, bf16: bool, on_gpu: bool):
-    """The first ``evaluation.generations`` test prompts answered by the base model and by the tuned one."""
+def compare_generations(spec: FineTuneJobSpec, model, tokenizer, test, base: str, bf16: bool, on_gpu: bool):
+    """The first ``evaluation.generations`` test prompts answered by the base model and by the tuned ``model``."""
     rows = [test[i] for i in range(min(spec.evaluation.generations, len(test)))]
     prompts = _prompts(rows, tokenizer)
     n = spec.evaluation.max_new_tokens
-    tuned = generate_answers(trainer.model, tokenizer, prompts, n)
+    tuned = generate_answers(model, tokenizer, prompts, n)
     if spec.method == "full":
         before = generate_answers(_load_model(spec, on_gpu, base, bf16), tokenizer, prompts, n)
     else:
-        with trainer.model.disable_adapter():  # the base model is the policy with its adapter off
-            before = generate_answers(trainer.model, tokenizer, prompts, n)
+        with model.disable_adapter():  # the base model is the policy with its adapter off
+            before = generate_answers(model, tokenizer, prompts, n)
     return [
         {"prompt": p, "reference": _reference(r), "base": b, "tuned": t, "base_stopped": bs, "tuned_stopped": ts}
         for p, r, (b, bs), (t, ts) in zip(prompts, rows, before, tuned, strict=True)
@@ -471,6 +472,50 @@ def judge_generations(spec: FineTuneJobSpec, generations: list[dict[str, Any]], 
     return {"base_score": mean["base"], "tuned_score": mean["tuned"], **judged, **dropped}
 
 
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of a rank other than 0: it would repeat rank 0's lines."""
+
+
+def _strategy(spec: FineTuneJobSpec, ranks: distributed.Ranks, base: str, rows: int, log) -> str:
+    """The strategy this group trains under, checked against what it trains: every rank needs rows of its own."""
+    if ranks.world == 1:
+        return "none"
+    if rows < ranks.world:
+        raise DatasetMismatchError(
+            f"spec.distributed asks for {ranks.world} ranks, but the train split has {rows} rows: each rank needs at "
+            f"least one; lower distributed.numNodes or processesPerNode"
+        )
+    config_file = Path(base) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else None
+    strategy = distributed.resolve_strategy(spec, ranks.world, config)
+    log(f"{ranks.world} ranks, {strategy.upper()} (spec.distributed.strategy {spec.distributed.strategy})")
+    return strategy
+
+
+def _save(trainer, target: Path, strategy: str, ranks: distributed.Ranks):
+    """The adapter (or the full model) written to ``target`` once, by rank 0, as one rank would write it. Under
+    FSDP every rank takes part in gathering the shards into rank 0's whole state dict; returns None there (no rank
+    holds the whole model in memory), else the tuned model."""
+    if strategy != "fsdp":
+        if ranks.main:
+            trainer.model.save_pretrained(target)
+        return trainer.model
+    accelerator = trainer.accelerator
+    state = accelerator.get_state_dict(trainer.model)  # a collective: every rank, rank 0 receives it whole
+    if ranks.main:
+        accelerator.unwrap_model(trainer.model).save_pretrained(target, state_dict=state)
+    return None
+
+
+def _load_tuned(spec: FineTuneJobSpec, on_gpu: bool, base: str, bf16: bool, target: Path):
+    """The tuned model read back from what was saved: the full model, or the base with the adapter."""
+    if spec.method == "full":
+        return _load_model(spec, on_gpu, str(target), bf16)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_load_model(spec, on_gpu, base, bf16), target)
+
+
 def _eval_loss(trainer, log) -> float | None:
     """The eval loss, or None (said in the log) when truncation to maxLength left no test row a token to score."""
     loss = trainer.evaluate().get("eval_loss")
@@ -480,10 +525,10 @@ def _eval_loss(trainer, log) -> float | None:
 
 
 def _trainer_and_config(
-    spec: FineTuneJobSpec, data: Any, checkpoints: Path, on_gpu: bool, bf16: bool
+    spec: FineTuneJobSpec, data: Any, checkpoints: Path, on_gpu: bool, bf16: bool, strategy: str = "none"
 ) -> tuple[Any, Any]:
     """TRL's trainer class for the objective (SFTTrainer, DPOTrainer) and its config from spec.training: TRL's own
-    option names, each set from the field of the same name."""
+    option names, each set from the field of the same name; with several ranks, the strategy's (DDP, FSDP)."""
     import sys
 
     t = spec.training
@@ -535,6 +580,7 @@ def _trainer_and_config(
         include_num_input_tokens_seen="non_padding",
         # A bar on a terminal; in a pod or under `kubetune run` the log lines and progress.json tell the story.
         disable_tqdm=not sys.stderr.isatty(),
+        **distributed.trainer_options(strategy, on_gpu),
     )
     return Trainer, config
 
@@ -569,10 +615,14 @@ def train(
 
     output.mkdir(parents=True, exist_ok=True)
     on_gpu = torch.cuda.is_available()
+    ranks = distributed.Ranks.from_env()
+    if not ranks.main:  # one voice in the log: rank 0's
+        log = _quiet
     data = _load_dataset(dataset_dir, spec.objective)
     check_base_model(spec.base_model)
     base = resolve_base(spec, start_from, output, log)
     check_capabilities(spec, base, on_gpu)
+    strategy = _strategy(spec, ranks, base, len(data["train"]), log)
     bf16 = use_bf16(spec, on_gpu)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.eos_token is None:
@@ -583,7 +633,7 @@ def train(
     instructions = _instructions([data["test"][i] for i in range(shown)])
     data, template_source = render_with_template(spec, data, tokenizer, base, log)
     checkpoints = output / "checkpoints"
-    Trainer, config = _trainer_and_config(spec, data, checkpoints, on_gpu, bf16)
+    Trainer, config = _trainer_and_config(spec, data, checkpoints, on_gpu, bf16, strategy)
     progress = Progress(output)
     trainer = Trainer(
         model=_load_model(spec, on_gpu, base, bf16),
@@ -592,15 +642,19 @@ def train(
         eval_dataset=data.get("test"),
         processing_class=tokenizer,
         peft_config=_peft_config(spec),
-        callbacks=[progress.callback()],
+        callbacks=[progress.callback()] if ranks.main else [],
     )
+    # Counted before FSDP shards the parameters at the first step (a rank then holds only its shard of each).
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     resume = any(checkpoints.glob("checkpoint-*"))
     if resume:
         log(f"resuming from the last checkpoint in {checkpoints}")
     # The eval loss of the untouched base model: the baseline the final eval loss is judged against.
     baseline = output / "initial-eval.json"  # kept for a resumed run: the checkpoint's log starts at step 1
     if "test" in data and not resume:
-        baseline.write_text(json.dumps({"eval_loss": _eval_loss(trainer, log)}))
+        initial = _eval_loss(trainer, log)  # every rank evaluates its share; the loss is their mean
+        if ranks.main:
+            baseline.write_text(json.dumps({"eval_loss": initial}))
     initial_eval = json.loads(baseline.read_text())["eval_loss"] if baseline.exists() else None
     if on_gpu:  # the training's own peak, as the memory planner predicts it
         torch.cuda.reset_peak_memory_stats()
@@ -615,19 +669,23 @@ def train(
         final_eval = last["eval_loss"] if at_end else _eval_loss(trainer, log)
 
     target = output / (MODEL_DIR if spec.method == "full" else ADAPTER_DIR)
-    progress.write(trainer.state, "save")
-    trainer.model.save_pretrained(target)
+    if ranks.main:
+        progress.write(trainer.state, "save")
+    tuned = _save(trainer, target, strategy, ranks)
+    if not ranks.main:  # the rest (generations, merge, metrics, lineage, publishing) is rank 0's, once
+        return {"rank": ranks.rank}
     tokenizer.save_pretrained(target)
+    if tuned is None:  # FSDP: the model on this rank is a shard; the whole one is on disk now
+        tuned = _load_tuned(spec, on_gpu, base, bf16, target)
     generations: list[dict[str, Any]] = []
     if "test" in data and spec.evaluation.generations:
         progress.write(trainer.state, "generate")
-        generations = compare_generations(spec, trainer, tokenizer, data["test"], base, bf16, on_gpu)
+        generations = compare_generations(spec, tuned, tokenizer, data["test"], base, bf16, on_gpu)
     if spec.merge and spec.method != "full":
         progress.write(trainer.state, "merge")
         log(f"merging the adapter into {base} (16-bit) at {output / MERGED_DIR}")
         merge_adapter(base, target, output / MERGED_DIR)
     losses, evals, preference = _history(trainer.state.log_history, initial_eval)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     tokens = trainer.state.num_input_tokens_seen or 0
     metrics = {
         "method": spec.method,
@@ -645,6 +703,8 @@ def train(
         "initial_perplexity": math.exp(initial_eval) if initial_eval is not None else None,
         "perplexity": math.exp(final_eval) if final_eval is not None else None,
         "bf16": bf16,
+        "ranks": ranks.world,
+        "strategy": strategy,
         "chat_template": template_source,
         "trainable_parameters": trainable,
         "tokens": tokens,
@@ -671,7 +731,7 @@ def train(
     state = trainer.state
     if generations and spec.evaluation.judge is not None:
         progress.write(state, "judge")
-        del trainer  # the judge's engine gets the memory the training held
+        del trainer, tuned  # the judge's engine gets the memory the training held
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()

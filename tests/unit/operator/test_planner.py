@@ -781,9 +781,15 @@ def test_gpus_auto_starts_with_a_sizing_job_on_a_cpu():
             "fits one L4-24GB (17.01 of 22.0 GiB): training on 1 GPU(s)", "1", id="fits-one",
         ),
         pytest.param(
+            SUCCEEDED, {"gpus": 4, "verdict": "does not fit one H100-80GB: needs sharding: 4 GPUs with FSDP"},
+            Phase.RUNNING, "Sized",
+            "does not fit one H100-80GB: needs sharding: 4 GPUs with FSDP: training on 4 GPU(s)",
+            "4", id="sharded-over-4",
+        ),
+        pytest.param(
             SUCCEEDED, {"gpus": None, "verdict": "does not fit one L4-24GB (40 of 22.0 GiB): needs sharding"},
             Phase.FAILED, "DoesNotFit",
-            "does not fit one L4-24GB (40 of 22.0 GiB): needs sharding; kubetune's trainer runs one process per pod",
+            "does not fit one L4-24GB (40 of 22.0 GiB): needs sharding; no GPU count this job can train on holds it",
             None, id="needs-sharding",
         ),
         pytest.param(
@@ -805,7 +811,21 @@ def test_the_sizing_step_starts_training_with_the_gpus_planned(outcome, result, 
     assert [j["metadata"]["name"] for j in jobs] == (["tune-train"] if gpus else [])
     if gpus:
         assert _gpus(jobs[0]) == gpus  # what was planned, not the default's 2
-        assert "--size-gpus" not in jobs[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+        command = jobs[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert "--size-gpus" not in command
+        # One rank per GPU: torchrun starts them when there are several.
+        assert ("torch.distributed.run" in command) is (gpus != "1")
+        if gpus != "1":
+            assert command[command.index("--nproc-per-node") + 1] == gpus
+
+
+def test_a_job_on_several_nodes_is_refused_in_the_cluster():
+    spec = {**FTJ.spec.to_wire(), "distributed": {"numNodes": 2}}
+    resource = FTJ.model_copy(update={"spec": type(FTJ.spec).model_validate(spec)})
+    decision = planner.plan(resource, SETTINGS, dependency=None)
+    assert (decision.phase, decision.reason, decision.permanent) == (Phase.FAILED, "InvalidSpec", True)
+    assert decision.message.startswith("spec.distributed.numNodes is 2: in a cluster a FineTuneJob trains in one pod")
+    assert not decision.children
 
 
 @pytest.mark.parametrize(

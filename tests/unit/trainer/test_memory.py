@@ -590,21 +590,28 @@ def test_the_spec_names_every_gpu_type_the_planner_sizes():
 
 
 @pytest.mark.parametrize(
-    ("method", "gpu_type", "gpus", "verdict"),
+    ("config", "method", "gpu_type", "strategy", "gpus", "verdict"),
     [
-        pytest.param("lora", "L4-24GB", 1, "fits one L4-24GB", id="8b-lora-one-L4"),
-        pytest.param("full", "A100-40GB", None, "does not fit one A100-40GB", id="8b-full-needs-fsdp"),
+        pytest.param(LLAMA_31_8B, "lora", "L4-24GB", "auto", 1, "fits one L4-24GB", id="8b-lora-one-L4"),
+        pytest.param(LLAMA_31_8B, "full", "A100-40GB", "auto", 3, "does not fit one A100-40GB",
+                     id="8b-full-fsdp-over-3"),
+        pytest.param(LLAMA_31_8B, "full", "A100-40GB", "ddp", None, "does not fit one A100-40GB",
+                     id="8b-full-ddp-fits-none"),
+        pytest.param(LLAMA_31_70B, "qlora", "T4-16GB", "auto", None, "does not fit one T4-16GB",
+                     id="70b-qlora-is-not-sharded"),
     ],
-)
-def test_the_sizing_step_reports_the_gpus_of_resources_gpus_auto(tmp_path, monkeypatch, method, gpu_type, gpus,
-                                                                   verdict):  # fmt: skip
+)  # fmt: skip
+def test_the_sizing_step_reports_the_gpus_of_resources_gpus_auto(tmp_path, monkeypatch, config, method, gpu_type,
+                                                                   strategy, gpus, verdict):  # fmt: skip
     """``python -m kubetune.trainer --size-gpus`` (the sizing Job's command): the plan's answer as the termination
-    message the operator reads, one GPU or none (the trainer does not shard)."""
+    message the operator reads: one GPU when a step fits one, FSDP's count where the strategy may shard, else
+    none."""
     from kubetune.trainer.__main__ import main
 
-    spec = spec_for(model_dir(tmp_path, LLAMA_31_8B), method, perDeviceTrainBatchSize=1, maxLength=2048,
+    spec = spec_for(model_dir(tmp_path, config), method, perDeviceTrainBatchSize=1, maxLength=2048,
                     gradientCheckpointing=True, packing=True).to_wire()  # fmt: skip
     spec["resources"] = {"gpus": "auto", "gpuType": gpu_type}
+    spec["distributed"] = {"strategy": strategy}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
     args = ["--spec", str(tmp_path / "spec.json"), "--dataset", "d", "--output", str(tmp_path / "out"), "--size-gpus"]
@@ -623,3 +630,32 @@ def test_the_sizing_step_fails_naming_an_unreadable_model(tmp_path, capsys):
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     assert main(["--spec", str(tmp_path / "spec.json"), "--dataset", "d", "--output", "o", "--size-gpus"]) == 1
     assert "trainer failed: spec.baseModel" in capsys.readouterr().err
+
+
+def test_each_fsdp_rank_holds_its_share_of_the_parameters_and_a_ddp_rank_all_of_them():
+    """Per rank: FSDP's 1/N of the weights, gradients and optimizer states on top of the unsharded rest (so
+    doubling the ranks takes exactly half the shard off each, with the allocator's 20 %); DDP's whole step and its
+    gradient buckets, whatever the count."""
+
+    def plan(strategy, ranks, gpu="H100-80GB"):
+        spec = spec_for("x", "full", perDeviceTrainBatchSize=1, maxLength=2048, gradientCheckpointing=True,
+                        packing=True)  # fmt: skip
+        wire = {**spec.to_wire(), "resources": {"gpus": ranks}, "distributed": {"strategy": strategy}}
+        return plan_memory(LLAMA_31_8B, FineTuneJobSpec.model_validate(wire), gpu)
+
+    fsdp = {n: plan("fsdp", n) for n in (2, 4, 8)}
+    # 8 bytes a parameter in pure bf16 (weights, gradients, AdamW m and v).
+    shardable = fsdp[2].weights + fsdp[2].gradients + fsdp[2].optimizer_states
+    assert shardable == 8 * fsdp[2].parameters
+    for a, b in ((2, 4), (4, 8)):
+        assert fsdp[a].per_rank - fsdp[b].per_rank == pytest.approx(1.2 * shardable * (1 / a - 1 / b), abs=2)
+    assert all(p.ranks == n and p.strategy == "fsdp" and p.rank_fits() for n, p in fsdp.items())
+    assert "2 ranks, FSDP" in fsdp[2].verdict() and "fits H100-80GB" in fsdp[2].verdict()
+    ddp = plan("ddp", 2)
+    alloc = ddp.peak_allocated + ddp.gradients  # the gradient buckets on top of a whole step
+    assert ddp.per_rank == round(alloc * 1.2 + GIB / 2) and ddp.rank_fits() is False
+    # auto: 8B in pure bf16 fits one H100 alone, but not with DDP's gradient buckets: sharded.
+    assert plan("ddp", 1).fits and (plan("auto", 2).strategy, plan("auto", 1).strategy) == ("fsdp", "none")
+    lora = spec_for("x", "lora", perDeviceTrainBatchSize=1, maxLength=2048, gradientCheckpointing=True, packing=True)
+    wire = {**lora.to_wire(), "resources": {"gpus": 2}}
+    assert plan_memory(LLAMA_31_8B, FineTuneJobSpec.model_validate(wire), "H100-80GB").strategy == "ddp"

@@ -195,6 +195,37 @@ class TrainingSpec(SpecModel):
     seed: int = Field(42, description="Seed of the adapter's initialisation, the data order and dropout.")
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+class DistributedSpec(SpecModel):
+    """How many processes train together and how they split the work: PyTorch distributed, launched by torchrun
+    (one process per GPU; over gloo on CPU cores), driven by the transformers Trainer as TRL runs it."""
+
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Pods that train together, each running torchrun with processesPerNode ranks (Kubeflow "
+        "Trainer's numNodes). kubetune run starts all numNodes x processesPerNode ranks on this machine.",
+    )
+    processes_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Ranks per pod. Default: resources.gpus (one rank per GPU), or 1 without a GPU. Without a GPU "
+        "more than 1 trains on the CPU's cores over gloo (for tests; a GPU is far faster).",
+    )
+    strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="ddp: every rank holds the whole model and averages gradients (adapters, and models whose step "
+        "fits one GPU). fsdp: parameters, gradients and optimizer states sharded across the ranks (FSDP full "
+        "shard; full fine-tuning of bases too large for one GPU; not qlora, whose 4-bit weights this trainer does "
+        "not shard). auto: ddp, unless the method is full and the memory planner finds that a step does not fit "
+        "one resources.gpuType.",
+    )
+
+
 class DpoSpec(SpecModel):
     """TRL DPOConfig options (objective dpo). The reference model is the frozen base: for lora and qlora the
     policy with its adapter switched off, for full a frozen copy of the base model."""
@@ -343,6 +374,7 @@ class FineTuneJobSpec(SchedulingSpec):
         "from kubetune validate; not in a later version.",
     )
     publish: PublishSpec = Field(default_factory=PublishSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
     @property
     def mlflow(self) -> MlflowTargetSpec | None:
@@ -354,6 +386,16 @@ class FineTuneJobSpec(SchedulingSpec):
         if self.training.optim != "auto":
             return self.training.optim
         return "paged_adamw_8bit" if self.method == "qlora" and on_gpu else "adamw_torch_fused"
+
+    def processes_per_node(self) -> int:
+        """distributed.processesPerNode, or its default: one per GPU of the pod (1 without, or while gpus is auto)."""
+        if self.distributed.processes_per_node is not None:
+            return self.distributed.processes_per_node
+        return max(self.resources.gpu_count() or 1, 1)
+
+    def world_size(self) -> int:
+        """All the ranks that train together."""
+        return self.distributed.num_nodes * self.processes_per_node()
 
     def deprecations(self) -> list[str]:
         if self.registry is None:
@@ -389,5 +431,23 @@ class FineTuneJobSpec(SchedulingSpec):
             "type(self.resources.gpus) != string || has(self.resources.gpuType)",
             "resources.gpus auto needs resources.gpuType: the GPU the memory planner sizes the job for",
             lambda s: s.resources.gpus != "auto" or s.resources.gpu_type is not None,
+        ),
+        CelRule(
+            "!has(self.distributed) || !has(self.distributed.strategy) || self.distributed.strategy != 'fsdp' || "
+            "self.method != 'qlora'",
+            "distributed.strategy fsdp does not take method qlora: its 4-bit weights are not sharded; use ddp (each "
+            "rank holds the 4-bit base) or method lora",
+            lambda s: s.distributed.strategy != "fsdp" or s.method != "qlora",
+        ),
+        CelRule(
+            "!has(self.distributed) || !has(self.distributed.processesPerNode) || type(self.resources.gpus) == string "
+            "|| self.resources.gpus == 0 || self.distributed.processesPerNode == self.resources.gpus",
+            "distributed.processesPerNode must equal resources.gpus (one rank per GPU), or be unset",
+            lambda s: (
+                s.distributed.processes_per_node is None
+                or s.resources.gpus == "auto"
+                or s.resources.gpus == 0
+                or s.distributed.processes_per_node == s.resources.gpus
+            ),
         ),
     )

@@ -1,0 +1,107 @@
+"""The ranks a FineTuneJob trains on: torchrun's command, the rank a process is, and the strategy it shards by.
+
+kubetune writes no distributed engine of its own. torchrun (``python -m torch.distributed.run``) starts the ranks
+and sets RANK, LOCAL_RANK and WORLD_SIZE; the transformers Trainer, as TRL drives it, reads them and wraps the
+model in DDP or FSDP through accelerate. What is here is the part around it: the launch command (one machine:
+``--standalone``; several pods: a static rendezvous at pod 0, the node rank from the Indexed Job's completion
+index), the strategy ``auto`` resolves to, and the options the Trainer is given for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
+
+# torchrun's default port for the rank-0 store; a pod has its own network namespace, so no two jobs share it.
+MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the ranks (torchrun's environment; one process, rank 0 of 1, without it)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes progress, metrics, the adapter, the lineage, and publishes."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Ranks:
+        env = os.environ if env is None else env
+        return cls(
+            rank=int(env.get("RANK", 0)), local_rank=int(env.get("LOCAL_RANK", 0)), world=int(env.get("WORLD_SIZE", 1))
+        )
+
+
+def torchrun(
+    python: str,
+    module: str,
+    args: Sequence[str],
+    processes: int,
+    nodes: int = 1,
+    node_rank: str | None = None,
+    master: str | None = None,
+) -> list[str]:
+    """The torchrun command that starts ``python -m module args`` as ``processes`` ranks on each of ``nodes``
+    machines. One machine: ``--standalone`` (a free local port). Several: rendezvous at ``master`` (pod 0's
+    stable name), this machine's ``node_rank`` (a shell expression in a pod: the Job's completion index)."""
+    command = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+    if nodes == 1:
+        command += ["--standalone", "--nnodes", "1"]
+    else:
+        if node_rank is None or master is None:
+            raise ValueError("several nodes need a node rank and a master address")
+        command += ["--nnodes", str(nodes), "--node-rank", node_rank]
+        command += ["--master-addr", master, "--master-port", str(MASTER_PORT)]
+    # torchrun keeps no restarts of its own: a rank that fails ends the group, and the group restarts whole
+    # (the Job's retry, or kubetune run again) from the last checkpoint.
+    command += ["--max-restarts", "0", "-m", module, *args]
+    return command
+
+
+def resolve_strategy(spec: FineTuneJobSpec, world: int, config: dict[str, Any] | None) -> str:
+    """distributed.strategy with auto decided: one rank needs none; adapters (lora, qlora) train under DDP; a full
+    fine-tune under FSDP when the memory planner, given the base's config.json and resources.gpuType, finds that a
+    DDP rank (the whole step and its gradient buckets) does not fit one GPU of that type, else under DDP (each
+    rank holding the whole model is fastest). The planner decides it, so kubetune plan shows what runs."""
+    wanted = spec.distributed.strategy
+    if world == 1:
+        return "none"
+    if wanted != "auto":
+        return wanted
+    if spec.method != "full" or spec.resources.gpu_type is None or config is None:
+        return "ddp"
+    from kubetune.trainer.memory import plan_memory
+
+    return plan_memory(config, spec, spec.resources.gpu_type).strategy
+
+
+def trainer_options(strategy: str, on_gpu: bool) -> dict[str, Any]:
+    """The Trainer's arguments for a strategy. FSDP: full shard, each decoder layer its own unit (the model's
+    _no_split_modules, as accelerate wraps by default), parameters kept as they are so PEFT's frozen and trainable
+    ones can share a unit, checkpoints sharded (each rank saves and resumes its own shard)."""
+    options: dict[str, Any] = {}
+    if strategy == "none":
+        return options
+    options["ddp_backend"] = "nccl" if on_gpu else "gloo"
+    if strategy == "fsdp":
+        options["fsdp"] = "full_shard auto_wrap"
+        options["fsdp_config"] = {
+            "use_orig_params": True,
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "sync_module_states": True,
+            "cpu_ram_efficient_loading": False,
+        }
+    else:
+        # Every trainable parameter (the adapters', or all of a full fine-tune's) gets a gradient at each step, so
+        # DDP need not walk the graph after each forward looking for unused ones.
+        options["ddp_find_unused_parameters"] = False
+    return options

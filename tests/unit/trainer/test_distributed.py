@@ -1,0 +1,97 @@
+"""Training on several ranks: the trainer's entrypoint under torchrun, two ranks over gloo on the CPU, against one
+process with the same global batch. The ranks are real processes in one PyTorch process group; only the
+backend (gloo, not NCCL) and the device (CPU cores, not GPUs) differ from a GPU node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
+from kubetune.trainer import distributed
+from kubetune.trainer.training import train
+from tests.unit.trainer.test_trainer import dataset, spec_for, with_fields  # noqa: F401  (dataset: a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def _kubetune_run(spec: FineTuneJobSpec, data, workdir) -> tuple[subprocess.CompletedProcess, Path]:
+    """``kubetune run -f job.yaml``, as typed: it starts the ranks with torchrun; the job's output folder."""
+    wire = {**spec.to_wire(), "dataset": {"path": str(data)}, "publish": {"mlflow": {"modelName": "two"}}}
+    job = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "two"}, "spec": wire}
+    manifest = workdir.parent / "job.yaml"
+    manifest.write_text(json.dumps(job))
+    kubetune = Path(sys.executable).with_name("kubetune")
+    command = [str(kubetune), "run", "-f", str(manifest), "--workdir", str(workdir)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return done, workdir / "finetunes" / "default" / "two"
+
+
+def _two_ranks(tiny_model, method: str, strategy: str, **training) -> FineTuneJobSpec:
+    spec = spec_for(tiny_model, maxSteps=6, saveSteps=3, **training)
+    return with_fields(spec, method=method, distributed={"processesPerNode": 2, "strategy": strategy})
+
+
+@pytest.mark.parametrize(("method", "strategy"), [("lora", "ddp"), ("full", "fsdp")])
+def test_two_ranks_follow_one_process_with_the_same_global_batch(tmp_path, tiny_model, dataset, method, strategy):  # noqa: F811
+    """Two ranks of 2 rows each against one process of 4 rows: the same global batch, the same rows (each rank
+    takes its half of each global batch of the same shuffled order), so the same loss curve up to float rounding."""
+    lr = 5e-3 if method == "lora" else 1e-3
+    two = _two_ranks(tiny_model, method, strategy, perDeviceTrainBatchSize=2, learningRate=lr)
+    done, out = _kubetune_run(two, dataset, tmp_path / "work")
+    log = (out / "logs" / "finetunejob.log").read_text() if (out / "logs").exists() else ""
+    assert done.returncode == 0, done.stdout[-2000:] + log[-4000:]
+    one = with_fields(spec_for(tiny_model, maxSteps=6, saveSteps=3, learningRate=lr), method=method)
+    alone = train(one, dataset, tmp_path / "one", log=lambda _: None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["ranks"], metrics["strategy"], metrics["steps"]) == (2, strategy, 6)
+    got, want = [p["loss"] for p in metrics["losses"]], [p["loss"] for p in alone["losses"]]
+    assert got == pytest.approx(want, rel=0.02), (got, want)
+    assert metrics["eval_loss"] == pytest.approx(alone["eval_loss"], rel=0.02)
+    saved = out / ("model" if method == "full" else "adapter")
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    # The whole model (or adapter), gathered from the shards under FSDP, as one process saves it.
+    assert (saved / weights).stat().st_size == (tmp_path / "one" / saved.name / weights).stat().st_size
+    assert not (saved / "training_args.bin").exists()
+    # Rank 0 alone reports, writes the lineage and publishes (to kubetune run's MLflow store): once.
+    assert json.loads((out / "progress.json").read_text())["phase"] == "done"
+    assert str(json.loads((out / "registration.json").read_text())["version"]) == "1"
+    assert log.count(f"2 ranks, {strategy.upper()}") == 1, log
+
+
+def test_more_ranks_than_rows_is_refused_before_training(tmp_path, tiny_model, dataset):  # noqa: F811
+    spec = _two_ranks(tiny_model, "lora", "ddp")
+    with pytest.raises(ValueError, match=r"spec.distributed asks for 16 ranks, but the train split has 12 rows"):
+        from kubetune.trainer.training import _strategy
+
+        _strategy(spec, distributed.Ranks(rank=0, world=16), str(tiny_model), 12, print)
+
+
+def test_qlora_is_not_sharded():
+    with pytest.raises(ValueError, match=r"distributed\.strategy fsdp does not take method qlora"):
+        FineTuneJobSpec.model_validate(
+            {"baseModel": "m", "dataset": {"path": "d"}, "method": "qlora", "distributed": {"strategy": "fsdp"}}
+        )
+
+
+def test_one_rank_per_gpu():
+    spec = {"baseModel": "m", "dataset": {"path": "d"}, "resources": {"gpus": 4}}
+    assert FineTuneJobSpec.model_validate(spec).world_size() == 4
+    assert FineTuneJobSpec.model_validate({**spec, "distributed": {"numNodes": 2}}).world_size() == 8
+    with pytest.raises(ValueError, match=r"processesPerNode must equal resources\.gpus"):
+        FineTuneJobSpec.model_validate({**spec, "distributed": {"processesPerNode": 2}})
+
+
+def test_torchrun_commands():
+    one = distributed.torchrun("python", "kubetune.trainer", ["--spec", "s"], 4)
+    assert one == [
+        "python", "-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone", "--nnodes", "1",
+        "--max-restarts", "0", "-m", "kubetune.trainer", "--spec", "s",
+    ]  # fmt: skip
+    many = distributed.torchrun("python", "m", [], 8, nodes=2, node_rank="$(JOB_COMPLETION_INDEX)", master="j-0.j")
+    assert many[many.index("--nnodes") + 1] == "2" and many[many.index("--node-rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+    assert many[many.index("--master-addr") + 1] == "j-0.j"
