@@ -85,21 +85,16 @@ def resolve_strategy(spec: FineTuneJobSpec, world: int, config: dict[str, Any] |
 
 
 def trainer_options(strategy: str, on_gpu: bool) -> dict[str, Any]:
-    """The Trainer's arguments for a strategy. FSDP: full shard, each decoder layer its own unit (the model's
-    _no_split_modules, as accelerate wraps by default), parameters kept as they are so PEFT's frozen and trainable
-    ones can share a unit, checkpoints sharded (each rank saves and resumes its own shard)."""
+    """The Trainer's arguments for a strategy. FSDP: FSDP2's full shard, each decoder layer its own unit (the
+    model's _no_split_modules, as accelerate wraps by default); a checkpoint holds the whole state, gathered (the
+    Trainer's FULL_STATE_DICT), which the group resumes from."""
     options: dict[str, Any] = {}
     if strategy == "none":
         return options
     options["ddp_backend"] = "nccl" if on_gpu else "gloo"
     if strategy == "fsdp":
         options["fsdp"] = "full_shard auto_wrap"
-        options["fsdp_config"] = {
-            "use_orig_params": True,
-            "state_dict_type": "SHARDED_STATE_DICT",
-            "sync_module_states": True,
-            "cpu_ram_efficient_loading": False,
-        }
+        options["fsdp_config"] = {"version": 2, "state_dict_type": "FULL_STATE_DICT"}
     else:
         # Every trainable parameter (the adapters', or all of a full fine-tune's) gets a gradient at each step, so
         # DDP need not walk the graph after each forward looking for unused ones.
