@@ -30,3 +30,11 @@ err = (F.dequantize_4bit(q, s) - w).norm() / w.norm()
 print(f"bitsandbytes NF4 round trip on the GPU: relative error {err:.3f}")
 PYEOF
 timeout 450 "$PY" bench/gpu/run.py --out "$OUT" --timeout 200 "$@" 2>&1 | tee "$OUT/log.txt"
+# Two ranks, DDP and FSDP, where the machine has two GPUs (the one-GPU machines lent so far cannot): the model
+# folder must be on that machine, at models/SmolLM2-135M-Instruct.
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && [ -d models/SmolLM2-135M-Instruct ]; then
+  timeout 400 "$PY" bench/distributed/run.py --gpu "${GPU_TYPE:-H100-80GB}" --out "$OUT/distributed" 2>&1 \
+    | tee "$OUT/distributed.txt"
+else
+  echo "bench/distributed: skipped (needs two GPUs and models/SmolLM2-135M-Instruct)" | tee "$OUT/distributed.txt"
+fi

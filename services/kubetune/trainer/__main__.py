@@ -37,12 +37,14 @@ def publishers_for(spec: FineTuneJobSpec) -> list[publishers.Publisher]:
 
 
 def gpus_per_pod(plan, spec: FineTuneJobSpec) -> int | None:
-    """GPUs each of the spec's numNodes pods asks for: one when a step fits one GPU; else, where the strategy may
-    shard (auto or fsdp), the planner's FSDP count spread over the pods; None when nothing fits (qlora, ddp, or more
-    than 16 GPUs a pod)."""
+    """GPUs each of the spec's numNodes pods asks for: one when a step fits one GPU; else, where the job will
+    shard (strategy fsdp, or auto for method full, as the trainer decides it), the planner's FSDP count spread over
+    the pods; None when nothing fits (DDP ranks each hold the whole step; qlora; more than 16 GPUs a pod)."""
     if plan.fits:
         return 1
-    if plan.gpus_needed is None or spec.distributed.strategy == "ddp" or spec.method == "qlora":
+    strategy = spec.distributed.strategy
+    shards = strategy == "fsdp" or (strategy == "auto" and spec.method == "full")
+    if plan.gpus_needed is None or not shards or spec.method == "qlora":
         return None
     per_pod = -(-plan.gpus_needed // spec.distributed.num_nodes)
     return per_pod if per_pod <= 16 else None
@@ -63,10 +65,11 @@ def size_gpus(spec_file: Path) -> int:
         print(f"trainer failed: {exc}", file=sys.stderr)
         return 1
     print(plan.verdict(), flush=True)
+    gpus = gpus_per_pod(plan, spec)
     summary = PodResult(
-        gpus=gpus_per_pod(plan, spec),
+        gpus=gpus,
         gpu_type=plan.gpu.name,
-        per_gpu_gib=round(plan.total / memory.GIB, 2),
+        per_gpu_gib=round((plan.sharded_per_gpu if gpus and gpus > 1 else plan.total) / memory.GIB, 2),
         verdict=plan.verdict(),
     )
     pod_report.finish(summary.model_dump(mode="json", by_alias=True, exclude_none=True), summary)

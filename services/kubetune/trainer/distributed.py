@@ -10,8 +10,10 @@ index), the strategy ``auto`` resolves to, and the options the Trainer is given 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
@@ -67,11 +69,21 @@ def torchrun(
     return command
 
 
+def wait_for(path: Path, what: str, timeout: float = 3600.0) -> None:
+    """Wait for rank 0 to write ``path`` (before the process group exists, there is no barrier to wait at)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what} ({path})")
+        time.sleep(1.0)
+
+
 def resolve_strategy(spec: FineTuneJobSpec, world: int, config: dict[str, Any] | None) -> str:
     """distributed.strategy with auto decided: one rank needs none; adapters (lora, qlora) train under DDP; a full
     fine-tune under FSDP when the memory planner, given the base's config.json and resources.gpuType, finds that a
     DDP rank (the whole step and its gradient buckets) does not fit one GPU of that type, else under DDP (each
-    rank holding the whole model is fastest). The planner decides it, so kubetune plan shows what runs."""
+    rank holding the whole model is fastest). The planner decides it, so kubetune plan shows what runs; without
+    resources.gpuType it has no GPU to fit, and auto is DDP."""
     wanted = spec.distributed.strategy
     if world == 1:
         return "none"
@@ -81,7 +93,7 @@ def resolve_strategy(spec: FineTuneJobSpec, world: int, config: dict[str, Any] |
         return "ddp"
     from kubetune.trainer.memory import plan_memory
 
-    return plan_memory(config, spec, spec.resources.gpu_type).strategy
+    return plan_memory(config, spec, spec.resources.gpu_type, ranks=world).strategy
 
 
 def trainer_options(strategy: str, on_gpu: bool) -> dict[str, Any]:

@@ -933,6 +933,7 @@ def _fsdp_rank(
 
 def _ranks(
     spec: FineTuneJobSpec,
+    ranks: int,
     capacity: float | None,
     peak: int,
     gradients: int,
@@ -940,11 +941,10 @@ def _ranks(
     on_gpu: bool,
     notes: list[str],
 ) -> tuple[int, str, int | None]:
-    """The spec's ranks (numNodes x processesPerNode), the strategy they train under and one rank's peak: under
-    DDP the whole step plus DDP's gradient buckets (a copy of the trainable parameters' gradients it all-reduces
-    from); under FSDP ``fsdp(ranks)``. auto (the trainer asks this function too) is DDP unless a full fine-tune's
-    DDP rank would not fit ``capacity``, the named GPU's bytes."""
-    ranks = spec.world_size()
+    """The strategy ``ranks`` train under (the spec's numNodes x processesPerNode, or the GPUs a pod was given)
+    and one rank's peak: under DDP the whole step plus DDP's gradient buckets (a copy of the trainable parameters'
+    gradients it all-reduces from); under FSDP ``fsdp(ranks)``. auto (the trainer asks this function too) is DDP
+    unless a full fine-tune's DDP rank would not fit ``capacity``, the named GPU's bytes."""
     if ranks == 1:
         return 1, "none", None
     alloc = peak + gradients
@@ -980,9 +980,11 @@ def plan_memory(
     *,
     assumptions: Assumptions | None = None,
     optim: str | None = None,
+    ranks: int | None = None,
 ) -> MemoryPlan:
     """Predict one training step's peak memory for ``spec`` on ``gpu`` (a GPU type's name, ``cpu``, or None:
-    the CPU when ``spec.resources.gpus`` is 0, else ``spec.resources.gpuType``, else a GPU of no named type)."""
+    the CPU when ``spec.resources.gpus`` is 0, else ``spec.resources.gpuType``, else a GPU of no named type),
+    and one rank's, on ``ranks`` (default: the spec's numNodes x processesPerNode)."""
     a = assumptions or Assumptions()
     if a.upcast_unquantized is None:
         a = replace(a, upcast_unquantized=spec.lora.upcast_unquantized)
@@ -1033,6 +1035,7 @@ def plan_memory(
     fits, gpus_needed, sharded = _gpus_needed(gpu_spec, total, shardable, rest, shape, spec, d, notes)
     ranks, strategy, per_rank = _ranks(
         spec,
+        ranks or spec.world_size(),
         gpu_spec.memory_gib * GIB if gpu_spec is not None else None,
         peak,
         params.gradients,

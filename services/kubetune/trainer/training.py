@@ -147,6 +147,8 @@ def resolve_base(spec: FineTuneJobSpec, start_from: Path | None, output: Path, l
             f"{ref} trained an adapter for {trained_on}, but spec.baseModel is {spec.base_model}; name the same model"
         )
     merged = output / "start-model"
+    if not distributed.Ranks.from_env().main:  # rank 0 merges it, once; the others wait for it
+        distributed.wait_for(merged / "config.json", f"rank 0's merge of the adapter of {start_from}")
     if not (merged / "config.json").exists():
         import torch
 
@@ -480,6 +482,8 @@ def _strategy(spec: FineTuneJobSpec, ranks: distributed.Ranks, base: str, rows: 
     """The strategy this group trains under, checked against what it trains: every rank needs rows of its own."""
     if ranks.world == 1:
         return "none"
+    if spec_gpus := _gpus_here(ranks):
+        raise CapabilityError(spec_gpus)
     if rows < ranks.world:
         raise DatasetMismatchError(
             f"spec.distributed asks for {ranks.world} ranks, but the train split has {rows} rows: each rank needs at "
@@ -490,6 +494,19 @@ def _strategy(spec: FineTuneJobSpec, ranks: distributed.Ranks, base: str, rows: 
     strategy = distributed.resolve_strategy(spec, ranks.world, config)
     log(f"{ranks.world} ranks, {strategy.upper()} (spec.distributed.strategy {spec.distributed.strategy})")
     return strategy
+
+
+def _gpus_here(ranks: distributed.Ranks) -> str | None:
+    """Why this rank has no GPU of its own on a GPU machine (more ranks on it than GPUs), or None."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count and ranks.local_rank >= count:
+        return (
+            f"rank {ranks.rank} is local rank {ranks.local_rank} on a machine of {count} GPUs: spec.distributed asks "
+            f"for more ranks on one machine than it has GPUs (kubetune run starts numNodes x processesPerNode here)"
+        )
+    return None
 
 
 def _save(trainer, target: Path, strategy: str, ranks: distributed.Ranks):
@@ -510,10 +527,12 @@ def _save(trainer, target: Path, strategy: str, ranks: distributed.Ranks):
 def _load_tuned(spec: FineTuneJobSpec, on_gpu: bool, base: str, bf16: bool, target: Path):
     """The tuned model read back from what was saved: the full model, or the base with the adapter."""
     if spec.method == "full":
-        return _load_model(spec, on_gpu, str(target), bf16)
+        model = _load_model(spec, on_gpu, str(target), bf16)
+        return model.to("cuda") if on_gpu else model
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(_load_model(spec, on_gpu, base, bf16), target)
+    model = PeftModel.from_pretrained(_load_model(spec, on_gpu, base, bf16), target)
+    return model.to("cuda") if on_gpu else model
 
 
 def _eval_loss(trainer, log) -> float | None:
@@ -644,7 +663,7 @@ def train(
         peft_config=_peft_config(spec),
         callbacks=[progress.callback()] if ranks.main else [],
     )
-    # Counted before FSDP shards the parameters at the first step (a rank then holds only its shard of each).
+    # Counted before the Trainer wraps the model for DDP or FSDP.
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     resume = any(checkpoints.glob("checkpoint-*"))
     if resume:
@@ -655,7 +674,7 @@ def train(
         initial = _eval_loss(trainer, log)  # every rank evaluates its share; the loss is their mean
         if ranks.main:
             baseline.write_text(json.dumps({"eval_loss": initial}))
-    initial_eval = json.loads(baseline.read_text())["eval_loss"] if baseline.exists() else None
+    initial_eval = json.loads(baseline.read_text())["eval_loss"] if baseline.exists() and ranks.main else None
     if on_gpu:  # the training's own peak, as the memory planner predicts it
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -675,11 +694,11 @@ def train(
     if not ranks.main:  # the rest (generations, merge, metrics, lineage, publishing) is rank 0's, once
         return {"rank": ranks.rank}
     tokenizer.save_pretrained(target)
-    if tuned is None:  # FSDP: the model on this rank is a shard; the whole one is on disk now
-        tuned = _load_tuned(spec, on_gpu, base, bf16, target)
     generations: list[dict[str, Any]] = []
     if "test" in data and spec.evaluation.generations:
         progress.write(trainer.state, "generate")
+        if tuned is None:  # FSDP: this rank holds a shard; the whole model is on disk now
+            tuned = _load_tuned(spec, on_gpu, base, bf16, target)
         generations = compare_generations(spec, tuned, tokenizer, data["test"], base, bf16, on_gpu)
     if spec.merge and spec.method != "full":
         progress.write(trainer.state, "merge")

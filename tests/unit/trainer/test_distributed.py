@@ -5,11 +5,13 @@ backend (gloo, not NCCL) and the device (CPU cores, not GPUs) differ from a GPU 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 from kubetune.trainer import distributed
@@ -54,13 +56,39 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(tmp_path, tiny_
     assert metrics["eval_loss"] == pytest.approx(alone["eval_loss"], rel=0.02)
     saved = out / ("model" if method == "full" else "adapter")
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
-    # The whole model (or adapter), gathered from the shards under FSDP, as one process saves it.
-    assert (saved / weights).stat().st_size == (tmp_path / "one" / saved.name / weights).stat().st_size
+    # The whole model (or adapter), gathered from the shards under FSDP, as one process saves it: the same
+    # tensors, each within 2 % of the single process's (by norm).
+    got_w, want_w = load_file(saved / weights), load_file(tmp_path / "one" / saved.name / weights)
+    assert {k: v.shape for k, v in got_w.items()} == {k: v.shape for k, v in want_w.items()}
+    for key, tensor in got_w.items():
+        assert tensor.float().norm() == pytest.approx(want_w[key].float().norm(), rel=0.02), key
     assert not (saved / "training_args.bin").exists()
     # Rank 0 alone reports, writes the lineage and publishes (to kubetune run's MLflow store): once.
     assert json.loads((out / "progress.json").read_text())["phase"] == "done"
     assert str(json.loads((out / "registration.json").read_text())["version"]) == "1"
     assert log.count(f"2 ranks, {strategy.upper()}") == 1, log
+    if strategy == "fsdp":
+        spec_file = tmp_path / "work" / "specs" / "finetunejob-default-two.json"  # as kubetune run wrote it
+        _resumes_from_its_checkpoint(out, metrics, spec_file, dataset)
+
+
+def _resumes_from_its_checkpoint(out, whole: dict, spec_file, data) -> None:
+    """The group cut after its step-3 checkpoint (the later checkpoint and the results removed, as if a rank's
+    pod died at step 5) and started again: it resumes, every rank from that checkpoint, to the same 6 steps."""
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    (out / "metrics.json").unlink()
+    args = ["--spec", str(spec_file), "--dataset", str(data), "--output", str(out), "--name", "two"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out.parents[2] / 'mlflow.db'}"}  # kubetune run's
+    command = distributed.torchrun(sys.executable, "kubetune.trainer", args, 2)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["resumed"] and resumed["steps"] == whole["steps"] == 6
+    got, want = [p["loss"] for p in resumed["losses"]], [p["loss"] for p in whole["losses"]]
+    assert got[:3] == want[:3]  # restored with the checkpoint
+    assert got[3:] == pytest.approx(want[3:], rel=0.01), (got, want)
 
 
 def test_more_ranks_than_rows_is_refused_before_training(tmp_path, tiny_model, dataset):  # noqa: F811
@@ -84,6 +112,22 @@ def test_one_rank_per_gpu():
     assert FineTuneJobSpec.model_validate({**spec, "distributed": {"numNodes": 2}}).world_size() == 8
     with pytest.raises(ValueError, match=r"processesPerNode must equal resources\.gpus"):
         FineTuneJobSpec.model_validate({**spec, "distributed": {"processesPerNode": 2}})
+    with pytest.raises(ValueError, match=r"with gpus auto the ranks follow the GPUs the planner sizes"):
+        auto = {"gpus": "auto", "gpuType": "H100-80GB"}
+        FineTuneJobSpec.model_validate({**spec, "resources": auto, "distributed": {"processesPerNode": 2}})
+
+
+def test_auto_shards_a_full_fine_tune_on_the_gpus_a_pod_was_sized_for():
+    """gpus auto: the spec names no rank count; the trainer plans with the ranks torchrun started."""
+    from tests.unit.trainer.test_memory import LLAMA_31_8B
+
+    wire = {"baseModel": "m", "dataset": {"path": "d"}, "resources": {"gpus": "auto", "gpuType": "A100-40GB"}}
+    full = FineTuneJobSpec.model_validate({**wire, "method": "full"})
+    assert full.world_size() == 1
+    assert distributed.resolve_strategy(full, 3, LLAMA_31_8B) == "fsdp"
+    assert distributed.resolve_strategy(full, 1, LLAMA_31_8B) == "none"
+    lora = FineTuneJobSpec.model_validate({**wire, "method": "lora"})
+    assert distributed.resolve_strategy(lora, 3, LLAMA_31_8B) == "ddp"
 
 
 def test_torchrun_commands():

@@ -599,6 +599,11 @@ def test_the_spec_names_every_gpu_type_the_planner_sizes():
                      id="8b-full-ddp-fits-none"),
         pytest.param(LLAMA_31_70B, "qlora", "T4-16GB", "auto", None, "does not fit one T4-16GB",
                      id="70b-qlora-is-not-sharded"),
+        # auto trains adapters under DDP, where every rank holds the whole 141 GB base: no count helps.
+        pytest.param(LLAMA_31_70B, "lora", "A100-80GB", "auto", None, "does not fit one A100-80GB",
+                     id="70b-lora-auto-is-ddp"),
+        pytest.param(LLAMA_31_70B, "lora", "A100-80GB", "fsdp", 3, "does not fit one A100-80GB",
+                     id="70b-lora-fsdp-over-3"),
     ],
 )  # fmt: skip
 def test_the_sizing_step_reports_the_gpus_of_resources_gpus_auto(tmp_path, monkeypatch, config, method, gpu_type,

@@ -440,14 +440,14 @@ class FineTuneJobSpec(SchedulingSpec):
             lambda s: s.distributed.strategy != "fsdp" or s.method != "qlora",
         ),
         CelRule(
-            "!has(self.distributed) || !has(self.distributed.processesPerNode) || type(self.resources.gpus) == string "
-            "|| self.resources.gpus == 0 || self.distributed.processesPerNode == self.resources.gpus",
-            "distributed.processesPerNode must equal resources.gpus (one rank per GPU), or be unset",
+            "!has(self.distributed) || !has(self.distributed.processesPerNode) || "
+            "(type(self.resources.gpus) != string && (self.resources.gpus == 0 || "
+            "self.distributed.processesPerNode == self.resources.gpus))",
+            "distributed.processesPerNode must equal resources.gpus (one rank per GPU), or be unset (with gpus auto "
+            "the ranks follow the GPUs the planner sizes)",
             lambda s: (
                 s.distributed.processes_per_node is None
-                or s.resources.gpus == "auto"
-                or s.resources.gpus == 0
-                or s.distributed.processes_per_node == s.resources.gpus
+                or (s.resources.gpus != "auto" and s.resources.gpus in (0, s.distributed.processes_per_node))
             ),
         ),
     )
