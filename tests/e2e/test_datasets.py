@@ -126,6 +126,14 @@ def test_the_preference_example(tmp_path, root, vllm_server):
     assert metrics["objective"] == "dpo" and metrics["steps"] > 0 and "rewards/margins" in metrics
     job = tmp_path / "work" / "finetunes" / "default" / "preference-dpo"
     assert (job / "adapter" / "adapter_config.json").exists()
+    test = out / "test.parquet"
+    if not test.exists():
+        # What SmolLM2-135M writes varies with the server's batching, and the curation may keep rows of one
+        # document only: then there is no test split (a document never straddles the two), and the job says so.
+        assert manifest["stages"][-1]["output"] == len(rows) and metrics["eval_samples"] == 0
+        assert metrics["generations"] == 0 and not (job / "generations.jsonl").exists()
+        assert_no_secret(vllm_server.api_key, proc, tmp_path / "work")
+        pytest.xfail(f"the build kept {len(rows)} rows of one document: no test split to judge the answers on")
     # The base and the tuned model answered the first test prompts; the judge behind the same server scored them.
     generations = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == metrics["generations"] > 0

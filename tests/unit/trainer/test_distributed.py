@@ -61,7 +61,7 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(tmp_path, tiny_
     got_w, want_w = load_file(saved / weights), load_file(tmp_path / "one" / saved.name / weights)
     assert {k: v.shape for k, v in got_w.items()} == {k: v.shape for k, v in want_w.items()}
     for key, tensor in got_w.items():
-        assert tensor.float().norm() == pytest.approx(want_w[key].float().norm(), rel=0.02), key
+        assert tensor.float().norm().item() == pytest.approx(want_w[key].float().norm().item(), rel=0.02), key
     assert not (saved / "training_args.bin").exists()
     # Rank 0 alone reports, writes the lineage and publishes (to kubetune run's MLflow store): once.
     assert json.loads((out / "progress.json").read_text())["phase"] == "done"
