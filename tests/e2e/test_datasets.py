@@ -106,6 +106,8 @@ def test_the_preference_example(tmp_path, root, vllm_server):
     assert manifest["type"] == "preference" and stages["rank"]["output"] > 0
     assert set(stages["rank"]["dropped"]) <= {
         "tie",
+        "no_sound_answer",
+        "chosen_equals_rejected",
         "too_few_candidates",
         "low_score",
         "judge_invalid",
@@ -118,7 +120,8 @@ def test_the_preference_example(tmp_path, root, vllm_server):
     assert rows
     for row in rows:
         assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
-        assert row["chosen_score"] > row["rejected_score"], "the judge's best is chosen, its worst rejected"
+        # The judge's best is chosen and its worst rejected, unless the rejected one is flawed (the checks first).
+        assert row["chosen_score"] > row["rejected_score"] or row.get("rejected_flaw"), row
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
 
     # The example's FineTuneJob trains with DPO on those rows.

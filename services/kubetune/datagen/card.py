@@ -30,6 +30,7 @@ COLUMN_DOCS = {
     "judge_reason": "the judge's one-sentence reason",
     "chosen_score": "the judge's score of the chosen answer",
     "rejected_score": "the judge's score of the rejected answer",
+    "rejected_flaw": "why the curation would drop the rejected answer (gibberish, ungrounded, ...), where it would",
 }
 
 

@@ -643,10 +643,30 @@ def _source(sample: dict, chunk_text: dict[str, str]) -> str:
     return sample.get("context") or chunk_text.get(sample.get("chunk_id", ""), "")
 
 
+def _flaw(b: Build, instruction: str, answer: str, source: str) -> str | None:
+    """What the curation would drop a candidate answer for (the quality heuristics, then the lexical grounding
+    checks against its chunk, as far as they are on), or None for a sound one."""
+    from kubetune.datagen import grounding
+
+    checks = b.spec.curation
+    if checks.quality.enabled and (reason := quality.drop_reason(instruction, answer, checks.quality, source)):
+        return reason
+    if checks.grounding.enabled and source:
+        if grounding.lexical_support(answer, source) < checks.grounding.min_support:
+            return "ungrounded"
+        if checks.grounding.drop_unsupported_numbers and grounding.unsupported_numbers(answer, source):
+            return "unsupported_number"
+    return None
+
+
 def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dict]:
-    """The judged preference method: one answer per temperature, each scored by the judge against the chunk
-    (its lowest criterion); the best is chosen and the worst rejected; a tie (all scores equal) says nothing and is
-    dropped."""
+    """The judged preference method: one answer per temperature, each checked as the curation checks a sample
+    (quality heuristics, grounding in the chunk) and scored by the judge against the chunk (its lowest criterion).
+    A sound answer ranks above any flawed one, whatever the judge says; among equals, the judge's score decides.
+    The best is chosen and the worst rejected. Dropped: no sound answer to choose (``no_sound_answer``: word salad
+    or an answer its chunk does not support is never chosen), and a tie (two sound answers the judge scores
+    alike), which says nothing. A back-translated sample's span (the chunk's own sentences) is a candidate too,
+    first among equals: with it, every pair has a sound answer to choose, whatever the generator writes."""
     temperatures = b.spec.preference.temperatures
     spec = b.spec.curation.judge
 
@@ -664,7 +684,8 @@ def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dic
         candidates: list[list[str | None]] = []
         for k in range(len(part)):
             group = answers[k * len(temperatures) : (k + 1) * len(temperatures)]
-            candidates.append([generate.read_field(c, "answer", dropped) for c in group])
+            span = [part[k]["answer"]] if part[k].get("origin") == "backtranslated" else []
+            candidates.append([*span, *(generate.read_field(c, "answer", dropped) for c in group)])
         scored = [(i, a) for i, group in enumerate(candidates) for a in group if a is not None]
         sources = [chunk_text[s["chunk_id"]] for s in part]
         verdicts = b.ask(
@@ -676,25 +697,29 @@ def _rank(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> list[dic
             ],
             model=spec.model,
         )
-        scores: list[list[tuple[int, str]]] = [[] for _ in part]
+        scores: list[list[tuple[bool, int, str, str | None]]] = [[] for _ in part]
         for (i, a), completion in zip(scored, verdicts, strict=True):
             if (verdict := judge.read(completion, dropped, judge.criteria_for(sources[i]))) is not None:
-                scores[i].append((verdict.score, a))
+                flaw = _flaw(b, part[i]["instruction"], a, sources[i])
+                scores[i].append((flaw is None, verdict.score, a, flaw))
         rows = []
         for sample, ranked in zip(part, scores, strict=True):
             if len(ranked) < 2:
                 count(dropped, "too_few_candidates")
                 continue
-            ranked.sort(key=lambda x: -x[0])  # stable: among equals, the lower temperature first
-            (best, chosen), (worst, rejected) = ranked[0], ranked[-1]
-            if best == worst:
+            ranked.sort(key=lambda x: (not x[0], -x[1]))  # stable: among equals, the span, then the lower temperature
+            (sound, best, chosen, _), (sound_worst, worst, rejected, flaw) = ranked[0], ranked[-1]
+            if not sound:
+                count(dropped, "no_sound_answer")
+            elif sound_worst and best == worst:
                 count(dropped, "tie")
             elif best < spec.min_score:
                 count(dropped, "low_score")
+            elif documents.fingerprint(chosen) == documents.fingerprint(rejected):
+                count(dropped, "chosen_equals_rejected")
             else:
-                rows.append(
-                    {**sample, "chosen": chosen, "rejected": rejected, "chosen_score": best, "rejected_score": worst}
-                )
+                row = {**sample, "chosen": chosen, "rejected": rejected, "chosen_score": best, "rejected_score": worst}
+                rows.append({**row, "rejected_flaw": flaw} if flaw else row)
         return rows, dropped, sum(c.tokens for c in [*answers, *verdicts])
 
     return b.parted("rank", samples, work)
@@ -884,7 +909,9 @@ def plan(spec: DatasetBuildSpec, log: Callable[[str], None] = lambda _: None) ->
     if "judge" in b.funnel.planned:
         later["judge"] = samples
     if "rank" in b.funnel.planned:
-        later["rank"] = 2 * samples * len(spec.preference.temperatures)
+        # An answer and a verdict per temperature; a back-translated span is judged too.
+        spans = spec.generation.method == "backtranslation"
+        later["rank"] = samples * (2 * len(spec.preference.temperatures) + spans)
     return BuildPlan(
         [asdict(s) for s in b.funnel.stages],
         len(requests),

@@ -277,26 +277,10 @@ def test_extract_preference_rows_are_verbatim_and_in_trl_format(tmp_path, tiny_m
     assert manifest["type"] == "preference" and "dpo" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_judged_preference_chooses_the_best_and_drops_ties(tmp_path, tiny_model):
+def _run_judged(tmp_path, tiny_model, samples: dict, respond) -> tuple[ScriptedEngine, dict]:
+    """A judged preference build of the LoRA and QLoRA documents, ``respond`` answering and judging: the engine
+    (what it was asked) and the stages by name."""
     folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA})
-    samples = {
-        "Low-rank adaptation": answer(("What does LoRA train?", "Two small matrices per layer.")),
-        "Quantized low-rank": answer(("How does QLoRA store weights?", "In four-bit NormalFloat precision.")),
-    }
-
-    def respond(request: Request) -> Completion:
-        if kind(request) == "answer":
-            t = request.temperature
-            return Completion(
-                json.dumps({"answer": f"answer at temperature {t} for {request.messages[-1]['content'][-30:]}"}),
-                "stop",
-                9,
-            )
-        judged = request.messages[-1]["content"].split("\n\nInstruction: ")[-1]  # not the chunk: what is judged
-        # LoRA: the cold answer is better; QLoRA: a tie.
-        score = 4 if "QLoRA" in judged else (5 if "temperature 0.2" in judged else 2)
-        return Completion(json.dumps({"reason": "r", "faithfulness": score, "helpfulness": 5, "style": 5}), "stop", 5)
-
     engine = ScriptedEngine(by_topic(samples, respond))
     spec = make_spec(
         folder,
@@ -307,12 +291,78 @@ def test_judged_preference_chooses_the_best_and_drops_ties(tmp_path, tiny_model)
         split={"testSize": 0.0},
     )
     manifest = run(spec, tmp_path / "out", engine)
-    stages = {s["name"]: s for s in manifest["stages"]}
+    return engine, {s["name"]: s for s in manifest["stages"]}
+
+
+def test_judged_preference_chooses_the_best_and_drops_ties(tmp_path, tiny_model):
+    samples = {
+        "Low-rank adaptation": answer(("What does LoRA train?", "Two small matrices per layer.")),
+        "Quantized low-rank": answer(("How does QLoRA store weights?", "In four-bit NormalFloat precision.")),
+    }
+
+    def respond(request: Request) -> Completion:
+        if kind(request) == "answer":  # a sentence of the chunk each: both sound, the judge alone tells them apart
+            chunk = QLORA if "QLoRA" in request.messages[-1]["content"] else LORA
+            sentence = chunk.split(". ")[0 if request.temperature == 0.2 else 1]
+            return Completion(json.dumps({"answer": sentence + "."}), "stop", 9)
+        judged = request.messages[-1]["content"].split("\n\nInstruction: ")[-1]  # not the chunk: what is judged
+        # LoRA: the cold answer (the chunk's first sentence) is better; QLoRA: a tie.
+        score = 4 if "QLoRA" in judged else (5 if "Low-rank adaptation trains" in judged else 2)
+        return Completion(json.dumps({"reason": "r", "faithfulness": score, "helpfulness": 5, "style": 5}), "stop", 5)
+
+    engine, stages = _run_judged(tmp_path, tiny_model, samples, respond)
     assert [r.temperature for r in engine.asked if kind(r) == "answer"] == [0.2, 1.0, 0.2, 1.0]
     assert stages["rank"]["dropped"] == {"tie": 1}
     (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
-    assert "temperature 0.2" in row["chosen"][0]["content"] and "temperature 1.0" in row["rejected"][0]["content"]
-    assert (row["chosen_score"], row["rejected_score"]) == (5, 2)
+    assert row["chosen"][0]["content"] == LORA.split(". ")[0] + "."
+    assert row["rejected"][0]["content"] == LORA.split(". ")[1] + "."
+    assert (row["chosen_score"], row["rejected_score"]) == (5, 2) and "rejected_flaw" not in row
+
+
+def test_judged_preference_never_chooses_an_answer_the_curation_would_drop(tmp_path, tiny_model):
+    """The judge (a small model's) prefers word salad and an answer from nowhere; the checks overrule it: a sound
+    answer is chosen over a flawed one whatever the scores, and a pair with no sound answer is dropped."""
+    samples = {
+        "Low-rank adaptation": answer(("What does LoRA train?", "Two small matrices per layer.")),
+        "Quantized low-rank": answer(("How does QLoRA store weights?", "In four-bit NormalFloat precision.")),
+    }
+    salad = "SOPPECADKR_DUMBERGUSA__0BOFNALEXXWOEMSPRESENTERA_GLEMINGBAIdUvLUTHOL32MEDIA+ [笏蒸喻][文数]](/.sine"
+    cut = "Clarifications: Sep 13, 2020 4pm EDTes    New st project"  # what SmolLM2 once wrote, as chosen
+
+    def respond(request: Request) -> Completion:
+        if kind(request) == "answer":
+            if "QLoRA" in request.messages[-1]["content"]:  # nothing sound to choose
+                return Completion(json.dumps({"answer": salad if request.temperature == 0.2 else cut}), "stop", 9)
+            sound = LORA.split(". ")[0] + "."
+            return Completion(json.dumps({"answer": sound if request.temperature == 0.2 else salad}), "stop", 9)
+        judged = request.messages[-1]["content"].split("\n\nInstruction: ")[-1]
+        score = 5 if "SOPPECADKR" in judged else 3  # the judge prefers the salad
+        return Completion(json.dumps({"reason": "r", "faithfulness": score, "helpfulness": 5, "style": 5}), "stop", 5)
+
+    _, stages = _run_judged(tmp_path, tiny_model, samples, respond)
+    assert stages["rank"]["dropped"] == {"no_sound_answer": 1}
+    (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    assert row["chosen"][0]["content"] == LORA.split(". ")[0] + "."
+    assert row["rejected"][0]["content"] == salad and row["rejected_flaw"] == "gibberish"
+    assert (row["chosen_score"], row["rejected_score"]) == (3, 5)  # the judge's, kept as it gave them
+
+
+def test_a_candidate_answer_is_checked_against_its_chunk_as_a_sample_is():
+    from kubetune.datagen.pipeline import _flaw
+
+    spec = DatasetBuildSpec.model_validate(
+        {"type": "preference", "source": {"paths": ["x"]}, "generation": {"model": "m"}}
+    )
+    build = type("B", (), {"spec": spec})()
+    question = "How does quantized low-rank adaptation store the base model?"
+    sound = "It stores the frozen base model in four-bit NormalFloat precision."
+    assert _flaw(build, question, sound, QLORA) is None
+    elsewhere = "Bananas ripen faster in a paper bag because the fruit releases ethylene gas while it sits there."
+    assert _flaw(build, question, elsewhere, QLORA) == "ungrounded"
+    assert _flaw(build, question, "It stores the base model in 3-bit precision, 40 % smaller.", QLORA) == (
+        "unsupported_number"
+    )
+    assert _flaw(build, question, "True,", QLORA) == "answer_too_short"
 
 
 def test_judged_preference_needs_the_judge():

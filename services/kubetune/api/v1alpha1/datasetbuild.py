@@ -130,7 +130,9 @@ class GenerationSpec(SpecModel):
         description="pairs: the LLM writes instruction-answer pairs about each chunk. backtranslation: instruction "
         "back-translation (Li et al. 2023): spans of the chunk, whole sentences, are the answers and the LLM writes "
         "only the instruction each answers, so every answer is the source's own text, grounded even with a weak "
-        "generator; the curation (grounding's off_topic, the judge) drops the instructions that miss.",
+        "generator; the curation (grounding's off_topic, the judge) drops the instructions that miss. With type "
+        "preference (method judged), the span is a candidate answer beside the model's own: sound by construction, "
+        "so every pair has one to choose.",
     )
     pairs_per_chunk: int = Field(3, ge=1, le=20, description="Samples asked for per chunk (backtranslation: spans).")
     temperature: float = Field(
@@ -536,9 +538,13 @@ class DatasetBuildSpec(SchedulingSpec):
             ),
         ),
         CelRule(
-            "self.type == 'instruction' || self.generation.method != 'backtranslation'",
-            "generation.method backtranslation writes instruction rows: type instruction",
-            lambda s: s.type == "instruction" or s.generation.method != "backtranslation",
+            "self.type == 'instruction' || self.generation.method != 'backtranslation' || "
+            "self.preference.method == 'judged'",
+            "generation.method backtranslation writes instruction rows (type instruction), or preference rows by the "
+            "judged method (the source's span one of the candidate answers)",
+            lambda s: (
+                s.type == "instruction" or s.generation.method != "backtranslation" or s.preference.method == "judged"
+            ),
         ),
         CelRule(
             "self.type != 'preference' || self.preference.method != 'judged' || self.curation.judge.enabled",
