@@ -29,7 +29,10 @@ def _kubetune_run(spec: FineTuneJobSpec, data, workdir) -> tuple[subprocess.Comp
     manifest.write_text(json.dumps(job))
     kubetune = Path(sys.executable).with_name("kubetune")
     command = [str(kubetune), "run", "-f", str(manifest), "--workdir", str(workdir)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # kubetune run's own MLflow store (WORKDIR/mlflow.db), not one an earlier test left in the environment (MLflow's
+    # set_tracking_uri exports MLFLOW_TRACKING_URI to the process and its children).
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     return done, workdir / "finetunes" / "default" / "two"
 
 
