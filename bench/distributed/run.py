@@ -37,30 +37,20 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "bench" / "planner"))
 
-from measure import BATCH, MAX_LENGTH, MODEL, make_dataset  # noqa: E402
+import measure  # noqa: E402
+from measure import BATCH, MODEL, make_dataset  # noqa: E402
 
 CASES = {"lora-ddp": ("lora", "ddp"), "full-fsdp": ("full", "fsdp")}
 
 
 def spec_for(method: str, strategy: str, ranks: int, dataset: Path, steps: int):
+    """bench/planner's spec, its batch split over ``ranks`` (the same global batch), no generations."""
     from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
 
-    return FineTuneJobSpec.model_validate(
-        {
-            "baseModel": str(MODEL),
-            "dataset": {"path": str(dataset)},
-            "method": method,
-            "training": {
-                "maxSteps": steps,
-                "perDeviceTrainBatchSize": BATCH // ranks,
-                "maxLength": MAX_LENGTH,
-                "saveSteps": 10_000,
-                "learningRate": 1e-4 if method == "full" else 2e-4,
-            },
-            "evaluation": {"generations": 0},
-            "distributed": {"processesPerNode": ranks, "strategy": strategy},
-        }
-    )
+    wire = measure.spec_for(method, dataset, steps).to_wire()
+    wire["training"]["perDeviceTrainBatchSize"] = BATCH // ranks
+    wire |= {"evaluation": {"generations": 0}, "distributed": {"processesPerNode": ranks, "strategy": strategy}}
+    return FineTuneJobSpec.model_validate(wire)
 
 
 def _hwm_kib(pid: int) -> int | None:

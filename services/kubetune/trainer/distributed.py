@@ -2,9 +2,8 @@
 
 kubetune writes no distributed engine of its own. torchrun (``python -m torch.distributed.run``) starts the ranks
 and sets RANK, LOCAL_RANK and WORLD_SIZE; the transformers Trainer, as TRL drives it, reads them and wraps the
-model in DDP or FSDP through accelerate. What is here is the part around it: the launch command (one machine:
-``--standalone``; several pods: a static rendezvous at pod 0, the node rank from the Indexed Job's completion
-index), the strategy ``auto`` resolves to, and the options the Trainer is given for it.
+model in DDP or FSDP through accelerate. What is here is the part around it: the launch command (the ranks of
+one machine, or one pod), the strategy ``auto`` resolves to, and the options the Trainer is given for it.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1.finetunejob import FineTuneJobSpec
-
-# torchrun's default port for the rank-0 store; a pod has its own network namespace, so no two jobs share it.
-MASTER_PORT = 29500
 
 
 @dataclass(frozen=True)
@@ -43,30 +39,15 @@ class Ranks:
         )
 
 
-def torchrun(
-    python: str,
-    module: str,
-    args: Sequence[str],
-    processes: int,
-    nodes: int = 1,
-    node_rank: str | None = None,
-    master: str | None = None,
-) -> list[str]:
-    """The torchrun command that starts ``python -m module args`` as ``processes`` ranks on each of ``nodes``
-    machines. One machine: ``--standalone`` (a free local port). Several: rendezvous at ``master`` (pod 0's
-    stable name), this machine's ``node_rank`` (a shell expression in a pod: the Job's completion index)."""
-    command = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
-    if nodes == 1:
-        command += ["--standalone", "--nnodes", "1"]
-    else:
-        if node_rank is None or master is None:
-            raise ValueError("several nodes need a node rank and a master address")
-        command += ["--nnodes", str(nodes), "--node-rank", node_rank]
-        command += ["--master-addr", master, "--master-port", str(MASTER_PORT)]
-    # torchrun keeps no restarts of its own: a rank that fails ends the group, and the group restarts whole
-    # (the Job's retry, or kubetune run again) from the last checkpoint.
-    command += ["--max-restarts", "0", "-m", module, *args]
-    return command
+def torchrun(python: str, module: str, args: Sequence[str], processes: int) -> list[str]:
+    """The torchrun command that starts ``python -m module args`` as ``processes`` ranks on this machine
+    (``--standalone``: the rendezvous on a free local port). torchrun keeps no restarts of its own: a rank that
+    fails ends the group, and the group restarts whole (the Job's retry, or kubetune run again) from the last
+    checkpoint."""
+    return [
+        python, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--standalone", "--nnodes", "1",
+        "--max-restarts", "0", "-m", module, *args,
+    ]  # fmt: skip
 
 
 def wait_for(path: Path, what: str, timeout: float = 3600.0) -> None:
@@ -78,7 +59,7 @@ def wait_for(path: Path, what: str, timeout: float = 3600.0) -> None:
         time.sleep(1.0)
 
 
-def resolve_strategy(spec: FineTuneJobSpec, world: int, config: dict[str, Any] | None) -> str:
+def resolve_strategy(spec: FineTuneJobSpec, world: int, base: str) -> str:
     """distributed.strategy with auto decided: one rank needs none; adapters (lora, qlora) train under DDP; a full
     fine-tune under FSDP when the memory planner, given the base's config.json and resources.gpuType, finds that a
     DDP rank (the whole step and its gradient buckets) does not fit one GPU of that type, else under DDP (each
@@ -89,11 +70,11 @@ def resolve_strategy(spec: FineTuneJobSpec, world: int, config: dict[str, Any] |
         return "none"
     if wanted != "auto":
         return wanted
-    if spec.method != "full" or spec.resources.gpu_type is None or config is None:
+    if spec.method != "full" or spec.resources.gpu_type is None:
         return "ddp"
-    from kubetune.trainer.memory import plan_memory
+    from kubetune.trainer.memory import load_config, plan_memory
 
-    return plan_memory(config, spec, spec.resources.gpu_type, ranks=world).strategy
+    return plan_memory(load_config(base), spec, spec.resources.gpu_type, ranks=world).strategy
 
 
 def trainer_options(strategy: str, on_gpu: bool) -> dict[str, Any]:

@@ -482,16 +482,14 @@ def _strategy(spec: FineTuneJobSpec, ranks: distributed.Ranks, base: str, rows: 
     """The strategy this group trains under, checked against what it trains: every rank needs rows of its own."""
     if ranks.world == 1:
         return "none"
-    if spec_gpus := _gpus_here(ranks):
-        raise CapabilityError(spec_gpus)
+    if no_gpu := _gpus_here(ranks):
+        raise CapabilityError(no_gpu)
     if rows < ranks.world:
         raise DatasetMismatchError(
             f"spec.distributed asks for {ranks.world} ranks, but the train split has {rows} rows: each rank needs at "
             f"least one; lower distributed.numNodes or processesPerNode"
         )
-    config_file = Path(base) / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.exists() else None
-    strategy = distributed.resolve_strategy(spec, ranks.world, config)
+    strategy = distributed.resolve_strategy(spec, ranks.world, base)
     log(f"{ranks.world} ranks, {strategy.upper()} (spec.distributed.strategy {spec.distributed.strategy})")
     return strategy
 
