@@ -15,6 +15,7 @@ from kubetune.api.v1alpha1.constants import DATASET_BUILD, FINE_TUNE_JOB
 from kubetune.api.v1alpha1.resources import Resource
 from kubetune.trainer import distributed
 from kubetune_operator.constants import (
+    ATTEMPT_LABEL,
     COMPONENT,
     COMPONENT_OF,
     MANAGED_BY,
@@ -53,9 +54,11 @@ def service_command(
     dataset: str | None = None,
     start_from: str | None = None,
     processes: int = 1,
+    group: tuple[int, str] | None = None,
 ) -> list[str]:
     """The command line of the service entrypoint that does a resource's work; a FineTuneJob's on ``processes``
-    ranks is started by torchrun."""
+    ranks is started by torchrun. ``group``: (pods, pod 0's address) of a FineTuneJob whose pods train together,
+    each the Indexed Job's pod ``$(JOB_COMPLETION_INDEX)``."""
     args = ["--spec", spec_file, "--output", output, "--name", name]
     if kind == FINE_TUNE_JOB:
         if dataset is None:
@@ -63,6 +66,11 @@ def service_command(
         args += ["--dataset", dataset]
         if start_from is not None:
             args += ["--start-from", start_from]
+        if group is not None:
+            nodes, master = group
+            return distributed.torchrun_nodes(
+                python, _MODULE[kind], args, nodes, processes, master, "$(JOB_COMPLETION_INDEX)"
+            )
         if processes > 1:
             return distributed.torchrun(python, _MODULE[kind], args, processes)
     return [python, "-m", _MODULE[kind], *args]
@@ -76,13 +84,44 @@ def child_name(resource: Resource) -> str:
     return _suffixed(resource.metadata.name, _SUFFIX[resource.kind])
 
 
-def _suffixed(name: str, suffix: str) -> str:
-    """NAME-SUFFIX in at most 63 characters (a Job's name becomes a label value). A longer one is cut and given a
-    hash of the whole name, so two long names that share a prefix never share a Job."""
-    if len(name) + 1 + len(suffix) <= 63:
+def _suffixed(name: str, suffix: str, limit: int = 63) -> str:
+    """NAME-SUFFIX in at most ``limit`` characters (a Job's name becomes a label value: 63). A longer one is cut and
+    given a hash of the whole name, so two long names that share a prefix never share a Job."""
+    if len(name) + 1 + len(suffix) <= limit:
         return f"{name}-{suffix}"
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: 63 - len(suffix) - len(digest) - 2].rstrip('-')}-{digest}-{suffix}"
+    return f"{name[: limit - len(suffix) - len(digest) - 2].rstrip('-')}-{digest}-{suffix}"
+
+
+# A group's pods are named JOB-INDEX (the Job controller's hostname for an Indexed Job's pod), a DNS label of at
+# most 63 characters, so the Job's name leaves room for "-63", the last index of 64 pods.
+_GROUP_NAME_LIMIT = 60
+
+
+def group_job_name(resource: Resource, attempt: int) -> str:
+    """The Job of a FineTuneJob's group of pods: NAME-train, then NAME-train-restart-K for the K-th restart."""
+    suffix = _SUFFIX[resource.kind] + (f"-restart-{attempt}" if attempt else "")
+    return _suffixed(resource.metadata.name, suffix, _GROUP_NAME_LIMIT)
+
+
+def headless_service(resource: Resource) -> dict[str, Any]:
+    """The headless Service that gives the pods of a FineTuneJob's group their stable DNS names: an Indexed
+    Job's pod I is JOB-I, and with ``subdomain`` set to this Service, JOB-I.SERVICE resolves to it (the
+    Kubernetes pattern for pods of a Job that talk to each other). Not-ready pods are published too: the ranks
+    meet before any pod is ready. It selects the resource's trainer pods; only one group runs at a time."""
+    name = child_name(resource)
+    selector = {OWNER_LABEL[resource.kind]: resource.metadata.name, COMPONENT: COMPONENT_OF[resource.kind]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": resource.metadata.namespace, "labels": labels(resource)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": distributed.RENDEZVOUS_PORT, "protocol": "TCP"}],
+        },
+    }
 
 
 def labels(resource: Resource) -> dict[str, str]:
@@ -284,6 +323,7 @@ def job(
     dataset: str | None = None,
     start_from: str | None = None,
     gpus: int | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs the resource's service entrypoint on the shared volume.
 
@@ -292,6 +332,14 @@ def job(
     pods never call the API), whichever ServiceAccount they run as. With ``spec.queueName`` the Job is created
     suspended and labelled for Kueue; with ``spec.suspend`` it is created suspended. ``gpus`` (a count; 0: none)
     replaces what the spec and the operator's defaults ask for.
+
+    A FineTuneJob with ``distributed.numNodes`` > 1 is an Indexed Job of that many pods, all started at once, each
+    running torchrun with its index as the node rank and pod 0 (JOB-0.SERVICE, :func:`headless_service`) as the
+    rendezvous. backoffLimit 0: a pod that fails fails the Job, whose other pods the Job controller stops, and the
+    operator starts the whole group again as a new Job (``attempt``, :func:`group_job_name`), which resumes from
+    the last checkpoint; never a lone rank, which could not rejoin the others' process group. That is what
+    JobSet's default failure policy (RestartJobSet: recreate every child Job) does with the same parts, without
+    its controller. Kueue admits a Job as one workload, all its pods together.
     """
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     component = COMPONENT_OF[kind]
@@ -301,8 +349,11 @@ def job(
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
     resources = _merge_resources(defaults.get("resources") or {}, requests, _gpus(resource, gpus))
     processes = _ranks(resource, resources) if kind == FINE_TUNE_JOB else 1
+    nodes = spec.distributed.num_nodes if kind == FINE_TUNE_JOB else 1
+    job_name = group_job_name(resource, attempt) if nodes > 1 else child_name(resource)
+    group = (nodes, f"{job_name}-0.{child_name(resource)}") if nodes > 1 else None
     spec_file = f"{SPEC_MOUNT}/{SPEC_FILE}"
-    command = service_command(settings.python, kind, name, spec_file, output, dataset, start_from, processes)
+    command = service_command(settings.python, kind, name, spec_file, output, dataset, start_from, processes, group)
     env = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **REPORT_ENV}.items()]
     # Who the pod works for, recorded in the dataset's manifest and the model's lineage (the uid names this one
     # resource among all that ever had its name).
@@ -347,12 +398,22 @@ def job(
         job_spec["suspend"] = True  # Kueue starts it (unsuspends it) once the queue admits it
     elif spec.suspend:
         job_spec["suspend"] = True  # the operator unsuspends it when spec.suspend is set to false
+    if nodes > 1:
+        job_labels[ATTEMPT_LABEL] = str(attempt)
+        pod["subdomain"] = child_name(resource)  # the headless Service: JOB-I.SERVICE names pod I
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": child_name(resource), "namespace": ns, "labels": job_labels},
+        "metadata": {"name": job_name, "namespace": ns, "labels": job_labels},
         "spec": job_spec,
     }
+
+
+def gpus_of(built: dict[str, Any]) -> int:
+    """The GPUs a Job's pod asks for (0: none)."""
+    container = built["spec"]["template"]["spec"]["containers"][0]
+    return int(((container.get("resources") or {}).get("limits") or {}).get(GPU, 0))
 
 
 def step_job_name(resource: Resource, step: str) -> str:

@@ -20,6 +20,9 @@ COMPONENT_OF = {DATASET_BUILD: "datagen", FINE_TUNE_JOB: "trainer"}
 STEP_LABEL = f"{GROUP}/step"
 SHARDS_STEP = "shards"
 SIZING_STEP = "sizing"
+# A FineTuneJob on several pods (distributed.numNodes > 1) runs as one Indexed Job per attempt: the first is
+# attempt 0; each restart of the whole group, from the last checkpoint, is a new Job with the next number.
+ATTEMPT_LABEL = f"{GROUP}/attempt"
 # The Kueue LocalQueue a Job waits in (a resource's spec.queueName); Kueue admits such a Job by unsuspending it.
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 

@@ -150,6 +150,7 @@ PRINTER_COLUMNS = {
         _column("Model", ".status.output.modelName", priority=1),
         _column("Version", ".status.output.modelVersion"),
         _column("Eval-Loss", ".status.output.evalLoss", "number", priority=1),
+        _column("Restarts", ".status.restarts", "integer", priority=1),
         _column("Age", ".metadata.creationTimestamp", "date"),
     ],
 }

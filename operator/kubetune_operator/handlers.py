@@ -19,7 +19,7 @@ from kubetune.api.v1alpha1.finetunejob import Dependencies
 from kubetune.api.v1alpha1.resources import SpecError, parse_resource
 from kubetune.api.v1alpha1.status import TERMINAL_PHASES, Phase, now
 from kubetune_operator import builders, health, kube, metrics, planner, poller, storage
-from kubetune_operator.constants import MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, STEP_LABEL, Settings
+from kubetune_operator.constants import ATTEMPT_LABEL, MANAGED_BY, OWNER_LABEL, QUEUE_LABEL, STEP_LABEL, Settings
 
 SETTINGS = Settings()
 PLURAL = kube.PLURAL
@@ -245,6 +245,10 @@ def _carry_job_status(
             if current_job is None:  # the reconcile that created the Job writes it next: then this is said
                 raise kube.PhaseChanged(f"{kind} {namespace}/{name} has not recorded its Job {job_name} yet")
             if current_job != job_name:
+                if ATTEMPT_LABEL in labels and int(labels[ATTEMPT_LABEL]) <= int(
+                    (current.get("status") or {}).get("restarts") or 0
+                ):
+                    return  # a group's earlier attempt, failed and started again as the Job recorded now
                 if STEP_LABEL not in labels and (current.get("status") or {}).get("phase") not in TERMINAL_PHASES:
                     # The last step's Job, created by the event that ended the step before it, which records
                     # it next.
@@ -257,7 +261,8 @@ def _carry_job_status(
             step, result = labels.get(STEP_LABEL), None
             if decision.phase == Phase.FAILED:  # only at the end are the pods worth a request
                 pods = kube.pods_of(namespace, job_name)
-                cause, partial = planner.failure_cause(job_name, pods), planner.partial_result(job_name, pods)
+                cause = planner.failure_cause(job_name, pods, first=ATTEMPT_LABEL in labels)
+                partial = planner.partial_result(job_name, pods)
                 decision = planner.with_cause(decision, cause, partial)
             elif decision.phase == Phase.SUCCEEDED:
                 result = planner.result_of(job_name, kube.pods_of(namespace, job_name))
@@ -267,6 +272,12 @@ def _carry_job_status(
                 resource = parse_resource(dict(current))
                 waited = _dependencies(current.get("spec") or {}, namespace) if kind == FINE_TUNE_JOB else (None, None)
                 decision = planner.next_step(resource, step, decision, SETTINGS, result, *waited)
+            elif decision.phase == Phase.FAILED and ATTEMPT_LABEL in labels:  # one pod of a group failed
+                failed_job = kube.read_job(namespace, job_name)
+                gpus = builders.gpus_of(failed_job) if failed_job else 0
+                resource, waited = parse_resource(dict(current)), _dependencies(current.get("spec") or {}, namespace)
+                attempt = int(labels[ATTEMPT_LABEL])
+                decision = planner.restart_group(resource, decision, attempt, SETTINGS, gpus, *waited)
             if current["metadata"].get("deletionTimestamp") and decision.children:
                 log.info("%s %s/%s: being deleted: no next step", kind, namespace, name)
                 return

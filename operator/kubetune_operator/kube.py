@@ -152,6 +152,8 @@ def create(child: dict[str, Any]) -> bool:
     try:
         if child["kind"] == "ConfigMap":
             answer = client.CoreV1Api(api()).create_namespaced_config_map(ns, child, **options)
+        elif child["kind"] == "Service":
+            answer = client.CoreV1Api(api()).create_namespaced_service(ns, child, **options)
         elif child["kind"] == "Job":
             answer = client.BatchV1Api(api()).create_namespaced_job(ns, child, **options)
         else:

@@ -31,6 +31,7 @@ class Decision:
     progress: dict[str, Any] = field(default_factory=dict)  # status.progress and status.progressDetail
     published: list[dict[str, Any]] | None = None  # status.published
     publish_condition: Condition | None = None  # the Published condition, once the job has decided
+    restarts: int | None = None  # status.restarts: a group of pods started again from its last checkpoint
 
 
 def invalid_spec(errors: list[FieldError]) -> Decision:
@@ -116,6 +117,7 @@ def plan(
     start_from: dict[str, Any] | None = None,
     gpus: int | None = None,
     previous_reason: str | None = None,
+    attempt: int = 0,
 ) -> Decision:
     """The children a valid resource needs, or why it must wait or fail.
 
@@ -124,6 +126,7 @@ def plan(
     resources applied together by GitOps may arrive in any order. ``gpus`` is what the sizing step planned for
     a FineTuneJob whose ``resources.gpus`` is auto; without it, such a job starts with that step.
     ``previous_reason``: the resource's status reason so far (a dependency it waited on, now gone, was deleted).
+    ``attempt``: which start of a group of pods (distributed.numNodes > 1) this is; 0 the first.
     """
     if resource.kind == DATASET_BUILD:
         shards = resource.spec.generation.shards
@@ -133,14 +136,6 @@ def plan(
         return _started(
             resource, [builders.config_map(resource), builders.job(resource, settings)], "generating the dataset"
         )
-    nodes = resource.spec.distributed.num_nodes
-    if nodes > 1:
-        message = (
-            f"spec.distributed.numNodes is {nodes}: in a cluster a FineTuneJob trains in one pod in this version, "
-            "its GPUs as the ranks (resources.gpus, up to 16); set numNodes 1. kubetune run starts numNodes x "
-            "processesPerNode ranks on one machine"
-        )
-        return Decision(Phase.FAILED, "InvalidSpec", message, permanent=True)
     named = resource.spec.dependencies()
     if named.dataset_build is None:
         dataset = resource.spec.dataset.path
@@ -163,8 +158,44 @@ def plan(
         sizing = builders.sizing_job(resource, settings, dataset=dataset, start_from=previous)
         work = f"sizing the job for {resource.spec.resources.gpu_type} GPUs (resources.gpus auto)"
         return _started(resource, [builders.config_map(resource), sizing], work)
-    job = builders.job(resource, settings, dataset=dataset, start_from=previous, gpus=gpus)
+    job = builders.job(resource, settings, dataset=dataset, start_from=previous, gpus=gpus, attempt=attempt)
+    nodes = resource.spec.distributed.num_nodes
+    if nodes > 1:
+        work = f"training on {nodes} pods together"
+        return _started(resource, [builders.config_map(resource), builders.headless_service(resource), job], work)
     return _started(resource, [builders.config_map(resource), job], "training")
+
+
+def restart_group(
+    resource: Resource,
+    failed: Decision,
+    attempt: int,
+    settings: Settings,
+    gpus: int,
+    dependency: dict[str, Any] | None = None,
+    start_from: dict[str, Any] | None = None,
+) -> Decision:
+    """A group of pods (distributed.numNodes > 1) whose Job ``attempt`` failed (``failed``, its cause said): the
+    whole group again, as a new Job with the same ``gpus`` a pod, which resumes from the last checkpoint on the
+    shared volume; or the failure, once the group was started again KUBETUNE_BACKOFF_LIMIT times. JobSet's
+    RestartJobSet, as the operator's own step (builders.job says why)."""
+    if attempt >= settings.backoff_limit:
+        message = f"{failed.message} (the group of pods was started again {attempt} time(s), the operator's limit)"
+        return replace(failed, message=message, restarts=attempt)
+    decision = plan(resource, settings, dependency, start_from, gpus=gpus, attempt=attempt + 1)
+    if decision.phase == Phase.FAILED:
+        return decision
+    if not decision.children:  # what it trains on went away meanwhile
+        message = f"{failed.message}; cannot start the group again: {decision.message}"
+        return replace(failed, message=message, restarts=attempt)
+    nodes = resource.spec.distributed.num_nodes
+    message = (
+        f"{failed.message}; starting all {nodes} pods again from the last checkpoint "
+        f"(restart {attempt + 1} of at most {settings.backoff_limit})"
+    )
+    if decision.phase == Phase.RUNNING:
+        decision = replace(decision, reason="GroupRestarted", message=message)
+    return replace(_onward(decision), restarts=attempt + 1)
 
 
 def job_outcome(
@@ -305,17 +336,22 @@ def _onward(decision: Decision) -> Decision:
     return decision
 
 
-def failure_cause(job_name: str, pods: list[dict[str, Any]]) -> str | None:
-    """Why a Job's pods failed, in one line: the last line of the newest termination message among its pods.
+def failure_cause(job_name: str, pods: list[dict[str, Any]], first: bool = False) -> str | None:
+    """Why a Job's pods failed, in one line: the last line of the newest termination message among its pods
+    (``first``: of the first pod that failed, for a group of pods, whose other pods fail because that one did).
 
     The containers run with ``terminationMessagePolicy: FallbackToLogsOnError``, so a message is the end of
     the log when the process wrote none; the services end a failure with one line saying why (``trainer
-    failed: ...``). Pods are matched by their ``job-name`` label here too, whatever the list was filtered by.
+    failed: ...``). A container ended by a signal (exit code above 128: killed, out of memory) is said to be
+    so, naming its pod. Pods are matched by their ``job-name`` label here too, whatever the list was filtered by.
     """
+    killed = _killed(job_name, pods)
     ended = _terminated(job_name, pods, succeeded=False)
+    if first and killed and (not ended or min(killed)[0] <= min(ended)[0]):
+        return min(killed)[1]
     if not ended:
-        return None
-    message = max(ended)[1]
+        return max(killed)[1] if killed else None
+    message = (min if first else max)(ended)[1]
     partial = PodResult.parse(message)
     if partial is not None and partial.error is not None:  # kubetune.pod_report.fail
         return partial.error[:ERROR_LIMIT]
@@ -340,6 +376,23 @@ def _terminated(job_name: str, pods: list[dict[str, Any]], succeeded: bool) -> l
             if terminated.get("message") and (terminated.get("exitCode") == 0) == succeeded:
                 ended.append((terminated.get("finishedAt") or "", terminated["message"]))
     return ended
+
+
+def _killed(job_name: str, pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(finishedAt, what happened) of each container of the Job's pods that a signal ended (exit code > 128)."""
+    killed = []
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if (meta.get("labels") or {}).get("job-name") != job_name:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            code = terminated.get("exitCode") or 0
+            if code > 128:
+                how = " (OOMKilled)" if terminated.get("reason") == "OOMKilled" else ""
+                what = f"pod {meta.get('name')} was killed{how}: signal {code - 128}, exit code {code}"
+                killed.append((terminated.get("finishedAt") or "", what))
+    return killed
 
 
 def result_of(job_name: str, pods: list[dict[str, Any]]) -> PodResult | None:
@@ -460,6 +513,8 @@ def status_patch(decision: Decision, current: dict[str, Any] | None, generation:
         patch["completionTime"] = now()
     if decision.output:
         patch["output"] = decision.output
+    if decision.restarts is not None:
+        patch["restarts"] = decision.restarts
     if decision.published is not None:
         patch["published"] = decision.published
     if decision.publish_condition is not None:
@@ -476,13 +531,18 @@ def changes(patch: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return any(current.get(key) != value for key, value in patch["status"].items())
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the Job controller's label on an Indexed Job's pod
+
+
 def running_pod(job_name: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The Job's newest running pod (a retried Job has failed ones beside it), whose log tells its progress."""
+    """The Job's newest running pod (a retried Job has failed ones beside it), whose log tells its progress; of an
+    Indexed Job's, pod 0's (a group of pods: rank 0 is the one that reports)."""
     running = [
         p
         for p in pods
         if (p.get("metadata", {}).get("labels") or {}).get("job-name") == job_name
         and (p.get("status") or {}).get("phase") == "Running"
+        and (p["metadata"].get("labels") or {}).get(COMPLETION_INDEX, "0") == "0"
     ]
     return max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
 

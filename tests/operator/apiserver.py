@@ -44,7 +44,7 @@ Imitated:
   cel-python; ``oldSelf`` on updates) refuse with the rule's message as 422 Invalid; on an update, values left
   unchanged are not checked again (validation ratcheting, Kubernetes 1.33+); a rule is given only the fields it
   reads, and its result is kept by their values.
-- Built-in kinds (Jobs, Pods, ConfigMaps, Events, Leases) checked on create against Kubernetes' own OpenAPI
+- Built-in kinds (Jobs, Pods, ConfigMaps, Services, Events, Leases) checked on create against Kubernetes' own OpenAPI
   schema (kubernetes-validate).
 - RBAC: a user given grants (:class:`Grant`: rules of a ClusterRole, or of a Role in one namespace) is refused
   with 403 and the authorizer's message for whatever they do not allow; discovery is open to all. Every request
@@ -98,6 +98,7 @@ BUILTIN_RESOURCES = {
     "v1/namespaces": ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS),
     "v1/configmaps": ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
     "v1/secrets": ResourceInfo(kind="Secret", namespaced=True, verbs=VERBS),
+    "v1/services": ResourceInfo(kind="Service", namespaced=True, verbs=VERBS),
     "v1/events": ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
     "batch/v1/jobs": ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/pods": ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}, verbs=VERBS),

@@ -8,7 +8,17 @@ No controllers run, so :class:`TestKubelet` plays the kubelet and the Job contro
 operator creates, it runs the container's command as a local process (same command and env; the ConfigMap,
 the storage volume and the emptyDirs bind-mounted at their real mountPaths in a private mount namespace,
 as root), then writes the Job's status back through the API in the steps the real Job controller takes.
-What it cannot play: the pod's securityContext (the process runs as the test's user) and a read-only root
+An Indexed Job's pods run at once, each with ``JOB_COMPLETION_INDEX`` and the hostname JOB-INDEX the Job
+controller gives it (pkg/controller/job: ``addCompletionIndexEnvVariables``, ``Spec.Hostname``); ``$(VAR)``
+in the command is expanded from the container's env as the kubelet does (third_party/forked/golang/expansion);
+cluster DNS for a pod whose ``subdomain`` names a headless Service that exists and selects it
+(kubernetes/dns specification: HOSTNAME.SUBDOMAIN.NAMESPACE.svc.cluster.local) is an /etc/hosts bind-mounted in
+the pod's mount namespace, every pod at 127.0.0.1. A Job that fails more pods than its backoffLimit has its
+other pods stopped, SIGTERM to all their processes (the Job controller deletes the active pods of a failed Job;
+the kubelet stops a container's processes), and :meth:`TestKubelet.kill` kills a pod's processes as an
+OOM kill or a lost node would (exit code 137).
+What it cannot play: a failed pod retried (an index that fails within backoffLimit is not run again, and the Job
+fails once its pods have ended); the pod's securityContext (the process runs as the test's user) and a read-only root
 filesystem (tests/unit checks the pod template against Pod Security "restricted" instead); and an emptyDir
 mounted over the folder that holds the checkout (e.g. /tmp, for a clone in /tmp) is left out, since in a
 real pod the code lives in the image.
@@ -19,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import os
 import shlex
@@ -242,6 +253,9 @@ class Cluster:
     async def config_map(self, name: str, namespace: str) -> dict[str, Any]:
         return await _body(self.core.read_namespaced_config_map, name, namespace)
 
+    async def service(self, name: str, namespace: str) -> dict[str, Any]:
+        return await _body(self.core.read_namespaced_service, name, namespace)
+
     async def create_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
         """An Opaque Secret holding ``data`` (plain text here, base64 on the wire as in a cluster)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
@@ -307,7 +321,8 @@ class Cluster:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{meta['name']}-{uuid.uuid4().hex[:5]}",
+                # The Job controller's generateName: JOB- (an Indexed Job's pod: JOB-INDEX-), then 5 random characters.
+                "name": f"{meta['name']}-{'' if index is None else f'{index}-'}{uuid.uuid4().hex[:5]}",
                 "namespace": meta["namespace"],
                 "labels": labels,
             },
@@ -337,8 +352,9 @@ class Cluster:
         """The kubelet's last word on a pod: its container terminated, with its termination message."""
         meta = pod["metadata"]
         container = pod["spec"]["containers"][0]
+        finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                      "message": message, "finishedAt": "2026-01-01T00:00:00Z"}  # fmt: skip
+                      "message": message, "finishedAt": finished}  # fmt: skip
         status = {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
@@ -379,6 +395,26 @@ class TestKubelet:
         self.cluster, self.cwd, self.storage = cluster, cwd, storage
         self.started: dict[str, asyncio.Task] = {}
         self.logs: dict[str, Path] = {}
+        self.processes: dict[str, asyncio.subprocess.Process] = {}  # by pod name: JOB, or JOB-INDEX
+
+    def kill(self, pod_name: str) -> None:
+        """Kill every process of a running pod at once (SIGKILL to its process group), as an OOM kill or a lost
+        node ends a container."""
+        os.killpg(self.processes[pod_name].pid, signal.SIGKILL)
+
+    async def _stop(self, pod_names: list[str], grace: float = 30.0) -> None:
+        """Stop pods as the kubelet stops a deleted pod: SIGTERM to its processes, SIGKILL after the grace
+        period (terminationGracePeriodSeconds, 30 by default)."""
+        running = [self.processes[n] for n in pod_names if n in self.processes and self.processes[n].returncode is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(proc.wait() for proc in running)), timeout=grace)
+        except TimeoutError:
+            for proc in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     async def run(self) -> None:
         while True:
@@ -423,11 +459,55 @@ class TestKubelet:
         spec = job["spec"]
         indexes = range(spec.get("completions") or 1) if spec.get("completionMode") == "Indexed" else [None]
         await self.cluster.set_job_status(job, {"active": len(indexes), "startTime": "2026-01-01T00:00:00Z"})
-        codes = await asyncio.gather(*(self._run_pod(job, index) for index in indexes))
-        failed = next((rc for rc in codes if rc), 0)
+        names = [self._pod_name(job, index) for index in indexes]
+        hosts = await self._hosts(job, indexes)
+        first_failure: list[int] = []
+
+        async def pod(index: int | None) -> int:
+            rc = await self._run_pod(job, index, hosts)
+            if rc and not first_failure:
+                first_failure.append(rc)
+                if spec.get("backoffLimit", 6) < 1:  # the Job has failed: its other pods are stopped
+                    await self._stop(names)
+            return rc
+
+        codes = await asyncio.gather(*(pod(index) for index in indexes))
+        failed = first_failure[0] if first_failure else next((rc for rc in codes if rc), 0)
         await self.cluster.finish_job(job, succeeded=not failed, message=f"the container exited with {failed}")
 
-    async def _run_pod(self, job: dict[str, Any], index: int | None) -> int:
+    @staticmethod
+    def _pod_name(job: dict[str, Any], index: int | None) -> str:
+        return job["metadata"]["name"] + ("" if index is None else f"-{index}")
+
+    async def _hosts(self, job: dict[str, Any], indexes: Any) -> Path | None:
+        """The /etc/hosts of the Job's pods when their ``subdomain`` names a headless Service (clusterIP None)
+        that exists and selects them: each pod's HOSTNAME.SUBDOMAIN and its fully qualified name, at 127.0.0.1
+        (the pods share this machine's network). None: the cluster's DNS would know none of these names."""
+        meta, template = job["metadata"], job["spec"]["template"]
+        subdomain = template["spec"].get("subdomain")
+        if not subdomain or indexes == [None]:
+            return None
+        try:
+            service = await _body(self.cluster.core.read_namespaced_service, subdomain, meta["namespace"])
+        except client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        labels = template.get("metadata", {}).get("labels") or {}
+        selector = service["spec"].get("selector") or {}
+        if service["spec"].get("clusterIP") != "None" or any(labels.get(k) != v for k, v in selector.items()):
+            return None
+        ns = meta["namespace"]
+        lines = [Path("/etc/hosts").read_text()]
+        for index in indexes:
+            host = self._pod_name(job, index)
+            lines.append(f"127.0.0.1 {host}.{subdomain}.{ns}.svc.cluster.local {host}.{subdomain}.{ns} "
+                         f"{host}.{subdomain}\n")  # fmt: skip
+        hosts = self.cluster.workdir / f"{meta['name']}.hosts"
+        hosts.write_text("".join(lines))
+        return hosts
+
+    async def _run_pod(self, job: dict[str, Any], index: int | None, hosts: Path | None = None) -> int:
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
         folders = await self._volumes(job)
@@ -443,26 +523,32 @@ class TestKubelet:
             """Whether mounting here would hide the checkout or its venv (a clone under /tmp, and an emptyDir
             on /tmp): in a real pod those live in the image, outside the volume; here the mount is left out."""
             prefix = mount["mountPath"].rstrip("/") + "/"
-            return any(f"{p}/".startswith(prefix) for p in (str(self.cwd), str(Path(sys.executable).parent)))
+            return any(
+                f"{p}/".startswith(prefix)
+                for p in (str(self.cwd), str(Path(sys.executable).parent), str(Path(sys.executable).parent.resolve()))
+            )
 
         ordered = sorted((m for m in declared if not hides_the_code(m)), key=covers_a_source)
-        mounts = " && ".join(
-            f"mkdir -p {shlex.quote(m['mountPath'])} && mount --bind {shlex.quote(str(folders[m['name']]))} "
-            f"{shlex.quote(m['mountPath'])}"
-            for m in ordered
-        )
-        env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env", [])}}
+        binds = [(str(folders[m["name"]]), m["mountPath"]) for m in ordered]
+        mounts = " && ".join(f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(source)} "
+                             f"{shlex.quote(target)}" for source, target in binds)  # fmt: skip
+        if hosts is not None:  # first: a volume's mount may hide the file (an emptyDir on /tmp)
+            mounts = f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && {mounts}"
+        container_env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        env = {**os.environ, **container_env}
         env.pop("KUBECONFIG", None)  # the pods get no API access
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the image's python is ours
         # The container's terminationMessagePath, as a file of ours (the kubelet mounts one there in a real pod;
         # the pod builder tells the process where it is through $KUBETUNE_TERMINATION_LOG). The file is opened
-        # as fd 3 before the mounts, which may hide its folder (an emptyDir on /tmp), and named by that fd.
-        pod_name = job["metadata"]["name"] + ("" if index is None else f"-{index}")
+        # as fd 3 before the mounts, which may hide its folder (an emptyDir on /tmp), and named by that fd of the
+        # container's first process (the shell, which execs the command): a process it starts (torchrun's ranks)
+        # does not inherit the fd, but may open it there, as it would open the file a real kubelet mounts.
+        pod_name = self._pod_name(job, index)
         termination = self.cluster.workdir / f"{pod_name}.termination-log"
         termination.write_text("")
         if "KUBETUNE_TERMINATION_LOG" in env:
             assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"]
-            env["KUBETUNE_TERMINATION_LOG"] = "/proc/self/fd/3"
+            env.pop("KUBETUNE_TERMINATION_LOG")
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
         log = self.cluster.workdir / f"{pod_name}.log"
@@ -471,12 +557,21 @@ class TestKubelet:
         log.write_bytes(b"")
         await self.cluster.start_pod(pod, log)
         opened = f"exec 3<>{shlex.quote(str(termination))}"
+        if "KUBETUNE_TERMINATION_LOG" in container_env:
+            opened += " && KUBETUNE_TERMINATION_LOG=/proc/$$/fd/3 && export KUBETUNE_TERMINATION_LOG"
+        defined = dict(container_env)
+        if index is not None:
+            defined["JOB_COMPLETION_INDEX"] = str(index)
+        command = [_expand(arg, defined) for arg in container["command"]]
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 "unshare", "-m", "--propagation", "private", "sh", "-c", f'{opened} && {mounts} && exec "$@"', "sh",
-                *container["command"], cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *command, cwd=self.cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+            self.processes[pod_name] = proc
             rc = await proc.wait()
+        if rc < 0:  # ended by a signal: a container's exit code is 128 + the signal
+            rc = 128 - rc
         # The file's content (4 KiB at most); with FallbackToLogsOnError and none written, the end of the log
         # (2 KiB at most) when it failed.
         message = termination.read_bytes()[:4096].decode(errors="replace")
@@ -484,6 +579,28 @@ class TestKubelet:
             message = log.read_bytes()[-2048:].decode(errors="replace")
         await self.cluster.end_pod(pod, rc, message)
         return rc
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in a container's command replaced by VAR's value, as the kubelet does
+    (third_party/forked/golang/expansion ``Expand``): ``$$`` is a literal ``$``, and a reference to a variable
+    the container does not define is left as written."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "$" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(" and (end := text.find(")", i + 2)) != -1:
+                name = text[i + 2 : end]
+                out.append(env[name] if name in env else text[i : end + 1])
+                i = end + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
 
 
 def chart_operator(values: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:

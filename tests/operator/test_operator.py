@@ -77,11 +77,13 @@ async def _event_reasons(cluster: Cluster, name: str, until: str) -> list[str]:
     return sorted(e["reason"] for e in events)
 
 
-async def _status_when(cluster: Cluster, kind: str, name: str, holds, timeout: float = 15) -> dict:
+async def _status_when(
+    cluster: Cluster, kind: str, name: str, holds, timeout: float = 15, namespace: str = "default"
+) -> dict:
     """Poll until ``holds(status)`` is true; the status then."""
     status: dict = {}
     for _ in range(int(timeout * 4)):
-        status = (await cluster.get(kind, name)).get("status") or {}
+        status = (await cluster.get(kind, name, namespace)).get("status") or {}
         if holds(status):
             return status
         await asyncio.sleep(0.25)
@@ -193,6 +195,43 @@ async def full_flow(cluster: Cluster) -> None:
     await _metadata_when(cluster, "FineTuneJob", "tune", lambda m: not m.get("finalizers"))
     await cluster.delete("FineTuneJob", "tune")
     await cluster.gone("FineTuneJob", "tune", timeout=5)
+
+
+async def group_flow(cluster: Cluster, namespace: str = "default") -> None:
+    """A FineTuneJob on two pods: its ConfigMap, its headless Service and its Indexed Job, owned by it; the Job
+    that fails (a pod of the group died) is followed by the whole group again, as a new Job."""
+    tune = copy.deepcopy(FTJ)
+    tune["metadata"].update(name="group", namespace=namespace)
+    tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+    tune["spec"]["distributed"] = {"numNodes": 2}
+    await cluster.apply(tune)
+    job = await _job_of(cluster, "group-train")
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["backoffLimit"]) == ("Indexed", 2, 0)
+    service = await cluster.service("group-train", namespace)
+    owner = await cluster.get("FineTuneJob", "group", namespace)
+    assert service["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+    assert service["spec"]["clusterIP"] == "None" and job["spec"]["template"]["spec"]["subdomain"] == "group-train"
+    await _status_when(
+        cluster, "FineTuneJob", "group", lambda s: s.get("jobName") == "group-train", namespace=namespace
+    )
+    await cluster.set_job_status(job, {"active": 2})
+    await cluster.finish_job(job, succeeded=False, message="Job has reached the specified backoff limit")
+    again = await _job_of(cluster, "group-train-restart-1")
+    assert again["metadata"]["labels"]["kubetune.dev/attempt"] == "1"
+    restarted = await _status_when(
+        cluster, "FineTuneJob", "group", lambda s: s.get("restarts") == 1, namespace=namespace
+    )
+    assert (restarted["phase"], restarted["jobName"]) == ("Running", "group-train-restart-1")
+    # A late event of the failed attempt moves nothing.
+    await cluster.set_job_status(job, {"ready": 0})
+    await cluster.finish_job(again, succeeded=True)
+    await cluster.wait_for("FineTuneJob", "group", {"Succeeded"}, timeout=10, namespace=namespace)
+    await cluster.delete("FineTuneJob", "group", namespace)
+    await cluster.gone("FineTuneJob", "group", timeout=5, namespace=namespace)
+
+
+def test_a_job_on_two_pods_is_a_group_restarted_whole(run_in_cluster):
+    run_in_cluster(group_flow)
 
 
 def test_kubetune_operator_cluster_wide(run_in_cluster):
@@ -448,7 +487,7 @@ def test_kubectl_get_shows_phase_progress_and_the_registered_version(run_in_clus
         await cluster.finish_job(job, succeeded=True)
         await cluster.wait_for("FineTuneJob", "tune", {"Succeeded"}, timeout=10)
         header, row = columns(await kubectl_get(cluster, "-o", "wide"))
-        assert header == ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "EVAL-LOSS", "AGE"]
+        assert header == ["NAME", "PHASE", "PROGRESS", "MODEL", "VERSION", "EVAL-LOSS", "RESTARTS", "AGE"]
         assert row[:6] == ["tune", "Succeeded", "step 12/12 (100%), done, loss 1.93, 410 tokens/s", "docs-lora", "3",
                            "1.5"]  # fmt: skip
 

@@ -12,7 +12,7 @@ import urllib.request
 from tests.chart.conftest import NAMESPACE
 from tests.chart.render import render
 from tests.operator.cluster import Cluster, chart_operator, metrics_url
-from tests.operator.test_operator import DSB, _job_of, full_flow
+from tests.operator.test_operator import DSB, _job_of, full_flow, group_flow
 
 # Granted though no request uses it: kopf.adopt sets blockOwnerDeletion on the children, which clusters with
 # the OwnerReferencesPermissionEnforcement admission plugin allow only to who may update the owner's finalizers.
@@ -47,6 +47,7 @@ def test_cluster_wide_operator_uses_exactly_the_chart_cluster_role(tmp_path):
     async def main():
         async with Cluster(tmp_path, **settings) as cluster:
             await full_flow(cluster)
+            await group_flow(cluster)
             with urllib.request.urlopen(liveness, timeout=5) as probe:  # the Deployment's liveness probe
                 assert probe.status == 200
             with urllib.request.urlopen(metrics_url(settings), timeout=5) as scrape:  # what Prometheus reads
@@ -88,6 +89,7 @@ def test_namespaced_operator_works_with_roles_in_its_namespaces_only(tmp_path):
         job = await _job_of(cluster, "docs-datagen")
         await cluster.finish_job(job, succeeded=True)
         await cluster.wait_for("DatasetBuild", "docs", {"Succeeded"}, timeout=15, namespace="team")
+        await group_flow(cluster, namespace="team")
 
     async def main():
         async with Cluster(tmp_path, **settings) as cluster:

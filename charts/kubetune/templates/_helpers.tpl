@@ -156,6 +156,11 @@ The operator's permissions, one rule per (API group, resources), rendered both i
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create"]
+# A FineTuneJob on several pods (distributed.numNodes > 1) gets a headless Service: its pods' stable DNS
+# names, pod 0's the rendezvous of torchrun on every pod.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
 # One Job per resource runs datagen or trainer; the operator watches Jobs to copy their outcome into
 # the resource's status, and kopf records the last-handled state of a Job in its annotations (patch);
 # spec.suspend is set through patch too. With deletionPolicy Delete, a clean-up Job removes the output

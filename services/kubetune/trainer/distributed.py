@@ -50,6 +50,24 @@ def torchrun(python: str, module: str, args: Sequence[str], processes: int) -> l
     ]  # fmt: skip
 
 
+RENDEZVOUS_PORT = 29500  # torchrun's default --master-port: pod 0's TCP store, which the other pods join
+
+
+def torchrun_nodes(
+    python: str, module: str, args: Sequence[str], nodes: int, processes: int, master: str, node_rank: str
+) -> list[str]:
+    """The command of one of ``nodes`` pods that train together, each starting ``processes`` ranks: torchrun's
+    static rendezvous at ``master`` (pod 0's stable name), this pod's ``node_rank`` (in a cluster the Job
+    controller's ``$(JOB_COMPLETION_INDEX)``, expanded by the kubelet). :mod:`kubetune.trainer.rendezvous` starts
+    torchrun once ``master`` resolves (a pod's DNS name exists only once that pod does). No restarts of torchrun's
+    own: a rank that fails ends its pod, the Job fails, and the operator starts the whole group again."""
+    return [
+        python, "-m", "kubetune.trainer.rendezvous", "--nnodes", str(nodes), "--nproc-per-node", str(processes),
+        "--node-rank", node_rank, "--master-addr", master, "--master-port", str(RENDEZVOUS_PORT),
+        "--max-restarts", "0", "-m", module, *args,
+    ]  # fmt: skip
+
+
 def wait_for(path: Path, what: str, timeout: float = 3600.0) -> None:
     """Wait for rank 0 to write ``path`` (before the process group exists, there is no barrier to wait at)."""
     deadline = time.monotonic() + timeout

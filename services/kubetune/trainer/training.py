@@ -619,6 +619,14 @@ def _history(log_history: list[dict[str, Any]], initial_eval: float | None) -> t
     return losses, evals, preference
 
 
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest whole checkpoint: one holding trainer_state.json, which the Trainer writes after the weights,
+    the optimizer and every rank's RNG state. A checkpoint cut short (a pod killed while the group saved) is
+    passed over, not resumed from."""
+    whole = [c for c in checkpoints.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    return max(whole, key=lambda c: int(c.name.rpartition("-")[2]), default=None)
+
+
 def train(
     spec: FineTuneJobSpec, dataset_dir: Path, output: Path, log=print, start_from: Path | None = None
 ) -> dict[str, Any]:
@@ -663,12 +671,12 @@ def train(
     )
     # Counted before the Trainer wraps the model for DDP or FSDP.
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    resume = any(checkpoints.glob("checkpoint-*"))
-    if resume:
-        log(f"resuming from the last checkpoint in {checkpoints}")
+    resume = last_checkpoint(checkpoints)
+    if resume is not None:
+        log(f"resuming from {resume}")
     # The eval loss of the untouched base model: the baseline the final eval loss is judged against.
     baseline = output / "initial-eval.json"  # kept for a resumed run: the checkpoint's log starts at step 1
-    if "test" in data and not resume:
+    if "test" in data and resume is None:
         initial = _eval_loss(trainer, log)  # every rank evaluates its share; the loss is their mean
         if ranks.main:
             baseline.write_text(json.dumps({"eval_loss": initial}))
@@ -676,7 +684,7 @@ def train(
     if on_gpu:  # the training's own peak, as the memory planner predicts it
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     runtime = time.perf_counter() - started
     peak_gpu = torch.cuda.max_memory_allocated() if on_gpu else None
     final_eval = None
@@ -725,11 +733,11 @@ def train(
         "chat_template": template_source,
         "trainable_parameters": trainable,
         "tokens": tokens,
-        "tokens_per_second": round(tokens / runtime, 1) if runtime > 0 and not resume else None,
-        "seconds_per_step": round(runtime / max(trainer.state.global_step, 1), 3) if not resume else None,
+        "tokens_per_second": round(tokens / runtime, 1) if runtime > 0 and resume is None else None,
+        "seconds_per_step": round(runtime / max(trainer.state.global_step, 1), 3) if resume is None else None,
         "runtime_seconds": round(runtime, 2),
         "peak_gpu_memory_bytes": peak_gpu,
-        "resumed": resume,
+        "resumed": resume.name if resume is not None else None,  # the checkpoint it resumed from
         "losses": losses,
         "eval_losses": evals,
         "generations": len(generations),

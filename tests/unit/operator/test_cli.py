@@ -119,21 +119,24 @@ def test_the_twinllama_recipe_chains_sft_then_dpo(root, tmp_path):
     assert ordered.index("twinllama-dpo") > ordered.index("twinllama-sft")
 
 
-def test_the_multi_gpu_example_plans_fsdp_over_its_four_gpus(root, tmp_path):
-    """``kubetune plan -f examples/multi-gpu.yaml``, its baseModel a folder holding Llama-3.1-8B's config.json."""
+@pytest.mark.parametrize(("example", "ranks", "per_rank"), [("multi-gpu", 4, 24.50), ("multi-node", 8, 15.52)])
+def test_the_multi_gpu_examples_plan_fsdp_over_their_gpus(root, tmp_path, example, ranks, per_rank):
+    """``kubetune plan -f examples/multi-gpu.yaml`` (4 GPUs of one pod) and ``multi-node.yaml`` (2 pods of 4), the
+    baseModel a folder holding Llama-3.1-8B's config.json."""
     import json
 
     from tests.unit.trainer.test_memory import LLAMA_31_8B, model_dir
 
     model = model_dir(tmp_path, LLAMA_31_8B)
-    text = (root / "examples" / "multi-gpu.yaml").read_text()
+    text = (root / "examples" / f"{example}.yaml").read_text()
+    assert f"{per_rank:.2f} GiB" in text
     assert "/data/models/Meta-Llama-3.1-8B" in text
     (tmp_path / "job.yaml").write_text(text.replace("/data/models/Meta-Llama-3.1-8B", str(model)))
     result = CliRunner().invoke(app, ["plan", "-f", str(tmp_path / "job.yaml"), "-o", "json"])
     assert result.exit_code == 0, result.output
     (plan,) = json.loads(result.stdout)
-    assert plan["distributed"] == {"ranks": 4, "strategy": "fsdp", "perRankGiB": pytest.approx(24.50, abs=0.005),
-                                   "fits": True}  # fmt: skip
+    assert plan["distributed"] == {"ranks": ranks, "strategy": "fsdp",
+                                   "perRankGiB": pytest.approx(per_rank, abs=0.005), "fits": True}  # fmt: skip
     assert plan["gpu"]["fits"] is True  # one H100 holds a step alone, but not with DDP's gradient buckets
 
 

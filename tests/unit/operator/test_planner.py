@@ -457,6 +457,17 @@ def test_failure_cause(pods, cause):
     assert planner.failure_cause("tune-train", pods) == cause
 
 
+def test_a_group_failed_for_its_first_failed_pod():
+    """The pod that was killed first is the cause; the others failed because it did (torchrun's SIGTERM)."""
+    killed = _pod("g", 137, "", "2026-01-01T00:00:01Z")
+    killed["metadata"]["name"] = "g-1"
+    stopped = _pod("g", 1, "SignalException: Process 7 got signal: 15", "2026-01-01T00:00:02Z")
+    assert planner.failure_cause("g", [stopped, killed], first=True) == "pod g-1 was killed: signal 9, exit code 137"
+    assert planner.failure_cause("g", [stopped, killed]) == "SignalException: Process 7 got signal: 15"
+    failed_first = _pod("g", 1, "trainer failed: NCCL timeout", "2026-01-01T00:00:00Z")
+    assert planner.failure_cause("g", [stopped, killed, failed_first], first=True) == "trainer failed: NCCL timeout"
+
+
 def test_a_target_that_failed_is_said_and_what_was_published_kept():
     error = "trainer failed: publishing: oci r.example/x: failed after 3 attempts: connection refused"
     mlflow = {"target": "mlflow", "reference": "models:/docs-lora/3", "digest": "sha256:ad"}
@@ -819,13 +830,77 @@ def test_the_sizing_step_starts_training_with_the_gpus_planned(outcome, result, 
             assert command[command.index("--nproc-per-node") + 1] == gpus
 
 
-def test_a_job_on_several_nodes_is_refused_in_the_cluster():
-    spec = {**FTJ.spec.to_wire(), "distributed": {"numNodes": 2}}
-    resource = FTJ.model_copy(update={"spec": type(FTJ.spec).model_validate(spec)})
-    decision = planner.plan(resource, SETTINGS, dependency=None)
-    assert (decision.phase, decision.reason, decision.permanent) == (Phase.FAILED, "InvalidSpec", True)
-    assert decision.message.startswith("spec.distributed.numNodes is 2: in a cluster a FineTuneJob trains in one pod")
-    assert not decision.children
+BUILT = {"status": {"phase": "Succeeded", "output": {"path": "/data/datasets/team/docs"}}}
+GROUP = FTJ.model_copy(
+    update={"spec": type(FTJ.spec).model_validate({**FTJ.spec.to_wire(), "distributed": {"numNodes": 3}})}
+)
+
+
+def test_a_job_on_several_nodes_is_an_indexed_job_of_pods_that_meet_at_pod_0():
+    decision = planner.plan(GROUP, SETTINGS, dependency=BUILT)
+    assert (decision.phase, decision.message) == (Phase.RUNNING, "training on 3 pods together")
+    _, service, job = decision.children
+    assert (service["kind"], service["metadata"]["name"]) == ("Service", "tune-train")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"kubetune.dev/finetunejob": "tune", "app.kubernetes.io/component": "trainer"}
+    template = job["spec"]["template"]
+    # The Service selects the group's pods, and names them: pod I is tune-train-I.tune-train.
+    assert all(template["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
+    assert template["spec"]["subdomain"] == "tune-train"
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
+        "Indexed", 3, 3, 0
+    )  # fmt: skip
+    assert job["metadata"]["labels"]["kubetune.dev/attempt"] == "0"
+    command = template["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "kubetune.trainer.rendezvous"]
+    options = dict(zip(command[3:17:2], command[4:18:2], strict=True))
+    assert options == {
+        "--nnodes": "3", "--nproc-per-node": "2", "--node-rank": "$(JOB_COMPLETION_INDEX)",
+        "--master-addr": "tune-train-0.tune-train", "--master-port": "29500", "--max-restarts": "0",
+        "-m": "kubetune.trainer",
+    }  # fmt: skip
+    assert _gpus(job) == "2"  # one rank per GPU of each pod
+
+
+def test_a_failed_group_starts_again_whole_until_the_limit():
+    failed = planner.Decision(Phase.FAILED, "BackoffLimitExceeded", "limit: pod 1 was killed", permanent=True)
+    again = planner.restart_group(GROUP, failed, 0, SETTINGS, gpus=4, dependency=BUILT)
+    assert (again.phase, again.reason, again.restarts, again.permanent) == (
+        Phase.RUNNING, "GroupRestarted", 1, False
+    )  # fmt: skip
+    assert again.message == (
+        "limit: pod 1 was killed; starting all 3 pods again from the last checkpoint (restart 1 of at most 1)"
+    )
+    (job,) = [c for c in again.children if c["kind"] == "Job"]
+    assert job["metadata"]["name"] == "tune-train-restart-1"
+    assert job["metadata"]["labels"]["kubetune.dev/attempt"] == "1"
+    assert _gpus(job) == "4"  # what the failed group's pods had (a sized count is not in the spec)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--master-addr") + 1] == "tune-train-restart-1-0.tune-train"
+    assert planner.status_patch(again, {}, 1)["status"]["restarts"] == 1
+    # SETTINGS allows one restart: the second failure is the resource's.
+    last = planner.restart_group(GROUP, failed, 1, SETTINGS, gpus=4, dependency=BUILT)
+    assert (last.phase, last.restarts, last.children) == (Phase.FAILED, 1, [])
+    assert last.message.endswith("(the group of pods was started again 1 time(s), the operator's limit)")
+    gone = planner.restart_group(GROUP, failed, 0, SETTINGS, gpus=4, dependency=None)
+    assert gone.phase == Phase.FAILED and "cannot start the group again: waiting for DatasetBuild docs" in gone.message
+
+
+def test_a_long_name_leaves_room_for_the_pod_index():
+    long = GROUP.model_copy(update={"metadata": GROUP.metadata.model_copy(update={"name": "n" * 63})})
+    (job,) = [c for c in planner.plan(long, SETTINGS, dependency=BUILT).children if c["kind"] == "Job"]
+    assert len(job["metadata"]["name"]) <= 60 and len(builders.group_job_name(long, 12)) <= 60
+
+
+def test_progress_is_read_from_pod_0_of_a_group():
+    def pod(index: str, created: str) -> dict:
+        labels = {"job-name": "j", "batch.kubernetes.io/job-completion-index": index}
+        return {"metadata": {"name": f"j-{index}", "labels": labels, "creationTimestamp": created},
+                "status": {"phase": "Running"}}  # fmt: skip
+
+    assert planner.running_pod("j", [pod("1", "2"), pod("0", "1")])["metadata"]["name"] == "j-0"
+    assert planner.running_pod("j", [pod("1", "2")]) is None
 
 
 @pytest.mark.parametrize(

@@ -141,3 +141,28 @@ def test_the_torchrun_command():
         "python", "-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone", "--nnodes", "1",
         "--max-restarts", "0", "-m", "kubetune.trainer", "--spec", "s",
     ]  # fmt: skip
+
+
+def test_a_pod_of_a_group_waits_for_pod_0_to_resolve(monkeypatch):
+    from kubetune.trainer import rendezvous
+
+    said = []
+    rendezvous.wait_for_host("localhost", timeout=0, log=said.append)
+    assert said == []
+    monkeypatch.setattr(rendezvous.time, "sleep", lambda _: None)
+    with pytest.raises(TimeoutError, match=r"the rendezvous host tune-train-0\.tune-train\.invalid did not resolve"):
+        rendezvous.wait_for_host("tune-train-0.tune-train.invalid", timeout=0.01, log=said.append)
+    assert said == ["waiting for the rendezvous host tune-train-0.tune-train.invalid to resolve"]
+
+
+def test_a_checkpoint_cut_short_is_passed_over(tmp_path):
+    """A pod killed while the group saved leaves a checkpoint without trainer_state.json: resumed from the one
+    before it."""
+    from kubetune.trainer.training import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    for step, whole in ((4, True), (12, True), (16, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if whole:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-12"  # by step, not by name: 12 after 4

@@ -122,6 +122,12 @@ class ResourceStatus(SpecModel):
     start_time: str | None = Field(None, description="When the work started (RFC 3339).")
     completion_time: str | None = Field(None, description="When it succeeded or failed (RFC 3339).")
     job_name: str | None = Field(None, description="The Kubernetes Job doing the work.")
+    restarts: int | None = Field(
+        None,
+        ge=0,
+        description="FineTuneJob on several pods: how often the whole group was started again, from the last "
+        "checkpoint, after one of its pods failed (at most the operator's KUBETUNE_BACKOFF_LIMIT).",
+    )
     output: OutputStatus | None = None
     published: list[PublishedStatus] | None = Field(
         None, description="FineTuneJob: where the adapter was published, per target."
