@@ -6,12 +6,14 @@
 
 SmolLM2-135M-Instruct, fine-tuned by kubetune's trainer entrypoint (``python -m kubetune.trainer``) as a pod runs
 it: alone for one rank, under torchrun (the command ``kubetune run`` and the operator build) for two. LoRA under
-DDP, full fine-tuning under FSDP, each at the same global batch: 4 rows of 256 tokens (bench/planner's dataset),
-one rank of 4 or two of 2. What is measured:
+DDP, full fine-tuning asking for FSDP, each at the same global batch: 4 rows of 256 tokens (bench/planner's
+dataset), one rank of 4 or two of 2. On CPU cores the full fine-tune runs under DDP: accelerate applies FSDP on
+accelerators only (its MULTI_CPU mode wraps the model in DDP), and the trainer says so and records what ran; FSDP
+is measured with ``--gpu`` only. What is measured:
 
 - tokens/s: the trainer's own figure in metrics.json (the input tokens of all ranks, over the training time);
 - each rank's peak resident set: ``VmHWM`` of each rank's process, read from /proc every 50 ms until it exits.
-  It holds the Python runtime, torch's libraries and the whole model as loaded before FSDP shards it, so it is
+  It holds the Python runtime, torch's libraries and the whole model as loaded, so it is
   compared with the planner by differences: the peak per rank at 2 ranks minus the peak at 1, against the
   planner's per-rank prediction (``plan_memory(...).per_rank``) at 2 minus its one-process total.
 
@@ -110,6 +112,8 @@ def run_case(
     if proc.returncode:
         raise SystemExit(f"{method} on {ranks} ranks failed; see {work / f'{method}-{ranks}.log'}")
     metrics = json.loads((out / "metrics.json").read_text())
+    if ranks > 1 and metrics["strategy"] != strategy:  # FSDP asked on CPU cores runs as DDP: plan what ran
+        spec = spec_for(method, metrics["strategy"], ranks, dataset, steps)
     plan = plan_memory(load_config(str(MODEL)), spec, gpu or "cpu", assumptions=Assumptions(padded_batches=False))
     predicted = plan.per_rank if plan.per_rank is not None else plan.total
     peak_gpu = metrics.get("peak_gpu_memory_bytes")

@@ -4,8 +4,10 @@ good ones.
 The 431 rows of ``labelled.jsonl`` (good pairs, and seven kinds of bad ones, over real README passages; see
 SOURCES.md) are written as an instruction set (id, instruction, answer, source) and curated by ``kubetune run`` of
 a DatasetBuild with ``source.kind: instructions``, the command a user runs, with every CPU stage on and no LLM
-judge: the quality heuristics, grounding (lexical support and all-MiniLM-L6-v2 similarities), exact, near and
-semantic dedup. A row is dropped when its id is in neither split; ``dropped.jsonl`` says by which stage and why.
+judge: the quality heuristics, grounding (lexical support, all-MiniLM-L6-v2 similarities, and each answer's
+likelihood given its source under SmolLM2-135M-Instruct: curation.scoringModel, ``--scoring-model none`` for off),
+exact, near and semantic dedup. A row is dropped when its id is in neither split; ``dropped.jsonl`` says by which
+stage and why.
 
     .venv/bin/python bench/quality/run.py            # results in bench/quality/results/cpu.{json,md}
 
@@ -36,12 +38,13 @@ spec:
   generation: {{model: {model}}}   # its tokenizer formats the rows; nothing is generated
   curation:
     embeddingModel: {embedding}
-  split: {{testSize: 0.1}}
+{scoring}  split: {{testSize: 0.1}}
 """
 
 
-def run(rows: list[dict], workdir: Path) -> tuple[dict, float, Path]:
-    """Curate ``rows`` with kubetune run; the manifest, the wall time and the output folder."""
+def run(rows: list[dict], workdir: Path, scoring_model: str | None) -> tuple[dict, float, Path]:
+    """Curate ``rows`` with kubetune run (``scoring_model``: curation.scoringModel, None: off); the manifest, the
+    wall time and the output folder."""
     source = workdir / "rows.jsonl"
     with source.open("w") as f:
         for r in rows:
@@ -52,6 +55,7 @@ def run(rows: list[dict], workdir: Path) -> tuple[dict, float, Path]:
             rows=source,
             model=ROOT / "models" / "SmolLM2-135M-Instruct",
             embedding=ROOT / "models" / "all-MiniLM-L6-v2",
+            scoring=f"    scoringModel: {scoring_model}\n" if scoring_model else "",
         )
     )
     started = time.perf_counter()
@@ -128,10 +132,16 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument(
+        "--scoring-model",
+        default=str(ROOT / "models" / "SmolLM2-135M-Instruct"),
+        help="curation.scoringModel (the answer's likelihood given its source); 'none': off",
+    )
     args = parser.parse_args()
+    scoring = None if args.scoring_model == "none" else args.scoring_model
     rows = [json.loads(line) for line in (HERE / "labelled.jsonl").read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        manifest, wall, output = run(rows, Path(tmp))
+        manifest, wall, output = run(rows, Path(tmp), scoring)
         dropped = [json.loads(x) for x in (output / "dropped.jsonl").read_text().splitlines() if x.strip()]
         result = measure(rows, kept_ids(output), dropped)
         curation = {"quality", "grounding", "decontaminate", "dedup_samples", "semantic_dedup"}

@@ -1,7 +1,8 @@
 """An existing instruction set curated by ``kubetune run`` (source.kind: instructions), as a user curates an
 Alpaca-style set: real rows of the labelled bench (bench/quality), every CPU curation stage on, the real
-all-MiniLM-L6-v2 model; each kind of bad row is dropped for its reason and named in dropped.jsonl, and the good
-rows reach the splits with their grounding scores."""
+all-MiniLM-L6-v2 model, and SmolLM2-135M-Instruct scoring each answer's likelihood given its source; each kind of
+bad row is dropped for its reason and named in dropped.jsonl, and the good rows reach the splits with their
+grounding scores."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ QLORA_SPAN = (
     "quantisation constants themselves, and paged optimizers that move optimizer state to CPU memory when the GPU "
     "runs short."
 )
+# Fluent nonsense no heuristic sees ("Data is the river that flows through the window of the building block"):
+# dropped for its low likelihood given its source under SmolLM2-135M-Instruct (curation.scoringModel).
+FLUENT_WORD_SALAD = ("q0097", "q0130", "q0154")
 GENERATED = {
     "not_a_request": "The LoRa Adapter provides improved performance by utilizing advanced data compression "
     "techniques, such as delta encoding.",
@@ -53,6 +57,7 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
         if kind == "contradiction":  # those that change a figure of the source ("30 million" for its "300M")
             rows = [r for r in rows if grounding.unsupported_numbers(r["answer"], r["source"])]
         chosen += rows[:3]
+    chosen += [by_id[i] for i in FLUENT_WORD_SALAD]
     # A paraphrase's original is in the set too (it comes first), so there is something to duplicate.
     chosen += [by_id[r["duplicate_of"]] for r in chosen if r["kind"] == "paraphrase_duplicate"]
     chosen.sort(key=lambda r: r["id"])
@@ -70,7 +75,7 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
         "apiVersion: kubetune.dev/v1alpha1\nkind: DatasetBuild\nmetadata: {name: curated-rows}\nspec:\n"
         f"  source: {{paths: [{source}], kind: instructions}}\n"
         f"  generation: {{model: {smollm2}}}\n"
-        f"  curation: {{embeddingModel: {minilm}}}\n"
+        f"  curation: {{embeddingModel: {minilm}, scoringModel: {smollm2}}}\n"
         "  split: {testSize: 0.2, seed: 1}\n"
     )
     proc = subprocess.run([str(KUBETUNE), "run", "-f", str(spec), "--workdir", str(tmp_path / "work")],
@@ -87,12 +92,16 @@ def test_kubetune_run_curates_instruction_rows_and_says_why_each_was_dropped(tmp
         assert reason in reasons[kind], (kind, reasons[kind])
     for reason in GENERATED:
         assert reasons[reason] == {reason}
+    assert {d["id"]: d["reason"] for d in dropped if d["id"] in FLUENT_WORD_SALAD} == dict.fromkeys(
+        FLUENT_WORD_SALAD, "low_likelihood"
+    )
     twins = [d for d in dropped if d["reason"] == "semantic_duplicate"]
     assert all(d["duplicate_of"] in by_id for d in twins)  # which kept row each duplicates
     kept = [r for split in ("train", "test") for r in pq.read_table(output / f"{split}.parquet").to_pylist()]
     kinds = collections.Counter(by_id[r["id"]]["kind"] for r in kept)
     assert kinds["good"] >= 11 and set(kinds) <= {"good", "paraphrase_duplicate"}  # at most a twin kept instead
     assert all(r["support_score"] >= 0.5 and r["answer_similarity_score"] >= 0.25 for r in kept)
+    assert all(r["answer_logprob"] >= -3.1 for r in kept)  # each kept row scored, above the floor
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["droppedRows"] == len(dropped) == len(chosen) - len(kept)
     # The topic map of what was kept: every kept row in a named cluster, drawn, and in the card.

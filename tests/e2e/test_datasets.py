@@ -92,6 +92,7 @@ def test_the_curated_example(tmp_path, root, vllm_server):
     assert all(r["judge_score"] == min(r[c] for c in criteria) for r in rows)
     assert {r["origin"].split(":")[0] for r in rows} <= {"backtranslated", "evolved"}
     assert all(r["support_score"] >= 0.5 and r["instruction_similarity_score"] >= 0.2 for r in rows)  # grounded
+    assert all(r["answer_logprob"] >= -3.1 for r in rows)  # each answer likely given its chunk (scoringModel)
     card = (out / "README.md").read_text()
     assert "license: apache-2.0" in card and "| judge |" in card and manifest["digest"] in card
     assert_no_secret(vllm_server.api_key, proc, tmp_path / "work")

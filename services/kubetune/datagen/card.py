@@ -23,6 +23,8 @@ COLUMN_DOCS = {
     "support_score": "share of the answer's content words its source holds (grounding)",
     "answer_similarity_score": "cosine of the answer with the closest passage of its source (grounding)",
     "instruction_similarity_score": "cosine of the instruction with the closest passage of its source (grounding)",
+    "answer_logprob": "mean log-probability per answer token given its source and instruction (grounding, "
+    "curation.scoringModel)",
     "judge_score": "the LLM judge's lowest score of its criteria, 1-5",
     "judge_faithfulness": "the judge's score, 1-5, of the answer's faithfulness to its source",
     "judge_helpfulness": "the judge's score, 1-5, of how fully the answer answers a self-contained instruction",

@@ -12,6 +12,8 @@ LINEAGE_COLUMNS = ("source", "chunk_id", "origin")
 def _lineage(sample: dict) -> dict:
     row = {k: sample[k] for k in LINEAGE_COLUMNS}
     row.update({k: v for k, v in sample.items() if k.startswith("judge_") or k.endswith("_score")})
+    if "answer_logprob" in sample:  # curation.scoringModel's score (grounding)
+        row["answer_logprob"] = sample["answer_logprob"]
     if sample.get("rejected_flaw"):  # a preference row whose rejected answer the curation would have dropped
         row["rejected_flaw"] = sample["rejected_flaw"]
     if "id" in sample:  # an instruction row's own id, kept through curation

@@ -148,6 +148,12 @@ def check_inputs(spec: DatasetBuildSpec) -> None:
             f"spec.curation.embeddingModel: {model!r} is not a sentence-transformers model folder (no modules.json; "
             "make setup builds models/all-MiniLM-L6-v2)"
         )
+    scorer = spec.curation.scoring_model
+    if scorer is not None and not (Path(scorer) / "config.json").is_file():
+        errors.append(
+            f"spec.curation.scoringModel: {scorer!r} holds no config.json: name a causal LM's folder (make setup "
+            "builds models/SmolLM2-135M-Instruct)"
+        )
     if errors:
         raise InputError("; ".join(errors))
 
@@ -561,7 +567,30 @@ def _ground(b: Build, chunk_text: dict[str, str], samples: list[dict]) -> tuple[
             b.dropped("grounding", row, reason, dropped)
         else:
             kept.append(row)
+    if b.spec.curation.scoring_model is not None:
+        kept = _likely(b, chunk_text, kept, dropped)
     return kept, dropped
+
+
+def _likely(b: Build, chunk_text: dict[str, str], samples: list[dict], dropped: dict[str, int]) -> list[dict]:
+    """The samples the other grounding checks kept, scored by curation.scoringModel (kubetune.llm.likelihood): the
+    answer's mean log-probability given its source and instruction kept on the row as answer_logprob; below
+    grounding.minAnswerLogProb, low_likelihood. A sample without a source, or not ranked yet, is not scored."""
+    from kubetune.llm import likelihood
+
+    scored = [s for s in samples if _source(s, chunk_text) and not (b.spec.type == "preference" and "chosen" not in s)]
+    items = [(_source(s, chunk_text), s["instruction"], _answer(s)) for s in scored]
+    scores = dict(zip(map(id, scored), likelihood.answer_logprobs(b.spec.curation.scoring_model, items), strict=True))
+    dropped["low_likelihood"] = 0
+    kept = []
+    for sample in samples:
+        if id(sample) in scores:
+            sample = {**sample, "answer_logprob": round(scores[id(sample)], 4)}
+            if sample["answer_logprob"] < b.spec.curation.grounding.min_answer_logprob:
+                b.dropped("grounding", sample, "low_likelihood", dropped)
+                continue
+        kept.append(sample)
+    return kept
 
 
 def _answer(sample: dict) -> str:

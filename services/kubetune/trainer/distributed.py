@@ -104,8 +104,10 @@ def trainer_options(strategy: str, on_gpu: bool) -> dict[str, Any]:
         return options
     options["ddp_backend"] = "nccl" if on_gpu else "gloo"
     if strategy == "fsdp":
-        options["fsdp"] = "full_shard auto_wrap"
-        options["fsdp_config"] = {"version": 2, "state_dict_type": "FULL_STATE_DICT"}
+        # fsdp=True and everything in fsdp_config, as transformers 5 wants it (the "full_shard auto_wrap" string is
+        # deprecated): full shard is reshard_after_forward, and each decoder layer is wrapped by default.
+        options["fsdp"] = True
+        options["fsdp_config"] = {"version": 2, "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"}
     else:
         # Every trainable parameter (the adapters', or all of a full fine-tune's) gets a gradient at each step, so
         # DDP need not walk the graph after each forward looking for unused ones.

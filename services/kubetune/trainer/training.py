@@ -490,6 +490,14 @@ def _strategy(spec: FineTuneJobSpec, ranks: distributed.Ranks, base: str, rows: 
             f"least one; lower distributed.numNodes or processesPerNode"
         )
     strategy = distributed.resolve_strategy(spec, ranks.world, base)
+    import torch
+
+    if strategy == "fsdp" and not torch.cuda.is_available():
+        # accelerate applies its FSDP plugin to accelerators only: on CPU cores (its MULTI_CPU mode) it wraps the
+        # model in DDP whatever the Trainer's fsdp options say. Say what runs, rather than report FSDP.
+        log(f"{ranks.world} ranks, DDP (spec.distributed.strategy {spec.distributed.strategy} resolves to FSDP, "
+            "which accelerate applies on GPUs only: on CPU cores each rank holds the whole model)")  # fmt: skip
+        return "ddp"
     log(f"{ranks.world} ranks, {strategy.upper()} (spec.distributed.strategy {spec.distributed.strategy})")
     return strategy
 

@@ -87,3 +87,20 @@ def test_semantic_duplicates_keep_the_better_grounded_of_a_pair(labelled, embedd
     assert grounding.semantic_duplicates(embedder, samples, 0.8) == [None, 0, None]  # the first of the pair kept
     assert grounding.semantic_duplicates(embedder, samples, 0.8, preference=[0.1, 0.9, 0.5]) == [1, None, None]
     assert grounding.semantic_duplicates(embedder, samples, 0.999) == [None, None, None]
+
+
+def test_fluent_nonsense_is_unlikely_given_its_source_and_a_good_answer_is_not(labelled, smollm2):
+    """SmolLM2-135M-Instruct's mean log-probability per answer token, given the source and the question: fluent
+    word salad no heuristic catches falls below the default floor, the good rows of the same passages do not."""
+    from kubetune.api.v1alpha1.datasetbuild import GroundingSpec
+    from kubetune.llm import likelihood
+
+    floor = GroundingSpec().min_answer_logprob
+    by_id = {r["id"]: r for r in labelled}
+    salad = [by_id[i] for i in ("q0097", "q0130", "q0154", "q0251")]
+    good = [r for r in labelled if r["kind"] == "good"][:6]
+    scores = likelihood.answer_logprobs(
+        str(smollm2), [(r["source"], r["instruction"], r["answer"]) for r in salad + good]
+    )
+    assert all(s < floor for s in scores[: len(salad)]), scores
+    assert all(s > floor for s in scores[len(salad) :]), scores

@@ -412,6 +412,18 @@ def test_a_missing_eval_set_is_refused_before_any_stage(tmp_path, tiny_model):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_scoring_model_that_is_not_a_model_is_refused_before_any_stage(tmp_path):
+    spec = DatasetBuildSpec.model_validate(
+        {
+            "source": {"paths": [str(tmp_path)]},
+            "generation": {"model": "m"},
+            "curation": {"scoringModel": str(tmp_path)},
+        }
+    )
+    with pytest.raises(pipeline.InputError, match=r"spec\.curation\.scoringModel: .* holds no config\.json"):
+        pipeline.check_inputs(spec)
+
+
 def test_malformed_answers_are_asked_again_then_dropped(tmp_path, tiny_model):
     folder = write_corpus(tmp_path, {"lora.md": LORA, "qlora.md": QLORA})
     attempts: dict[str, int] = {}

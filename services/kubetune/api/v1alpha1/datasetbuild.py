@@ -335,6 +335,15 @@ class GroundingSpec(SpecModel):
         description="Drop a sample whose answer states a figure (a version, count, percentage or date above 10) "
         "that its source does not hold (unsupported_number; the figures kept on the row as unsupported_numbers).",
     )
+    min_answer_logprob: float = Field(
+        -3.1,
+        le=0.0,
+        description="With curation.scoringModel: the mean log-probability per answer token, given its source and "
+        "instruction, below which a sample is low_likelihood (fluent nonsense, and some answers that contradict the "
+        "source). -3.1 is set for SmolLM2-135M-Instruct on bench/quality (all its fluent word salad, 2 of 48 "
+        "contradictions, 1 of 122 good rows dropped); another model needs its own floor (bench/quality/run.py "
+        "--scoring-model).",
+    )
     drop_unknown_terms: bool = Field(
         True,
         description="Drop a sample whose instruction names something (a word with two capitals or more: QLoRA, "
@@ -365,6 +374,12 @@ class CurationSpec(SpecModel):
         description="A sentence-transformers model folder (make setup builds models/all-MiniLM-L6-v2) for the "
         "grounding's similarities and semantic dedup. None: grounding checks lexical support alone, and semantic "
         "dedup is off.",
+    )
+    scoring_model: str | None = Field(
+        None,
+        description="A causal LM folder (e.g. models/SmolLM2-135M-Instruct) with which the grounding scores how "
+        "likely each answer is given its source and instruction (answer_logprob on the row; below "
+        "grounding.minAnswerLogProb: low_likelihood). None: off.",
     )
     decontamination: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)

@@ -1,0 +1,66 @@
+"""How likely a causal LM finds an answer given its source and instruction: the mean log-probability of the answer's
+tokens after a prompt that holds the source text and the question. An answer the source supports is likely (the
+model can read it off the text); fluent nonsense ("Serialization happens when the stream forgets its objects") and
+many answers that contradict the source are not. The curation's grounding drops a sample below a floor
+(``low_likelihood``); on the labelled bench (bench/quality) SmolLM2-135M-Instruct's scores separate word salad
+from good rows with an AUC of 0.94, and contradicting answers with 0.88.
+
+The model is read from a local folder (``curation.scoringModel``), never a hub; on a GPU in bfloat16, else float32
+on the CPU. One sample a forward pass: the source is cut to its first ``MAX_SOURCE_CHARS`` characters and the prompt
+to its last ``MAX_PROMPT_TOKENS`` tokens, the answer to its first ``MAX_ANSWER_TOKENS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+MAX_SOURCE_CHARS = 3000
+MAX_PROMPT_TOKENS = 700
+MAX_ANSWER_TOKENS = 200
+
+
+@functools.cache
+def _model(path: str) -> tuple[Any, Any, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder, never a hub
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"curation.scoringModel {path} holds no config.json: name a causal LM's folder")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return AutoTokenizer.from_pretrained(path), model, device
+
+
+def prompt(source: str, instruction: str) -> str:
+    return f"Text:\n{source[:MAX_SOURCE_CHARS]}\n\nQuestion: {instruction}\nAnswer:"
+
+
+def answer_logprobs(
+    path: str, items: Sequence[tuple[str, str, str]], progress: Callable[[int], None] | None = None
+) -> list[float]:
+    """For each (source, instruction, answer), the mean log-probability per answer token under the model at
+    ``path`` (0 is certain; the lower, the less the source and the question explain the answer)."""
+    import torch
+
+    tokenizer, model, device = _model(path)
+    scores = []
+    for done, (source, instruction, answer) in enumerate(items, 1):
+        context = tokenizer(prompt(source, instruction), add_special_tokens=False).input_ids[-MAX_PROMPT_TOKENS:]
+        target = tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids[:MAX_ANSWER_TOKENS]
+        if not target:
+            scores.append(0.0)
+            continue
+        ids = torch.tensor([context + target], device=device)
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(context) - 1 : -1].float()
+        picked = logits.log_softmax(-1).gather(1, torch.tensor(target, device=device)[:, None])
+        scores.append(picked.mean().item())
+        if progress is not None:
+            progress(done)
+    return scores
