@@ -10,6 +10,7 @@ exact, near and semantic dedup. A row is dropped when its id is in neither split
 stage and why.
 
     .venv/bin/python bench/quality/run.py            # results in bench/quality/results/cpu.{json,md}
+    .venv/bin/python bench/quality/run.py --rows bench/quality/heldout/heldout.jsonl --tag heldout
 
 Reported: per kind, the share of bad rows dropped (recall) and of good rows kept; overall precision and recall of
 the drop decisions; and the curation's time per 1,000 rows on this machine (the stages' own seconds, and the whole
@@ -137,9 +138,15 @@ def main() -> None:
         default=str(ROOT / "models" / "SmolLM2-135M-Instruct"),
         help="curation.scoringModel (the answer's likelihood given its source); 'none': off",
     )
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=HERE / "labelled.jsonl",
+        help="the labelled rows (heldout/heldout.jsonl: the held-out set, with --tag heldout)",
+    )
     args = parser.parse_args()
     scoring = None if args.scoring_model == "none" else args.scoring_model
-    rows = [json.loads(line) for line in (HERE / "labelled.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         manifest, wall, output = run(rows, Path(tmp), scoring)
         dropped = [json.loads(x) for x in (output / "dropped.jsonl").read_text().splitlines() if x.strip()]

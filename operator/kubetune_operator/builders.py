@@ -104,12 +104,19 @@ def group_job_name(resource: Resource, attempt: int) -> str:
     return _suffixed(resource.metadata.name, suffix, _GROUP_NAME_LIMIT)
 
 
+def group_service_name(resource: Resource) -> str:
+    """The headless Service of a group: NAME-train, or g-NAME-train for a NAME that starts with a digit (a Service's
+    name is a DNS-1035 label, which starts with a letter)."""
+    name = resource.metadata.name
+    return _suffixed(name if name[0].isalpha() else f"g-{name}", _SUFFIX[resource.kind])
+
+
 def headless_service(resource: Resource) -> dict[str, Any]:
     """The headless Service that gives the pods of a FineTuneJob's group their stable DNS names: an Indexed
     Job's pod I is JOB-I, and with ``subdomain`` set to this Service, JOB-I.SERVICE resolves to it (the
     Kubernetes pattern for pods of a Job that talk to each other). Not-ready pods are published too: the ranks
     meet before any pod is ready. It selects the resource's trainer pods; only one group runs at a time."""
-    name = child_name(resource)
+    name = group_service_name(resource)
     selector = {OWNER_LABEL[resource.kind]: resource.metadata.name, COMPONENT: COMPONENT_OF[resource.kind]}
     return {
         "apiVersion": "v1",
@@ -324,6 +331,7 @@ def job(
     start_from: str | None = None,
     gpus: int | None = None,
     attempt: int = 0,
+    alone: bool = False,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs the resource's service entrypoint on the shared volume.
 
@@ -339,7 +347,8 @@ def job(
     operator starts the whole group again as a new Job (``attempt``, :func:`group_job_name`), which resumes from
     the last checkpoint; never a lone rank, which could not rejoin the others' process group. That is what
     JobSet's default failure policy (RestartJobSet: recreate every child Job) does with the same parts, without
-    its controller. Kueue admits a Job as one workload, all its pods together.
+    its controller. Kueue admits a Job as one workload, all its pods together. ``alone``: one pod whatever the spec
+    says (a step before training, e.g. the sizing step).
     """
     kind, name, ns = resource.kind, resource.metadata.name, resource.metadata.namespace
     component = COMPONENT_OF[kind]
@@ -349,9 +358,9 @@ def job(
     requests = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
     resources = _merge_resources(defaults.get("resources") or {}, requests, _gpus(resource, gpus))
     processes = _ranks(resource, resources) if kind == FINE_TUNE_JOB else 1
-    nodes = spec.distributed.num_nodes if kind == FINE_TUNE_JOB else 1
+    nodes = spec.distributed.num_nodes if kind == FINE_TUNE_JOB and not alone else 1
     job_name = group_job_name(resource, attempt) if nodes > 1 else child_name(resource)
-    group = (nodes, f"{job_name}-0.{child_name(resource)}") if nodes > 1 else None
+    group = (nodes, f"{job_name}-0.{group_service_name(resource)}") if nodes > 1 else None
     spec_file = f"{SPEC_MOUNT}/{SPEC_FILE}"
     command = service_command(settings.python, kind, name, spec_file, output, dataset, start_from, processes, group)
     env = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **REPORT_ENV}.items()]
@@ -400,8 +409,11 @@ def job(
         job_spec["suspend"] = True  # the operator unsuspends it when spec.suspend is set to false
     if nodes > 1:
         job_labels[ATTEMPT_LABEL] = str(attempt)
-        pod["subdomain"] = child_name(resource)  # the headless Service: JOB-I.SERVICE names pod I
-        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
+        pod["subdomain"] = group_service_name(resource)  # the headless Service: JOB-I.SERVICE names pod I
+        # podReplacementPolicy Failed: a pod is replaced (after a suspend, a preemption) only once the old one has
+        # stopped, so pod 0's name never resolves to a dying pod the others would meet.
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0,
+                        podReplacementPolicy="Failed")  # fmt: skip
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -456,4 +468,4 @@ def sizing_job(
     """A FineTuneJob's ``resources.gpus: auto``: the trainer's memory planner, on a CPU (no GPU asked for, the
     default's dropped), reads the base model's config.json from where the training pod will and reports the GPU
     count for ``resources.gpuType`` as its result; the training Job is created with it."""
-    return _step(job(resource, settings, dataset, start_from, gpus=0), resource, SIZING_STEP, "--size-gpus")
+    return _step(job(resource, settings, dataset, start_from, gpus=0, alone=True), resource, SIZING_STEP, "--size-gpus")

@@ -274,7 +274,7 @@ def _carry_job_status(
                 decision = planner.next_step(resource, step, decision, SETTINGS, result, *waited)
             elif decision.phase == Phase.FAILED and ATTEMPT_LABEL in labels:  # one pod of a group failed
                 failed_job = kube.read_job(namespace, job_name)
-                gpus = builders.gpus_of(failed_job) if failed_job else 0
+                gpus = builders.gpus_of(failed_job) if failed_job else None  # None: as the spec says
                 resource, waited = parse_resource(dict(current)), _dependencies(current.get("spec") or {}, namespace)
                 attempt = int(labels[ATTEMPT_LABEL])
                 decision = planner.restart_group(resource, decision, attempt, SETTINGS, gpus, *waited)

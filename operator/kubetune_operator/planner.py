@@ -171,16 +171,22 @@ def restart_group(
     failed: Decision,
     attempt: int,
     settings: Settings,
-    gpus: int,
+    gpus: int | None,
     dependency: dict[str, Any] | None = None,
     start_from: dict[str, Any] | None = None,
 ) -> Decision:
     """A group of pods (distributed.numNodes > 1) whose Job ``attempt`` failed (``failed``, its cause said): the
-    whole group again, as a new Job with the same ``gpus`` a pod, which resumes from the last checkpoint on the
+    whole group again, as a new Job with the same ``gpus`` a pod (None: the failed Job could not be read; as the
+    spec says, sized again for auto), which resumes from the last checkpoint on the
     shared volume; or the failure, once the group was started again KUBETUNE_BACKOFF_LIMIT times. JobSet's
     RestartJobSet, as the operator's own step (builders.job says why)."""
     if attempt >= settings.backoff_limit:
         message = f"{failed.message} (the group of pods was started again {attempt} time(s), the operator's limit)"
+        return replace(failed, message=message, restarts=attempt)
+    if gpus is None and resource.spec.resources.gpu_count() is None:
+        message = (
+            f"{failed.message}; cannot start the group again: its Job, and the GPU count it was sized for, is gone"
+        )
         return replace(failed, message=message, restarts=attempt)
     decision = plan(resource, settings, dependency, start_from, gpus=gpus, attempt=attempt + 1)
     if decision.phase == Phase.FAILED:
@@ -388,7 +394,7 @@ def _killed(job_name: str, pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated") or {}
             code = terminated.get("exitCode") or 0
-            if code > 128:
+            if code > 128 and code != 143:  # 143: SIGTERM, the Job controller stopping it, an effect, not a cause
                 how = " (OOMKilled)" if terminated.get("reason") == "OOMKilled" else ""
                 what = f"pod {meta.get('name')} was killed{how}: signal {code - 128}, exit code {code}"
                 killed.append((terminated.get("finishedAt") or "", what))

@@ -44,6 +44,7 @@ Imitated:
   cel-python; ``oldSelf`` on updates) refuse with the rule's message as 422 Invalid; on an update, values left
   unchanged are not checked again (validation ratcheting, Kubernetes 1.33+); a rule is given only the fields it
   reads, and its result is kept by their values.
+- A Service's name a DNS-1035 label (``ValidateServiceName``: it starts with a letter).
 - Built-in kinds (Jobs, Pods, ConfigMaps, Services, Events, Leases) checked on create against Kubernetes' own OpenAPI
   schema (kubernetes-validate).
 - RBAC: a user given grants (:class:`Grant`: rules of a ClusterRole, or of a Role in one namespace) is refused
@@ -816,6 +817,15 @@ def _check_builtin(obj: dict[str, Any], directive: str = "Strict", warnings: lis
         obj = _unknown_fields_handled(obj, unknown, directive, warnings)
         errors = list(validator.iter_errors(obj))
     error = jsonschema.exceptions.best_match(errors)
+    name = (obj.get("metadata") or {}).get("name") or ""
+    if error is None and obj.get("kind") == "Service" and not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        # ValidateServiceName (pkg/apis/core/validation): a DNS-1035 label, apimachinery's IsDNS1035Label message
+        raise ApiError(
+            message=f'Service "{name}" is invalid: metadata.name: Invalid value: "{name}": a DNS-1035 label must '
+            "consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with "
+            "an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is "
+            "'[a-z]([-a-z0-9]*[a-z0-9])?')"
+        )
     if error is not None:
         first = error.message.splitlines()[0]
         where = ".".join(str(p) for p in error.path)

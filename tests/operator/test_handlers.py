@@ -251,3 +251,34 @@ def test_a_job_made_before_a_suspend_edit_and_never_recorded_is_suspended_as_the
         assert (now["phase"], now["jobName"], now["observedGeneration"]) == ("Suspended", "docs-datagen", 2)
 
     api(scenario)
+
+
+def test_a_late_event_of_a_group_attempt_already_restarted_moves_nothing(api):
+    """The Job of a group's first attempt says again that it failed after the group was started again as
+    restart-1: the event is done with (its attempt is behind status.restarts), neither a wait for the Job to be
+    recorded nor a second restart."""
+    from kubetune_operator import handlers
+
+    async def scenario(cluster: Cluster):
+        tune = copy.deepcopy(FTJ)
+        tune["spec"]["dataset"] = {"path": "/var/lib/kubetune/datasets/default/docs"}
+        tune["spec"]["distributed"] = {"numNodes": 2}
+        await cluster.apply(tune)
+        stored = {"phase": "Running", "jobName": "tune-train-restart-1", "restarts": 1, "message": "restarted"}
+        await asyncio.to_thread(
+            client.CustomObjectsApi().patch_namespaced_custom_object_status,
+            GROUP, VERSION, "default", "finetunejobs", "tune", {"status": stored},
+        )  # fmt: skip
+        labels = {"kubetune.dev/finetunejob": "tune", "kubetune.dev/attempt": "0"}
+        failed = {"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+        await asyncio.to_thread(handlers._carry_job_status, labels, "default", "tune-train", failed, {})
+        assert await cluster.jobs() == []  # no restart-2
+        assert {k: v for k, v in (await cluster.get("FineTuneJob", "tune"))["status"].items() if k != "conditions"} == (
+            stored
+        )
+        # The next attempt's Job, not recorded yet, is waited for (the reconcile that made it records it next).
+        labels["kubetune.dev/attempt"] = "2"
+        with pytest.raises(handlers.kube.PhaseChanged, match="has not recorded its Job tune-train-restart-2"):
+            await asyncio.to_thread(handlers._carry_job_status, labels, "default", "tune-train-restart-2", failed, {})
+
+    api(scenario)

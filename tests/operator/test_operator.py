@@ -222,8 +222,6 @@ async def group_flow(cluster: Cluster, namespace: str = "default") -> None:
         cluster, "FineTuneJob", "group", lambda s: s.get("restarts") == 1, namespace=namespace
     )
     assert (restarted["phase"], restarted["jobName"]) == ("Running", "group-train-restart-1")
-    # A late event of the failed attempt moves nothing.
-    await cluster.set_job_status(job, {"ready": 0})
     await cluster.finish_job(again, succeeded=True)
     await cluster.wait_for("FineTuneJob", "group", {"Succeeded"}, timeout=10, namespace=namespace)
     await cluster.delete("FineTuneJob", "group", namespace)

@@ -586,7 +586,7 @@ def _likely(b: Build, chunk_text: dict[str, str], samples: list[dict], dropped: 
     for sample in samples:
         if id(sample) in scores:
             sample = {**sample, "answer_logprob": round(scores[id(sample)], 4)}
-            if sample["answer_logprob"] < b.spec.curation.grounding.min_answer_logprob:
+            if sample["answer_logprob"] < b.spec.curation.grounding.min_answer_log_prob:
                 b.dropped("grounding", sample, "low_likelihood", dropped)
                 continue
         kept.append(sample)

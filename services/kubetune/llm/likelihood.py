@@ -46,6 +46,8 @@ def answer_logprobs(
 ) -> list[float]:
     """For each (source, instruction, answer), the mean log-probability per answer token under the model at
     ``path`` (0 is certain; the lower, the less the source and the question explain the answer)."""
+    if not items:
+        return []
     import torch
 
     tokenizer, model, device = _model(path)

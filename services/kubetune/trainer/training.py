@@ -628,9 +628,9 @@ def _history(log_history: list[dict[str, Any]], initial_eval: float | None) -> t
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest whole checkpoint: one holding trainer_state.json, which the Trainer writes after the weights,
-    the optimizer and every rank's RNG state. A checkpoint cut short (a pod killed while the group saved) is
-    passed over, not resumed from."""
+    """The newest whole checkpoint: one holding trainer_state.json, which rank 0 writes after its weights,
+    optimizer and RNG state. A checkpoint cut short on rank 0 (its pod killed while the group saved) is passed
+    over, not resumed from; another pod's RNG state file is written apart, and not checked here."""
     whole = [c for c in checkpoints.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
     return max(whole, key=lambda c: int(c.name.rpartition("-")[2]), default=None)
 

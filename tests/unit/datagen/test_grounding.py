@@ -95,7 +95,7 @@ def test_fluent_nonsense_is_unlikely_given_its_source_and_a_good_answer_is_not(l
     from kubetune.api.v1alpha1.datasetbuild import GroundingSpec
     from kubetune.llm import likelihood
 
-    floor = GroundingSpec().min_answer_logprob
+    floor = GroundingSpec().min_answer_log_prob
     by_id = {r["id"]: r for r in labelled}
     salad = [by_id[i] for i in ("q0097", "q0130", "q0154", "q0251")]
     good = [r for r in labelled if r["kind"] == "good"][:6]

@@ -885,6 +885,34 @@ def test_a_failed_group_starts_again_whole_until_the_limit():
     assert last.message.endswith("(the group of pods was started again 1 time(s), the operator's limit)")
     gone = planner.restart_group(GROUP, failed, 0, SETTINGS, gpus=4, dependency=None)
     assert gone.phase == Phase.FAILED and "cannot start the group again: waiting for DatasetBuild docs" in gone.message
+    # The failed Job unread (gpus None): the spec's count, or, for gpus auto, a failure (what it was sized for is lost).
+    assert _gpus(next(c for c in planner.restart_group(GROUP, failed, 0, SETTINGS, None, BUILT).children
+                      if c["kind"] == "Job")) == "2"  # fmt: skip
+    wire = {**GROUP.spec.to_wire(), "resources": {"gpus": "auto", "gpuType": "H100-80GB"}}
+    auto = GROUP.model_copy(update={"spec": type(GROUP.spec).model_validate(wire)})
+    lost = planner.restart_group(auto, failed, 0, SETTINGS, None, BUILT)
+    assert lost.phase == Phase.FAILED and lost.message.endswith("the GPU count it was sized for, is gone")
+
+
+def test_a_group_sized_by_the_planner_sizes_in_one_pod_then_trains_as_a_group():
+    wire = {**GROUP.spec.to_wire(), "resources": {"gpus": "auto", "gpuType": "H100-80GB"}}
+    auto = GROUP.model_copy(update={"spec": type(GROUP.spec).model_validate(wire)})
+    (sizing,) = [c for c in planner.plan(auto, SETTINGS, dependency=BUILT).children if c["kind"] == "Job"]
+    assert sizing["metadata"]["name"] == "tune-train-sizing" and "completionMode" not in sizing["spec"]
+    command = sizing["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "kubetune.trainer"] and "subdomain" not in sizing["spec"]["template"]["spec"]
+    sized = planner.next_step(auto, "sizing", SUCCEEDED, SETTINGS, PodResult(gpus=4), dependency=BUILT)
+    kinds = {c["kind"]: c for c in sized.children}
+    assert kinds["Job"]["spec"]["completionMode"] == "Indexed" and _gpus(kinds["Job"]) == "4"
+    assert kinds["Service"]["metadata"]["name"] == "tune-train"
+
+
+def test_a_group_whose_name_starts_with_a_digit_gets_a_service_name_that_starts_with_a_letter():
+    digit = GROUP.model_copy(update={"metadata": GROUP.metadata.model_copy(update={"name": "8b-sft"})})
+    _, service, job = planner.plan(digit, SETTINGS, dependency=BUILT).children
+    assert service["metadata"]["name"] == job["spec"]["template"]["spec"]["subdomain"] == "g-8b-sft-train"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--master-addr") + 1] == "8b-sft-train-0.g-8b-sft-train"
 
 
 def test_a_long_name_leaves_room_for_the_pod_index():

@@ -335,14 +335,14 @@ class GroundingSpec(SpecModel):
         description="Drop a sample whose answer states a figure (a version, count, percentage or date above 10) "
         "that its source does not hold (unsupported_number; the figures kept on the row as unsupported_numbers).",
     )
-    min_answer_logprob: float = Field(
+    min_answer_log_prob: float = Field(
         -3.1,
         le=0.0,
         description="With curation.scoringModel: the mean log-probability per answer token, given its source and "
         "instruction, below which a sample is low_likelihood (fluent nonsense, and some answers that contradict the "
-        "source). -3.1 is set for SmolLM2-135M-Instruct on bench/quality (all its fluent word salad, 2 of 48 "
-        "contradictions, 1 of 122 good rows dropped); another model needs its own floor (bench/quality/run.py "
-        "--scoring-model).",
+        "source). -3.1 is set for SmolLM2-135M-Instruct on bench/quality (all 5 fluent word salads the other "
+        "checks kept, 4 of 48 contradictions, 1 of 122 good rows dropped); another model needs its own floor "
+        "(bench/quality/run.py --scoring-model).",
     )
     drop_unknown_terms: bool = Field(
         True,
@@ -379,7 +379,8 @@ class CurationSpec(SpecModel):
         None,
         description="A causal LM folder (e.g. models/SmolLM2-135M-Instruct) with which the grounding scores how "
         "likely each answer is given its source and instruction (answer_logprob on the row; below "
-        "grounding.minAnswerLogProb: low_likelihood). None: off.",
+        "grounding.minAnswerLogProb: low_likelihood). Preference data from documents is ranked after grounding, so "
+        "its answers are not scored. None: off.",
     )
     decontamination: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
