@@ -419,6 +419,7 @@ class MemoryPlan:
     gpus_needed: int | None = None
     sharded_per_gpu: int | None = None
     ranks: int = 1  # spec.distributed's numNodes x processesPerNode
+    pods: int = 1  # spec.distributed.numNodes: the pods the ranks are spread over in a cluster
     strategy: str = "none"  # ddp or fsdp with several ranks (auto decided)
     per_rank: int | None = None  # with several ranks: one rank's peak, overhead included on a GPU
     assumptions: Assumptions = field(default_factory=Assumptions)
@@ -518,6 +519,7 @@ class MemoryPlan:
             },
             "distributed": {
                 "ranks": self.ranks,
+                "pods": self.pods,
                 "strategy": self.strategy,
                 "perRankGiB": None if self.per_rank is None else round(self.per_rank / GIB, 3),
                 "fits": self.rank_fits(),
@@ -541,7 +543,8 @@ class MemoryPlan:
         """One line: whether it fits, and how many GPUs it needs."""
         if self.per_rank is not None:
             where = "a CPU rank" if self.device == CPU else "each GPU"
-            line = f"{self.ranks} ranks, {self.strategy.upper()}: {_g(self.per_rank)} on {where}"
+            spread = f" ({self.pods} pods x {self.ranks // self.pods})" if self.pods > 1 else ""
+            line = f"{self.ranks} ranks{spread}, {self.strategy.upper()}: {_g(self.per_rank)} on {where}"
             if self.gpu is None or self.device == CPU:
                 return line
             if self.rank_fits():
@@ -1080,6 +1083,7 @@ def plan_memory(
         gpus_needed=gpus_needed,
         sharded_per_gpu=sharded,
         ranks=ranks,
+        pods=spec.distributed.num_nodes if ranks == spec.world_size() else 1,
         strategy=strategy,
         per_rank=per_rank,
         assumptions=a,

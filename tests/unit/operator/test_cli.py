@@ -119,8 +119,10 @@ def test_the_twinllama_recipe_chains_sft_then_dpo(root, tmp_path):
     assert ordered.index("twinllama-dpo") > ordered.index("twinllama-sft")
 
 
-@pytest.mark.parametrize(("example", "ranks", "per_rank"), [("multi-gpu", 4, 24.50), ("multi-node", 8, 15.52)])
-def test_the_multi_gpu_examples_plan_fsdp_over_their_gpus(root, tmp_path, example, ranks, per_rank):
+@pytest.mark.parametrize(
+    ("example", "ranks", "pods", "per_rank"), [("multi-gpu", 4, 1, 24.50), ("multi-node", 8, 2, 15.52)]
+)
+def test_the_multi_gpu_examples_plan_fsdp_over_their_gpus(root, tmp_path, example, ranks, pods, per_rank):
     """``kubetune plan -f examples/multi-gpu.yaml`` (4 GPUs of one pod) and ``multi-node.yaml`` (2 pods of 4), the
     baseModel a folder holding Llama-3.1-8B's config.json."""
     import json
@@ -135,8 +137,11 @@ def test_the_multi_gpu_examples_plan_fsdp_over_their_gpus(root, tmp_path, exampl
     result = CliRunner().invoke(app, ["plan", "-f", str(tmp_path / "job.yaml"), "-o", "json"])
     assert result.exit_code == 0, result.output
     (plan,) = json.loads(result.stdout)
-    assert plan["distributed"] == {"ranks": ranks, "strategy": "fsdp",
+    assert plan["distributed"] == {"ranks": ranks, "pods": pods, "strategy": "fsdp",
                                    "perRankGiB": pytest.approx(per_rank, abs=0.005), "fits": True}  # fmt: skip
+    table = CliRunner().invoke(app, ["plan", "-f", str(tmp_path / "job.yaml")]).stdout
+    spread = " (2 pods x 4)" if pods > 1 else ""
+    assert f"{ranks} ranks{spread}, FSDP: {per_rank:.2f} GiB on each GPU: fits H100-80GB" in " ".join(table.split())
     assert plan["gpu"]["fits"] is True  # one H100 holds a step alone, but not with DDP's gradient buckets
 
 
