@@ -578,14 +578,15 @@ def _likely(b: Build, chunk_text: dict[str, str], samples: list[dict], dropped: 
     grounding.minAnswerLogProb, low_likelihood. A sample without a source, or not ranked yet, is not scored."""
     from kubetune.llm import likelihood
 
-    scored = [s for s in samples if _source(s, chunk_text) and not (b.spec.type == "preference" and "chosen" not in s)]
-    items = [(_source(s, chunk_text), s["instruction"], _answer(s)) for s in scored]
-    scores = dict(zip(map(id, scored), likelihood.answer_logprobs(b.spec.curation.scoring_model, items), strict=True))
+    unranked = b.spec.type == "preference"  # its answers come later, from rank (those that have one: "chosen")
+    scored = [i for i, s in enumerate(samples) if _source(s, chunk_text) and not (unranked and "chosen" not in s)]
+    items = [(_source(samples[i], chunk_text), samples[i]["instruction"], _answer(samples[i])) for i in scored]
+    scores = dict(zip(scored, likelihood.answer_logprobs(b.spec.curation.scoring_model, items), strict=True))
     dropped["low_likelihood"] = 0
     kept = []
-    for sample in samples:
-        if id(sample) in scores:
-            sample = {**sample, "answer_logprob": round(scores[id(sample)], 4)}
+    for i, sample in enumerate(samples):
+        if i in scores:
+            sample = {**sample, "answer_logprob": round(scores[i], 4)}
             if sample["answer_logprob"] < b.spec.curation.grounding.min_answer_log_prob:
                 b.dropped("grounding", sample, "low_likelihood", dropped)
                 continue

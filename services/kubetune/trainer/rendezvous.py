@@ -2,8 +2,8 @@
 
 A pod of a group that trains together reaches pod 0 by its stable DNS name (``JOB-0.SERVICE``, from the Indexed
 Job's hostname and the headless Service), which exists only once pod 0 does and its endpoint is published. torchrun
-would fail at once on a name that does not resolve yet; this waits for it (up to ``--rendezvous-timeout`` seconds,
-default 600), then hands the same arguments to torchrun's own entry point, unchanged.
+would fail at once on a name that does not resolve yet; this waits for it (up to 600 s), then hands the same
+arguments to torchrun's own entry point, unchanged.
 """
 
 from __future__ import annotations
@@ -41,13 +41,8 @@ def _say(message: str) -> None:
 
 def main(argv: Sequence[str]) -> None:
     args = list(argv)
-    timeout = TIMEOUT_SECONDS
-    if "--rendezvous-timeout" in args:
-        at = args.index("--rendezvous-timeout")
-        timeout = float(args[at + 1])
-        del args[at : at + 2]
     if "--master-addr" in args:
-        wait_for_host(args[args.index("--master-addr") + 1], timeout)
+        wait_for_host(args[args.index("--master-addr") + 1])
     from torch.distributed.run import main as torchrun
 
     torchrun(args)
