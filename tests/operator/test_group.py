@@ -66,13 +66,15 @@ async def _until(holds, timeout: float, what) -> None:
 def test_two_pods_train_as_one_group_and_a_killed_pod_restarts_the_whole_group(tmp_path, root, tiny_model, dataset):  # noqa: F811
     storage = tmp_path / "storage"
     shutil.copytree(dataset, storage / "datasets" / "default" / "d")
+    # The base model on the shared volume, as in a cluster: the pods' emptyDir on /tmp hides the test's own folders.
+    shutil.copytree(tiny_model, storage / "models" / "tiny")
     out = storage / "finetunes" / "default" / "group"
 
     async def main():
         # The pods' MLflow store is the operator's default, on the shared volume: not one an earlier test set.
         cluster = Cluster(tmp_path, operator_env={"MLFLOW_TRACKING_URI": ""})
         async with cluster, kubelet_running(cluster, cwd=root, storage=storage) as kubelet:
-            await cluster.apply(_group_job(tiny_model))
+            await cluster.apply(_group_job(f"{STORAGE_ROOT}/models/tiny"))
             # Killed once the group has saved a whole checkpoint, long before its last step.
             saved = lambda: any(out.glob("checkpoints/checkpoint-*/trainer_state.json"))  # noqa: E731
             await _until(saved, 300, lambda: f"a checkpoint; pod 0's log:\n{_tail(kubelet, 'group-train-0')}")
