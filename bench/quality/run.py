@@ -11,6 +11,7 @@ stage and why.
 
     .venv/bin/python bench/quality/run.py            # results in bench/quality/results/cpu.{json,md}
     .venv/bin/python bench/quality/run.py --rows bench/quality/heldout/heldout.jsonl --tag heldout
+    .venv/bin/python bench/quality/run.py --rows bench/quality/heldout2/heldout2.jsonl --tag heldout2
 
 Reported: per kind, the share of bad rows dropped (recall) and of good rows kept; overall precision and recall of
 the drop decisions; and the curation's time per 1,000 rows on this machine (the stages' own seconds, and the whole

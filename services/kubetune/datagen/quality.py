@@ -76,6 +76,15 @@ def is_refusal(answer: str) -> bool:
 
 _CONTEXT_NOUN = r"(?:text|passage|excerpt|context|document|article|snippet|chunk)"
 _QUALIFIER = r"(?:provided|given|above|original|source|accompanying|following|preceding|reference)"
+# What a writer was shown, named as such: "the provided documentation", "the information above". Never alone ("the
+# documentation of pandas" is a subject), only with a word that says it was shown, before it or after it.
+_DOCUMENT_NOUN = r"(?:documentation|docs|readme|description|information|material|content|notes|details)"
+_SHOWN = r"(?:provided|given|above|accompanying|preceding|supplied)"
+_SHOWN_DOCUMENT = (
+    rf"\b(?:the|this)\s+(?:{_SHOWN}\s+(?:{_CONTEXT_NOUN}|{_DOCUMENT_NOUN})\b"
+    rf"|(?:{_CONTEXT_NOUN}|{_DOCUMENT_NOUN})\s+(?:provided|given|above|below|shown|supplied)\b"
+    r"(?!\s+(?:by|to|in|on|at|for|when|if|with|as)\b))"
+)
 _REFERENCE_VERB = (
     r"(?:says|said|states|stated|mentions|mentioned|describes|described|explains|explained|notes|noted|suggests"
     r"|suggested|indicates|indicated|discusses|discussed|refers|referred|highlights|highlighted|emphasi[sz]es"
@@ -88,6 +97,7 @@ _CONTEXT_REFERENCES = [
         rf"\b(?:according\s+to|based\s+on|as\s+(?:stated|mentioned|described|noted)\s+in)\s+the\s+(?:{_QUALIFIER}\s+)?"
         rf"{_CONTEXT_NOUN}\b(?!\s+(?:editor|file|box|field|of\b))",
         rf"\b(?:the|this)\s+{_QUALIFIER}\s+(?:{_CONTEXT_NOUN}|information|material|content)\b",
+        _SHOWN_DOCUMENT,
         rf"\b(?:the|this)\s+{_CONTEXT_NOUN}\s+{_REFERENCE_VERB}\b",
         rf"\b(?:mentioned|stated|described|given|provided|discussed)\s+in\s+the\s+{_CONTEXT_NOUN}\b",
         rf"\b(?:in|from|within|throughout)\s+the\s+{_CONTEXT_NOUN}\s*[,.;:!?)]",
@@ -141,7 +151,7 @@ def instruction_mentions_context(instruction: str) -> bool:
     """The instruction refers to a source its reader never sees ("According to the text, ...", "Summarize the
     above.", "Pick three features from the list"). The answer's "the original text" is not one here: a question
     may ask about the original text a tokenizer aligns with."""
-    leaning = (_CONTEXT_REFERENCES[0], _CONTEXT_REFERENCES[2], *_INSTRUCTION_CONTEXT)
+    leaning = (_CONTEXT_REFERENCES[0], _CONTEXT_REFERENCES[2], _CONTEXT_REFERENCES[3], *_INSTRUCTION_CONTEXT)
     return any(p.search(instruction) for p in leaning)
 
 

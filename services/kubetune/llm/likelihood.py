@@ -37,15 +37,18 @@ def _model(path: str) -> tuple[Any, Any, Any]:
     return AutoTokenizer.from_pretrained(path), model, device
 
 
-def prompt(source: str, instruction: str) -> str:
-    return f"Text:\n{source[:MAX_SOURCE_CHARS]}\n\nQuestion: {instruction}\nAnswer:"
+def prompt(source: str | None, instruction: str) -> str:
+    """The scoring prompt: the source text (cut), then the question; without a source (``None``) the question alone,
+    which is how bench/quality measures what the source adds."""
+    question = f"Question: {instruction}\nAnswer:"
+    return question if source is None else f"Text:\n{source[:MAX_SOURCE_CHARS]}\n\n{question}"
 
 
-def answer_logprobs(
-    path: str, items: Sequence[tuple[str, str, str]], progress: Callable[[int], None] | None = None
-) -> list[float]:
-    """For each (source, instruction, answer), the mean log-probability per answer token under the model at
-    ``path`` (0 is certain; the lower, the less the source and the question explain the answer)."""
+def token_logprobs(
+    path: str, items: Sequence[tuple[str | None, str, str]], progress: Callable[[int], None] | None = None
+) -> list[list[float]]:
+    """For each (source, instruction, answer), the log-probability of each of the answer's tokens under the model at
+    ``path``, after :func:`prompt`: an empty list for an empty answer."""
     if not items:
         return []
     import torch
@@ -55,14 +58,23 @@ def answer_logprobs(
     for done, (source, instruction, answer) in enumerate(items, 1):
         context = tokenizer(prompt(source, instruction), add_special_tokens=False).input_ids[-MAX_PROMPT_TOKENS:]
         target = tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids[:MAX_ANSWER_TOKENS]
-        if not target:
-            scores.append(0.0)
-            continue
-        ids = torch.tensor([context + target], device=device)
-        with torch.no_grad():
-            logits = model(ids).logits[0, len(context) - 1 : -1].float()
-        picked = logits.log_softmax(-1).gather(1, torch.tensor(target, device=device)[:, None])
-        scores.append(picked.mean().item())
+        if target:
+            ids = torch.tensor([context + target], device=device)
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(context) - 1 : -1].float()
+            picked = logits.log_softmax(-1).gather(1, torch.tensor(target, device=device)[:, None])
+            scores.append(picked[:, 0].tolist())
+        else:
+            scores.append([])
         if progress is not None:
             progress(done)
     return scores
+
+
+def answer_logprobs(
+    path: str, items: Sequence[tuple[str, str, str]], progress: Callable[[int], None] | None = None
+) -> list[float]:
+    """For each (source, instruction, answer), the mean log-probability per answer token under the model at
+    ``path`` (0 is certain, and for an empty answer; the lower, the less the source and the question explain the
+    answer)."""
+    return [sum(t) / len(t) if t else 0.0 for t in token_logprobs(path, items, progress)]

@@ -104,3 +104,6 @@ def test_fluent_nonsense_is_unlikely_given_its_source_and_a_good_answer_is_not(l
     )
     assert all(s < floor for s in scores[: len(salad)]), scores
     assert all(s > floor for s in scores[len(salad) :]), scores
+    # Without its source (the question alone), a good answer is less likely: the source is what explains it.
+    alone = likelihood.token_logprobs(str(smollm2), [(None, r["instruction"], r["answer"]) for r in good])
+    assert all(sum(t) / len(t) < s for t, s in zip(alone, scores[len(salad) :], strict=True)), (alone, scores)

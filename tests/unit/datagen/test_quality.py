@@ -59,6 +59,11 @@ def test_not_refusals(answer):
         ("Which one to choose depends on the context.", False),
         ("The given context does not say.", True),
         ("The article describes three methods of quantization.", True),
+        ("Based on the provided documentation, it trains adapters.", True),
+        ("The documentation given lists two flags.", True),
+        ("See the reference documentation for the full list of flags.", False),
+        ("The information provided by os.stat is cached.", False),
+        ("It records the following details: the name and the size.", False),
     ],
 )
 def test_mentions_context(answer, mentions):
@@ -107,6 +112,16 @@ def test_ratios():
         (
             "According to the text, what does LoRA stand for?",
             "Low-rank adaptation of large language models.",
+            "mentions_context",
+        ),
+        (
+            "From the documentation given, what does LoRA stand for?",
+            "Low-rank adaptation of large language models.",
+            "mentions_context",
+        ),
+        (
+            "Using the information above, what does LoRA train?",
+            "Two small matrices per layer; the rest stays frozen.",
             "mentions_context",
         ),
         (
