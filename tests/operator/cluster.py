@@ -19,9 +19,9 @@ the kubelet stops a container's processes), and :meth:`TestKubelet.kill` kills a
 OOM kill or a lost node would (exit code 137).
 What it cannot play: a failed pod retried (an index that fails within backoffLimit is not run again, and the Job
 fails once its pods have ended); the pod's securityContext (the process runs as the test's user) and a read-only root
-filesystem (tests/unit checks the pod template against Pod Security "restricted" instead); and an emptyDir
-mounted over the folder that holds the checkout (e.g. /tmp, for a clone in /tmp) is left out, since in a
-real pod the code lives in the image.
+filesystem (tests/unit checks the pod template against Pod Security "restricted" instead). The container's image is
+the checkout and its venv, seen at their own paths: a volume mounted over them (an emptyDir on /tmp, for a clone
+under /tmp) is mounted and the code bound back on top, so a pod sees the same files wherever the checkout lies.
 """
 
 from __future__ import annotations
@@ -386,6 +386,9 @@ class Cluster:
         )
 
 
+STAGING = "/mnt/kubetune-test-kubelet"  # outside every mountPath a pod declares: /tmp's content before a mount
+
+
 class TestKubelet:
     """Runs each Job's container as a local process and reports the outcome in the Job's status."""
 
@@ -519,17 +522,21 @@ class TestKubelet:
             prefix = mount["mountPath"].rstrip("/") + "/"
             return any(str(folders[o["name"]]).startswith(prefix) for o in declared if o is not mount)
 
-        def hides_the_code(mount: dict[str, Any]) -> bool:
-            """Whether mounting here would hide the checkout or its venv (a clone under /tmp, and an emptyDir
-            on /tmp): in a real pod those live in the image, outside the volume; here the mount is left out."""
-            prefix = mount["mountPath"].rstrip("/") + "/"
-            return any(
-                f"{p}/".startswith(prefix)
-                for p in (str(self.cwd), str(Path(sys.executable).parent), str(Path(sys.executable).parent.resolve()))
-            )
-
-        ordered = sorted((m for m in declared if not hides_the_code(m)), key=covers_a_source)
+        # The image's files: the checkout, the venv and whatever the checkout links to (models/, .venv), each by
+        # its real path. A volume mounted over one of them (an emptyDir on /tmp, for a clone under /tmp) is
+        # mounted as in a real pod, and the code bound back on top from a copy of the mount point's former
+        # content taken before: the pod sees an empty /tmp holding only the code, wherever the checkout lies,
+        # so a test that leaves its own files under /tmp fails here as it would in CI and in a cluster.
+        code = {Path(self.cwd).resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+        code |= {p.resolve() for p in Path(self.cwd).iterdir() if p.is_symlink() and p.resolve().is_dir()}
+        code = {c for c in code if not any(c != o and c.is_relative_to(o) for o in code)}  # the outermost
+        hidden = {m["mountPath"]: sorted(c for c in code if c.is_relative_to(m["mountPath"])) for m in declared}
+        hidden = {target: under for target, under in hidden.items() if under}
+        ordered = sorted(declared, key=covers_a_source)
         binds = [(str(folders[m["name"]]), m["mountPath"]) for m in ordered]
+        staged = {t: f"{STAGING}/{k}" for k, t in enumerate(hidden)}
+        binds = [(t, stage) for t, stage in staged.items()] + binds
+        binds += [(f"{staged[t]}/{c.relative_to(t)}", str(c)) for t, under in hidden.items() for c in under]
         mounts = " && ".join(f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(source)} "
                              f"{shlex.quote(target)}" for source, target in binds)  # fmt: skip
         if hosts is not None:  # first: a volume's mount may hide the file (an emptyDir on /tmp)
