@@ -17,11 +17,12 @@ the pod's mount namespace, every pod at 127.0.0.1. A Job that fails more pods th
 other pods stopped, SIGTERM to all their processes (the Job controller deletes the active pods of a failed Job;
 the kubelet stops a container's processes), and :meth:`TestKubelet.kill` kills a pod's processes as an
 OOM kill or a lost node would (exit code 137).
-What it cannot play: a failed pod retried (an index that fails within backoffLimit is not run again, and the Job
-fails once its pods have ended); the pod's securityContext (the process runs as the test's user) and a read-only root
-filesystem (tests/unit checks the pod template against Pod Security "restricted" instead). The container's image is
-the checkout and its venv, seen at their own paths: a volume mounted over them (an emptyDir on /tmp, for a clone
-under /tmp) is mounted and the code bound back on top, so a pod sees the same files wherever the checkout lies.
+A failed pod is replaced, its index run again, until the Job's failed pods exceed its backoffLimit (without the
+controller's back-off delay). What it cannot play: the pod's securityContext (the process runs as the test's user)
+and a read-only root filesystem (tests/unit checks the pod template against Pod Security "restricted" instead).
+The container's image is the checkout and its venv, seen at their own paths: a volume mounted over them (an
+emptyDir on /tmp, for a clone under /tmp) is mounted and the code bound back on top, so a pod sees the same files
+wherever the checkout lies.
 """
 
 from __future__ import annotations
@@ -397,8 +398,9 @@ class TestKubelet:
     def __init__(self, cluster: Cluster, cwd: Path, storage: Path):
         self.cluster, self.cwd, self.storage = cluster, cwd, storage
         self.started: dict[str, asyncio.Task] = {}
-        self.logs: dict[str, Path] = {}
-        self.processes: dict[str, asyncio.subprocess.Process] = {}  # by pod name: JOB, or JOB-INDEX
+        self.logs: dict[str, Path] = {}  # by pod name: JOB, or JOB-INDEX; a replaced pod's, its latest try's
+        self.processes: dict[str, asyncio.subprocess.Process] = {}  # as logs
+        self.tries: dict[str, int] = {}  # the pods run for each name: 2 and more for a failed pod replaced
 
     def kill(self, pod_name: str) -> None:
         """Kill every process of a running pod at once (SIGKILL to its process group), as an OOM kill or a lost
@@ -465,14 +467,24 @@ class TestKubelet:
         names = [self._pod_name(job, index) for index in indexes]
         hosts = await self._hosts(job, indexes)
         first_failure: list[int] = []
+        failures = 0
 
         async def pod(index: int | None) -> int:
-            rc = await self._run_pod(job, index, hosts)
-            if rc and not first_failure:
-                first_failure.append(rc)
-                if spec.get("backoffLimit", 6) < 1:  # the Job has failed: its other pods are stopped
+            # A failed pod is replaced (same index) until the Job's failed pods exceed its backoffLimit; then the
+            # Job has failed and its other pods are stopped (pkg/controller/job: ``pastBackoffLimitOnFailure``,
+            # ``deleteActivePods``). The controller's back-off delay before a replacement (10 s, doubling) is
+            # left out: here it starts at once.
+            nonlocal failures
+            while True:
+                rc = await self._run_pod(job, index, hosts)
+                if not rc or first_failure:  # done, or stopped because the Job failed
+                    return rc
+                failures += 1
+                await self.cluster.set_job_status(job, {"failed": failures})
+                if failures > spec.get("backoffLimit", 6):
+                    first_failure.append(rc)
                     await self._stop(names)
-            return rc
+                    return rc
 
         codes = await asyncio.gather(*(pod(index) for index in indexes))
         failed = first_failure[0] if first_failure else next((rc for rc in codes if rc), 0)
@@ -551,14 +563,16 @@ class TestKubelet:
         # container's first process (the shell, which execs the command): a process it starts (torchrun's ranks)
         # does not inherit the fd, but may open it there, as it would open the file a real kubelet mounts.
         pod_name = self._pod_name(job, index)
-        termination = self.cluster.workdir / f"{pod_name}.termination-log"
+        tries = self.tries[pod_name] = self.tries.get(pod_name, 0) + 1
+        attempt = pod_name if tries == 1 else f"{pod_name}.try-{tries}"  # a replacement pod's own files
+        termination = self.cluster.workdir / f"{attempt}.termination-log"
         termination.write_text("")
         if "KUBETUNE_TERMINATION_LOG" in env:
             assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"]
             env.pop("KUBETUNE_TERMINATION_LOG")
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
-        log = self.cluster.workdir / f"{pod_name}.log"
+        log = self.cluster.workdir / f"{attempt}.log"
         self.logs[pod_name] = log
         pod = await self.cluster.add_pod(job, index)
         log.write_bytes(b"")

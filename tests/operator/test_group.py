@@ -1,6 +1,7 @@
 """A FineTuneJob on two pods that train together (distributed.numNodes 2), through ``kubetune operator`` and the
 test kubelet, which runs each pod's command as a process: the Indexed Job, the headless Service its pods find each
-other by, torchrun's rendezvous at pod 0, and the restart of the whole group when one pod dies.
+other by, torchrun's rendezvous at pod 0, and the restart of the whole group when one pod dies. And a FineTuneJob
+of one pod, killed: the Job controller's replacement pod resumes from the checkpoint.
 
 The pods are real processes in one PyTorch process group over gloo; what the test kubelet stands in for (the Job
 controller, the kubelet, cluster DNS) is listed in tests/operator/cluster.py.
@@ -120,4 +121,45 @@ def test_two_pods_train_as_one_group_and_a_killed_pod_restarts_the_whole_group(t
 
     versions = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}").search_model_versions("name='group'")
     assert [str(v.version) for v in versions] == ["1"]
+    assert status["progress"].startswith(f"step {STEPS}/{STEPS}")
+
+
+def test_a_killed_training_pod_is_replaced_and_the_new_pod_resumes_from_the_checkpoint(
+    tmp_path,
+    root,
+    tiny_model,
+    dataset,  # noqa: F811
+):
+    """One pod (no distributed): the Job's backoffLimit lets the Job controller replace a pod that dies, and the
+    new pod's trainer resumes from the last whole checkpoint on the shared volume, to the same step count."""
+    storage = tmp_path / "storage"
+    shutil.copytree(dataset, storage / "datasets" / "default" / "d")
+    shutil.copytree(tiny_model, storage / "models" / "tiny")
+    out = storage / "finetunes" / "default" / "group"
+    job = _group_job(f"{STORAGE_ROOT}/models/tiny")
+    del job["spec"]["distributed"]
+
+    async def main():
+        cluster = Cluster(tmp_path, operator_env={"MLFLOW_TRACKING_URI": ""})
+        async with cluster, kubelet_running(cluster, cwd=root, storage=storage) as kubelet:
+            await cluster.apply(job)
+            saved = lambda: any(out.glob("checkpoints/checkpoint-*/trainer_state.json"))  # noqa: E731
+            await _until(saved, 300, lambda: f"a checkpoint; the pod's log:\n{_tail(kubelet, 'group-train')}")
+            kubelet.kill("group-train")
+            done = await cluster.wait_for("FineTuneJob", "group", {"Succeeded", "Failed"}, timeout=400)
+            return cluster, kubelet, done, await cluster.jobs()
+
+    cluster, kubelet, done, jobs = asyncio.run(asyncio.wait_for(main(), timeout=780))
+    status = done["status"]
+    assert status["phase"] == "Succeeded", (status, cluster.log()[-3000:], _tail(kubelet, "group-train"))
+    # One Job, two pods: the killed one counted as failed, its replacement succeeded; no restart by the operator.
+    assert [j["metadata"]["name"] for j in jobs] == ["group-train"]
+    assert (jobs[0]["status"]["failed"], jobs[0]["status"]["succeeded"]) == (1, 1)
+    assert kubelet.tries == {"group-train": 2} and status.get("restarts", 0) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS
+    assert metrics["resumed"].startswith("checkpoint-") and int(metrics["resumed"].split("-")[1]) < STEPS
+    assert f"resuming from {STORAGE_ROOT}/finetunes/default/group/checkpoints/{metrics['resumed']}" in (
+        kubelet.logs["group-train"].read_text(errors="replace")
+    )
     assert status["progress"].startswith(f"step {STEPS}/{STEPS}")
