@@ -37,9 +37,8 @@ SCORES = ("mean", "mean_alone", "mean_gain", "min", "min_gain")
 
 def scores(given: list[float], alone: list[float]) -> dict[str, float]:
     gain = [a - b for a, b in zip(given, alone, strict=True)]
-    mean = sum(given) / len(given)
     return {
-        "mean": mean,
+        "mean": sum(given) / len(given),
         "mean_alone": sum(alone) / len(alone),
         "mean_gain": sum(gain) / len(gain),
         "min": min(given),

@@ -91,14 +91,21 @@ _REFERENCE_VERB = (
     r"|focuses|outlines|presents|argues|claims|lists|specifies|does\s+not|doesn't|did\s+not|didn't|is\s+about"
     r"|above|below|itself|here)"
 )
-_CONTEXT_REFERENCES = [
+# The patterns that say so in an instruction too; the others only in an answer, where "the original text" cannot be
+# what a question asks about.
+_LEANING_ON_CONTEXT = [
     re.compile(p, re.I)
     for p in (
         rf"\b(?:according\s+to|based\s+on|as\s+(?:stated|mentioned|described|noted)\s+in)\s+the\s+(?:{_QUALIFIER}\s+)?"
         rf"{_CONTEXT_NOUN}\b(?!\s+(?:editor|file|box|field|of\b))",
-        rf"\b(?:the|this)\s+{_QUALIFIER}\s+(?:{_CONTEXT_NOUN}|information|material|content)\b",
         _SHOWN_DOCUMENT,
         rf"\b(?:the|this)\s+{_CONTEXT_NOUN}\s+{_REFERENCE_VERB}\b",
+    )
+]
+_CONTEXT_REFERENCES = _LEANING_ON_CONTEXT + [
+    re.compile(p, re.I)
+    for p in (
+        rf"\b(?:the|this)\s+{_QUALIFIER}\s+(?:{_CONTEXT_NOUN}|information|material|content)\b",
         rf"\b(?:mentioned|stated|described|given|provided|discussed)\s+in\s+the\s+{_CONTEXT_NOUN}\b",
         rf"\b(?:in|from|within|throughout)\s+the\s+{_CONTEXT_NOUN}\s*[,.;:!?)]",
     )
@@ -151,8 +158,7 @@ def instruction_mentions_context(instruction: str) -> bool:
     """The instruction refers to a source its reader never sees ("According to the text, ...", "Summarize the
     above.", "Pick three features from the list"). The answer's "the original text" is not one here: a question
     may ask about the original text a tokenizer aligns with."""
-    leaning = (_CONTEXT_REFERENCES[0], _CONTEXT_REFERENCES[2], _CONTEXT_REFERENCES[3], *_INSTRUCTION_CONTEXT)
-    return any(p.search(instruction) for p in leaning)
+    return any(p.search(instruction) for p in (*_LEANING_ON_CONTEXT, *_INSTRUCTION_CONTEXT))
 
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
