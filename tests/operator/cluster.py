@@ -387,7 +387,7 @@ class Cluster:
         )
 
 
-STAGING = "/mnt/kubetune-test-kubelet"  # outside every mountPath a pod declares: /tmp's content before a mount
+STAGING = "/mnt/kubetune-test-kubelet"  # outside every mountPath a pod declares: /tmp's content, while mounting
 
 
 class TestKubelet:
@@ -551,6 +551,8 @@ class TestKubelet:
         binds += [(f"{staged[t]}/{c.relative_to(t)}", str(c)) for t, under in hidden.items() for c in under]
         mounts = " && ".join(f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(source)} "
                              f"{shlex.quote(target)}" for source, target in binds)  # fmt: skip
+        # The copies go once the code is back: a real pod never sees the node's /tmp.
+        mounts += "".join(f" && umount {shlex.quote(stage)}" for stage in staged.values())
         if hosts is not None:  # first: a volume's mount may hide the file (an emptyDir on /tmp)
             mounts = f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && {mounts}"
         container_env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
